@@ -1,0 +1,383 @@
+//! AdamW with decoupled weight decay, computed as `torch.optim.AdamW` computes it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::module::{AutodiffModule, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::groups::{GroupAssignment, ParamGroups, ParamInfo, PathStack, named_params};
+use crate::state::{AdamWState, ParamMoments};
+use crate::OptimError;
+
+/// Hyper-parameters of [`AdamW`]; the defaults are `torch.optim.AdamW`'s.
+///
+/// burn's own `AdamWConfig` defaults to ε = 1e-5 and weight decay 1e-4, which change
+/// results visibly; these are torch's 1e-8 and 1e-2.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamWConfig {
+    /// Exponential decay of the first moment (torch's `betas[0]`).
+    pub beta1: f64,
+    /// Exponential decay of the second moment (torch's `betas[1]`).
+    pub beta2: f64,
+    /// Added to the bias-corrected `sqrt(v)`.
+    pub epsilon: f64,
+    /// Decoupled weight decay λ: `θ ← θ·(1 − lr·λ)` before the moment update.
+    pub weight_decay: f64,
+    /// Use the maximum of past second moments (AMSGrad).
+    pub amsgrad: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 1e-2,
+            amsgrad: false,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Checks the ranges torch checks: `0 ≤ β < 1`, `ε ≥ 0`, `λ ≥ 0`, all finite.
+    ///
+    /// # Errors
+    /// [`OptimError::InvalidHyperParameter`] naming the field.
+    pub fn validate(&self) -> Result<(), OptimError> {
+        let check = |field: &'static str, value: f64, ok: bool| {
+            if value.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(OptimError::InvalidHyperParameter { field, value })
+            }
+        };
+        check("beta1", self.beta1, (0.0..1.0).contains(&self.beta1))?;
+        check("beta2", self.beta2, (0.0..1.0).contains(&self.beta2))?;
+        check("epsilon", self.epsilon, self.epsilon >= 0.0)?;
+        check("weight_decay", self.weight_decay, self.weight_decay >= 0.0)
+    }
+}
+
+/// Moments of one parameter, flattened to 1-D so parameters of any rank share one map.
+#[derive(Debug, Clone)]
+struct Moments<B: Backend> {
+    step: u64,
+    shape: Vec<usize>,
+    exp_avg: Tensor<B, 1>,
+    exp_avg_sq: Tensor<B, 1>,
+    max_exp_avg_sq: Option<Tensor<B, 1>>,
+}
+
+/// AdamW over every float parameter of a burn module, keyed by parameter path.
+///
+/// State is keyed by the dotted parameter path (`encoder.layers.0.attention.query.weight`),
+/// not by burn's `ParamId`, which is random in each process unless restored: a state saved
+/// with [`AdamW::state`] re-attaches to a freshly built or freshly loaded model.
+///
+/// Each step follows `torch.optim.AdamW` (single-tensor path), with `t` the parameter's own
+/// step count and `lr` the group's learning rate:
+/// ```text
+/// θ ← θ·(1 − lr·λ)
+/// m ← m + (1 − β1)·(g − m)
+/// v ← β2·v + (1 − β2)·g²
+/// θ ← θ − (lr / (1 − β1^t))·m / (sqrt(v) / sqrt(1 − β2^t) + ε)
+/// ```
+/// Parameters without a gradient in a step are left untouched (no decay either), as torch
+/// skips parameters whose `.grad` is `None`.
+///
+/// ```
+/// use burn::backend::Autodiff;
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::optim::GradientsParams;
+/// use burn::tensor::Tensor;
+/// use burn_ndarray::NdArray;
+/// use burnish_optim::{AdamW, AdamWConfig, ParamGroups};
+///
+/// type B = Autodiff<NdArray>;
+/// let device = Default::default();
+/// let model: Linear<B> = LinearConfig::new(4, 2).init(&device);
+/// let mut optim = AdamW::new(AdamWConfig::default(), ParamGroups::default())?;
+/// let x = Tensor::<B, 2>::ones([3, 4], &device);
+/// let loss = model.forward(x).sum();
+/// let grads = GradientsParams::from_grads(loss.backward(), &model);
+/// let model = optim.step(1e-3, model, grads);
+/// assert_eq!(optim.state().params["weight"].step, 1);
+/// // The bias sits in transformers' no-decay group.
+/// assert_eq!(optim.assignments(&model)["bias"].weight_decay, 0.0);
+/// # Ok::<(), burnish_optim::OptimError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct AdamW<B: AutodiffBackend> {
+    config: AdamWConfig,
+    groups: ParamGroups,
+    moments: BTreeMap<String, Moments<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> AdamW<B> {
+    /// A new optimizer with empty state.
+    ///
+    /// # Errors
+    /// [`OptimError::InvalidHyperParameter`] when the config is out of range.
+    pub fn new(config: AdamWConfig, groups: ParamGroups) -> Result<Self, OptimError> {
+        config.validate()?;
+        Ok(AdamW {
+            config,
+            groups,
+            moments: BTreeMap::new(),
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// The parameter-group rules.
+    pub fn groups(&self) -> &ParamGroups {
+        &self.groups
+    }
+
+    /// The group, weight decay and lr scale of every parameter of `module`, by path.
+    pub fn assignments<M: AutodiffModule<B>>(
+        &self,
+        module: &M,
+    ) -> BTreeMap<String, GroupAssignment> {
+        named_params(module)
+            .into_iter()
+            .map(|info| {
+                let assignment = self.groups.assign(&info, self.config.weight_decay);
+                (info.path, assignment)
+            })
+            .collect()
+    }
+
+    /// Performs one optimizer update with learning rate `lr` (before group scaling) and
+    /// returns the updated module. Gradients are those of the *inner* backend, as
+    /// `GradientsParams::from_grads` produces them.
+    ///
+    /// # Panics
+    /// When `lr` is negative or not finite: a schedule never produces one, so this is a
+    /// caller bug, not a data condition.
+    pub fn step<M: AutodiffModule<B>>(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        assert!(
+            lr.is_finite() && lr >= 0.0,
+            "AdamW::step: lr must be finite and >= 0, got {lr}"
+        );
+        let mut mapper = StepMapper {
+            optim: self,
+            grads,
+            lr,
+            stack: PathStack::default(),
+        };
+        module.map(&mut mapper)
+    }
+
+    /// Copies the optimizer state out: moments and step count of every parameter that has
+    /// been updated at least once, by path.
+    pub fn state(&self) -> AdamWState {
+        let params = self
+            .moments
+            .iter()
+            .map(|(path, m)| {
+                let data = |t: &Tensor<B::InnerBackend, 1>| {
+                    let flat = t.to_data();
+                    TensorData::from_bytes_vec(flat.as_bytes().to_vec(), m.shape.clone(), flat.dtype)
+                };
+                let moments = ParamMoments {
+                    step: m.step,
+                    exp_avg: data(&m.exp_avg),
+                    exp_avg_sq: data(&m.exp_avg_sq),
+                    max_exp_avg_sq: m.max_exp_avg_sq.as_ref().map(data),
+                };
+                (path.clone(), moments)
+            })
+            .collect();
+        AdamWState { params }
+    }
+
+    /// Restores a state saved by [`AdamW::state`], checked against `module`: every saved
+    /// path must name a parameter of the module with the same shape. Parameters with no
+    /// saved state (a new head, say) start fresh, as torch's would.
+    ///
+    /// # Errors
+    /// [`OptimError::UnknownParameter`], [`OptimError::ShapeMismatch`], or
+    /// [`OptimError::AmsgradMismatch`] when the state lacks (or has) AMSGrad maxima the
+    /// config does not expect.
+    pub fn load_state<M: AutodiffModule<B>>(
+        &mut self,
+        state: AdamWState,
+        module: &M,
+    ) -> Result<(), OptimError> {
+        let infos: HashMap<String, ParamInfo> = named_params(module)
+            .into_iter()
+            .map(|info| (info.path.clone(), info))
+            .collect();
+        let device = module
+            .devices()
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let mut moments = BTreeMap::new();
+        for (path, saved) in state.params {
+            let info = infos
+                .get(&path)
+                .ok_or_else(|| OptimError::UnknownParameter { path: path.clone() })?;
+            for (what, data) in [
+                ("exp_avg", Some(&saved.exp_avg)),
+                ("exp_avg_sq", Some(&saved.exp_avg_sq)),
+                ("max_exp_avg_sq", saved.max_exp_avg_sq.as_ref()),
+            ] {
+                if let Some(data) = data
+                    && data.shape.as_slice() != info.shape.as_slice()
+                {
+                    return Err(OptimError::ShapeMismatch {
+                        path: format!("{path}.{what}"),
+                        expected: info.shape.clone(),
+                        found: data.shape.to_vec(),
+                    });
+                }
+            }
+            if saved.max_exp_avg_sq.is_some() != self.config.amsgrad {
+                return Err(OptimError::AmsgradMismatch {
+                    path,
+                    amsgrad: self.config.amsgrad,
+                });
+            }
+            let flat = |data: TensorData| {
+                let n = data.num_elements();
+                Tensor::<B::InnerBackend, 1>::from_data(
+                    TensorData::from_bytes_vec(data.as_bytes().to_vec(), [n], data.dtype),
+                    &device,
+                )
+            };
+            moments.insert(
+                path,
+                Moments {
+                    step: saved.step,
+                    shape: info.shape.clone(),
+                    exp_avg: flat(saved.exp_avg),
+                    exp_avg_sq: flat(saved.exp_avg_sq),
+                    max_exp_avg_sq: saved.max_exp_avg_sq.map(flat),
+                },
+            );
+        }
+        self.moments = moments;
+        Ok(())
+    }
+
+    /// One AdamW update of a flattened parameter.
+    fn update(
+        &mut self,
+        path: String,
+        group: &GroupAssignment,
+        lr: f64,
+        param: Tensor<B::InnerBackend, 1>,
+        grad: Tensor<B::InnerBackend, 1>,
+        shape: Vec<usize>,
+    ) -> Tensor<B::InnerBackend, 1> {
+        let AdamWConfig {
+            beta1,
+            beta2,
+            epsilon,
+            amsgrad,
+            ..
+        } = self.config;
+        let lr = lr * group.lr_scale;
+        let state = self.moments.remove(&path).unwrap_or_else(|| Moments {
+            step: 0,
+            shape,
+            exp_avg: grad.zeros_like(),
+            exp_avg_sq: grad.zeros_like(),
+            max_exp_avg_sq: amsgrad.then(|| grad.zeros_like()),
+        });
+        let step = state.step + 1;
+        let param = if group.weight_decay != 0.0 {
+            param.mul_scalar(1.0 - lr * group.weight_decay)
+        } else {
+            param
+        };
+        // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + w·(g − m) for w < 0.5.
+        let exp_avg = state
+            .exp_avg
+            .clone()
+            .add(grad.clone().sub(state.exp_avg).mul_scalar(1.0 - beta1));
+        // torch: exp_avg_sq.mul_(β2).addcmul_(g, g, value = 1 − β2).
+        let exp_avg_sq = state
+            .exp_avg_sq
+            .mul_scalar(beta2)
+            .add(grad.clone().mul_scalar(1.0 - beta2).mul(grad));
+        // Python float arithmetic: `beta ** step` is C pow(), hence powf, not powi.
+        let bias_correction1 = 1.0 - beta1.powf(step as f64);
+        let bias_correction2 = 1.0 - beta2.powf(step as f64);
+        let step_size = lr / bias_correction1;
+        let bias_correction2_sqrt = bias_correction2.powf(0.5);
+        let max_exp_avg_sq = state
+            .max_exp_avg_sq
+            .map(|max| max.max_pair(exp_avg_sq.clone()));
+        let second = max_exp_avg_sq.as_ref().unwrap_or(&exp_avg_sq).clone();
+        let denom = second
+            .sqrt()
+            .div_scalar(bias_correction2_sqrt)
+            .add_scalar(epsilon);
+        // torch: param.addcdiv_(exp_avg, denom, value = −step_size).
+        let param = param.add(exp_avg.clone().mul_scalar(-step_size).div(denom));
+        self.moments.insert(
+            path,
+            Moments {
+                step,
+                shape: state.shape,
+                exp_avg,
+                exp_avg_sq,
+                max_exp_avg_sq,
+            },
+        );
+        param
+    }
+}
+
+struct StepMapper<'a, B: AutodiffBackend> {
+    optim: &'a mut AdamW<B>,
+    grads: GradientsParams,
+    lr: f64,
+    stack: PathStack,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let dims = tensor.dims();
+        let info = self.stack.info(dims.to_vec());
+        let group = self.optim.groups.assign(&info, self.optim.config.weight_decay);
+        let require_grad = tensor.is_require_grad();
+        let n = dims.iter().product::<usize>();
+        let updated = self.optim.update(
+            info.path,
+            &group,
+            self.lr,
+            tensor.inner().reshape([n]),
+            grad.reshape([n]),
+            dims.to_vec(),
+        );
+        let mut tensor = Tensor::from_inner(updated.reshape(dims));
+        if require_grad {
+            tensor = tensor.require_grad();
+        }
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}

@@ -1,0 +1,349 @@
+//! Parameter groups chosen by parameter *name*: which parameters decay, and at which lr.
+
+use std::fmt;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Tensor, backend::Backend};
+use serde::{Deserialize, Serialize};
+
+/// Module types whose parameters never decay under transformers' rule, matched against the
+/// type of the struct that directly owns a parameter (`Struct:LayerNorm` in burn's visitor).
+const NORM_TYPES: [&str; 4] = ["LayerNorm", "RmsNorm", "GroupNorm", "BatchNorm"];
+
+/// A parameter as the optimizer sees it: its dotted path and the type that owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamInfo {
+    /// Dotted module path, e.g. `encoder.layers.3.attention.query.weight`.
+    pub path: String,
+    /// Name of the struct that directly holds the parameter, e.g. `LayerNorm` or `Linear`.
+    pub owner: String,
+    /// Shape of the parameter.
+    pub shape: Vec<usize>,
+}
+
+impl ParamInfo {
+    /// Whether the direct owner is a normalization layer (`LayerNorm`, `RmsNorm`, ...).
+    pub fn in_norm_module(&self) -> bool {
+        NORM_TYPES.contains(&self.owner.as_str())
+    }
+}
+
+/// Tracks the dotted path while a visitor or mapper walks a module.
+///
+/// burn's derived modules call `enter_module(field, "Struct:Owner")` around every field
+/// (Vec items get their index), so the stack holds the full path at each parameter.
+#[derive(Debug, Default)]
+pub(crate) struct PathStack {
+    names: Vec<String>,
+    owners: Vec<String>,
+}
+
+impl PathStack {
+    pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
+        self.names.push(name.to_owned());
+        let owner = container_type
+            .strip_prefix("Struct:")
+            .or_else(|| container_type.strip_prefix("Enum:"))
+            .unwrap_or(container_type);
+        self.owners.push(owner.to_owned());
+    }
+
+    pub(crate) fn exit(&mut self) {
+        self.names.pop();
+        self.owners.pop();
+    }
+
+    pub(crate) fn path(&self) -> String {
+        self.names.join(".")
+    }
+
+    pub(crate) fn info(&self, shape: Vec<usize>) -> ParamInfo {
+        ParamInfo {
+            path: self.path(),
+            owner: self.owners.last().cloned().unwrap_or_default(),
+            shape,
+        }
+    }
+}
+
+struct InfoCollector {
+    stack: PathStack,
+    out: Vec<ParamInfo>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for InfoCollector {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out.push(self.stack.info(param.shape().to_vec()));
+    }
+}
+
+/// Lists every float parameter of a module with its dotted path, in visiting order.
+///
+/// ```
+/// use burn::nn::{LinearConfig, Linear};
+/// use burn_ndarray::NdArray;
+/// let linear: Linear<NdArray> = LinearConfig::new(3, 2).init(&Default::default());
+/// let names: Vec<String> = burnish_optim::named_params(&linear).into_iter().map(|p| p.path).collect();
+/// assert_eq!(names, ["weight", "bias"]);
+/// ```
+pub fn named_params<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
+    let mut collector = InfoCollector {
+        stack: PathStack::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut collector);
+    collector.out
+}
+
+/// How a [`GroupRule`] selects parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Matcher {
+    /// transformers' no-decay rule: the parameter sits directly in a normalization module,
+    /// or its lower-cased path contains `bias`, `layernorm` or `rmsnorm`, or has a `norm`
+    /// component, or a component ending in `_norm`.
+    HfNoDecay,
+    /// A glob over the full dotted path, where `*` matches any run of characters
+    /// (including dots): `encoder.layers.*.attention.*`, `*.bias`.
+    Glob(String),
+}
+
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            backtrack = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((star, matched)) = backtrack {
+            pi = star + 1;
+            ti = matched + 1;
+            backtrack = Some((star, matched + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+fn hf_no_decay(info: &ParamInfo) -> bool {
+    if info.in_norm_module() {
+        return true;
+    }
+    let lower = info.path.to_lowercase();
+    if ["bias", "layernorm", "rmsnorm"]
+        .iter()
+        .any(|needle| lower.contains(needle))
+    {
+        return true;
+    }
+    // `(^|\.)norm($|\.)` and `_norm($|\.)`: a path component equal to `norm` or ending in
+    // `_norm`.
+    lower
+        .split('.')
+        .any(|part| part == "norm" || part.ends_with("_norm"))
+}
+
+impl Matcher {
+    /// Whether this matcher selects the parameter.
+    pub fn matches(&self, info: &ParamInfo) -> bool {
+        match self {
+            Matcher::HfNoDecay => hf_no_decay(info),
+            Matcher::Glob(pattern) => glob_match(pattern, &info.path),
+        }
+    }
+}
+
+/// One rule of a [`ParamGroups`] list: parameters it matches get its decay and lr scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRule {
+    /// Name of the group, shown when listing membership.
+    pub name: String,
+    /// Which parameters belong to the group.
+    pub matcher: Matcher,
+    /// Weight decay of the group; `None` keeps the optimizer's.
+    #[serde(default)]
+    pub weight_decay: Option<f64>,
+    /// Multiplier of the scheduled learning rate for the group.
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl GroupRule {
+    /// transformers' no-decay group: biases and normalization weights get weight decay 0.
+    pub fn hf_no_decay() -> Self {
+        GroupRule {
+            name: "no_decay".to_owned(),
+            matcher: Matcher::HfNoDecay,
+            weight_decay: Some(0.0),
+            lr_scale: 1.0,
+        }
+    }
+}
+
+/// The settings one parameter trains with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupAssignment {
+    /// Name of the group that claimed the parameter (`"default"` when no rule matched).
+    pub group: String,
+    /// Weight decay applied to the parameter.
+    pub weight_decay: f64,
+    /// Multiplier of the scheduled learning rate.
+    pub lr_scale: f64,
+}
+
+impl fmt::Display for GroupAssignment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (weight_decay {}, lr x{})",
+            self.group, self.weight_decay, self.lr_scale
+        )
+    }
+}
+
+/// An ordered list of [`GroupRule`]s: the first rule that matches a parameter decides its
+/// group; parameters no rule matches train with the optimizer's own settings.
+///
+/// The default is transformers' Trainer grouping, `[GroupRule::hf_no_decay()]`.
+///
+/// ```
+/// use burnish_optim::{GroupRule, Matcher, ParamGroups};
+/// // Head trains at 10x the lr, no decay on biases and norms.
+/// let groups = ParamGroups::new(vec![
+///     GroupRule::hf_no_decay(),
+///     GroupRule { name: "head".into(), matcher: Matcher::Glob("classifier.*".into()),
+///                 weight_decay: None, lr_scale: 10.0 },
+/// ]);
+/// # let _ = groups;
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ParamGroups {
+    rules: Vec<GroupRule>,
+}
+
+impl Default for ParamGroups {
+    fn default() -> Self {
+        ParamGroups::new(vec![GroupRule::hf_no_decay()])
+    }
+}
+
+impl ParamGroups {
+    /// Groups from rules, tried in order.
+    pub fn new(rules: Vec<GroupRule>) -> Self {
+        ParamGroups { rules }
+    }
+
+    /// No rules: every parameter decays with the optimizer's settings (torch's plain AdamW).
+    pub fn all_decay() -> Self {
+        ParamGroups::new(Vec::new())
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[GroupRule] {
+        &self.rules
+    }
+
+    /// The group of one parameter, given the optimizer's default weight decay.
+    pub fn assign(&self, info: &ParamInfo, default_weight_decay: f64) -> GroupAssignment {
+        match self.rules.iter().find(|rule| rule.matcher.matches(info)) {
+            Some(rule) => GroupAssignment {
+                group: rule.name.clone(),
+                weight_decay: rule.weight_decay.unwrap_or(default_weight_decay),
+                lr_scale: rule.lr_scale,
+            },
+            None => GroupAssignment {
+                group: "default".to_owned(),
+                weight_decay: default_weight_decay,
+                lr_scale: 1.0,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(path: &str, owner: &str) -> ParamInfo {
+        ParamInfo {
+            path: path.to_owned(),
+            owner: owner.to_owned(),
+            shape: vec![1],
+        }
+    }
+
+    #[test]
+    fn hf_rule_matches_transformers_names() {
+        let no_decay = [
+            ("bert.encoder.layer.0.attention.output.LayerNorm.weight", "X"),
+            ("bert.embeddings.LayerNorm.bias", "X"),
+            ("classifier.bias", "Linear"),
+            ("model.norm.weight", "X"),
+            ("model.layers.0.input_layernorm.weight", "X"),
+            ("model.layers.0.post_attention_layernorm.weight", "X"),
+            ("transformer.ln_f.q_norm.weight", "X"),
+            ("encoder.layers.0.attn_ln.gamma", "LayerNorm"),
+            ("encoder.final.gamma", "RmsNorm"),
+        ];
+        for (path, owner) in no_decay {
+            assert!(hf_no_decay(&info(path, owner)), "{path} should not decay");
+        }
+        let decay = [
+            ("bert.embeddings.word_embeddings.weight", "Embedding"),
+            ("model.layers.0.self_attn.q_proj.weight", "Linear"),
+            ("lm_head.weight", "Linear"),
+            ("normalizer.weight", "Linear"),
+            ("model.enorm.weight", "Linear"),
+        ];
+        for (path, owner) in decay {
+            assert!(!hf_no_decay(&info(path, owner)), "{path} should decay");
+        }
+    }
+
+    #[test]
+    fn glob_matches_whole_path() {
+        assert!(glob_match("classifier.*", "classifier.weight"));
+        assert!(glob_match("*.bias", "a.b.bias"));
+        assert!(glob_match("enc.*.attn.*", "enc.3.attn.q.weight"));
+        assert!(!glob_match("*.bias", "a.bias.x"));
+        assert!(!glob_match("classifier.*", "x.classifier.weight"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXbYbZc"));
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let groups = ParamGroups::new(vec![
+            GroupRule::hf_no_decay(),
+            GroupRule {
+                name: "head".into(),
+                matcher: Matcher::Glob("classifier.*".into()),
+                weight_decay: None,
+                lr_scale: 10.0,
+            },
+        ]);
+        let bias = groups.assign(&info("classifier.bias", "Linear"), 0.01);
+        assert_eq!((bias.group.as_str(), bias.weight_decay), ("no_decay", 0.0));
+        let w = groups.assign(&info("classifier.weight", "Linear"), 0.01);
+        assert_eq!((w.group.as_str(), w.weight_decay, w.lr_scale), ("head", 0.01, 10.0));
+        let other = groups.assign(&info("encoder.weight", "Linear"), 0.01);
+        assert_eq!(other.group, "default");
+    }
+}

@@ -1,0 +1,99 @@
+//! Shared helpers of burnish's cross-crate tests: the reference fixtures produced by
+//! `tests/reference/generate.py` (PyTorch + transformers) and the small module they use.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde::de::DeserializeOwned;
+
+/// Reads `tests/reference/fixtures/<name>` into `T`.
+///
+/// # Panics
+/// When the fixture is missing or malformed: the tests cannot run without it.
+pub fn fixture<T: DeserializeOwned>(name: &str) -> T {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("reference/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// The module of the AdamW fixture: `dense` (Linear 4→8), `norm` (LayerNorm 8),
+/// `head` (Linear 8→3), named as in the PyTorch script.
+#[derive(Module, Debug)]
+pub struct Tiny<B: Backend> {
+    /// First layer.
+    pub dense: Linear<B>,
+    /// Normalization; burn names its parameters `gamma`/`beta`.
+    pub norm: LayerNorm<B>,
+    /// Output layer.
+    pub head: Linear<B>,
+}
+
+/// Parameter names of [`Tiny`], PyTorch spelling → burn path.
+pub const TINY_NAMES: [(&str, &str); 6] = [
+    ("dense.weight", "dense.weight"),
+    ("dense.bias", "dense.bias"),
+    ("norm.weight", "norm.gamma"),
+    ("norm.bias", "norm.beta"),
+    ("head.weight", "head.weight"),
+    ("head.bias", "head.bias"),
+];
+
+fn linear<B: Backend>(weight: &[f32], bias: &[f32], out: usize, inp: usize, d: &B::Device) -> Linear<B> {
+    // PyTorch stores Linear weights [out, in]; burn stores [in, out].
+    let w = Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [out, inp]), d).transpose();
+    Linear {
+        weight: Param::from_tensor(w),
+        bias: Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(bias.to_vec(), [out]),
+            d,
+        ))),
+    }
+}
+
+impl<B: Backend> Tiny<B> {
+    /// Builds the module from PyTorch-named flat values.
+    pub fn from_torch(values: &BTreeMap<String, Vec<f32>>, device: &B::Device) -> Self {
+        let v = |name: &str| values[name].as_slice();
+        let mut norm = LayerNormConfig::new(8).init(device);
+        norm.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(v("norm.weight").to_vec(), [8]), device));
+        norm.beta = Some(Param::from_tensor(Tensor::from_data(
+            TensorData::new(v("norm.bias").to_vec(), [8]),
+            device,
+        )));
+        Tiny {
+            dense: linear(v("dense.weight"), v("dense.bias"), 8, 4, device),
+            norm,
+            head: linear(v("head.weight"), v("head.bias"), 3, 8, device),
+        }
+    }
+
+    /// The parameters as PyTorch-named flat values (Linear weights transposed back).
+    pub fn to_torch(&self) -> BTreeMap<String, Vec<f32>> {
+        let flat = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().unwrap_or_default();
+        let flat2 = |t: Tensor<B, 2>| flat(t.transpose().flatten(0, 1));
+        let bias = |p: &Option<Param<Tensor<B, 1>>>| p.as_ref().map(|b| flat(b.val())).unwrap_or_default();
+        BTreeMap::from([
+            ("dense.weight".to_owned(), flat2(self.dense.weight.val())),
+            ("dense.bias".to_owned(), bias(&self.dense.bias)),
+            ("norm.weight".to_owned(), flat(self.norm.gamma.val())),
+            ("norm.bias".to_owned(), bias(&self.norm.beta)),
+            ("head.weight".to_owned(), flat2(self.head.weight.val())),
+            ("head.bias".to_owned(), bias(&self.head.bias)),
+        ])
+    }
+}
+
+/// `‖a − b‖ / ‖b‖` in f64 (0 when both are zero).
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let diff: f64 = a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
+    let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
+    if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
+}
