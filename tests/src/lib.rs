@@ -97,3 +97,53 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
     if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
 }
+
+/// Four bare parameters shaped `[5, 3]`, `[3]`, `[2, 2, 2]`, `[1]`, as in the clipping fixture.
+#[derive(Module, Debug)]
+pub struct Bag<B: Backend> {
+    /// `[5, 3]`
+    pub a: Param<Tensor<B, 2>>,
+    /// `[3]`
+    pub b: Param<Tensor<B, 1>>,
+    /// `[2, 2, 2]`
+    pub c: Param<Tensor<B, 3>>,
+    /// `[1]`
+    pub d: Param<Tensor<B, 1>>,
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> Bag<B> {
+    /// A bag of zeros.
+    pub fn zeros(device: &B::Device) -> Self {
+        Bag {
+            a: Param::from_tensor(Tensor::zeros([5, 3], device)),
+            b: Param::from_tensor(Tensor::zeros([3], device)),
+            c: Param::from_tensor(Tensor::zeros([2, 2, 2], device)),
+            d: Param::from_tensor(Tensor::zeros([1], device)),
+        }
+    }
+
+    /// Gradients for the four parameters, from flat row-major values.
+    pub fn grads(&self, values: &[Vec<f32>]) -> burn::optim::GradientsParams {
+        let device = self.a.val().device();
+        let mut grads = burn::optim::GradientsParams::new();
+        let data = |i: usize, shape: &[usize]| TensorData::new(values[i].clone(), shape.to_vec());
+        grads.register::<B::InnerBackend, 2>(self.a.id, Tensor::from_data(data(0, &[5, 3]), &device));
+        grads.register::<B::InnerBackend, 1>(self.b.id, Tensor::from_data(data(1, &[3]), &device));
+        grads.register::<B::InnerBackend, 3>(self.c.id, Tensor::from_data(data(2, &[2, 2, 2]), &device));
+        grads.register::<B::InnerBackend, 1>(self.d.id, Tensor::from_data(data(3, &[1]), &device));
+        grads
+    }
+
+    /// The four gradients back as flat values (empty where a gradient is absent).
+    pub fn read(&self, grads: &burn::optim::GradientsParams) -> Vec<Vec<f32>> {
+        fn flat<B2: Backend, const D: usize>(t: Option<Tensor<B2, D>>) -> Vec<f32> {
+            t.map(|t| t.into_data().to_vec::<f32>().unwrap_or_default()).unwrap_or_default()
+        }
+        vec![
+            flat(grads.get::<B::InnerBackend, 2>(self.a.id)),
+            flat(grads.get::<B::InnerBackend, 1>(self.b.id)),
+            flat(grads.get::<B::InnerBackend, 3>(self.c.id)),
+            flat(grads.get::<B::InnerBackend, 1>(self.d.id)),
+        ]
+    }
+}

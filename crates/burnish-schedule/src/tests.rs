@@ -235,9 +235,18 @@ proptest! {
         prop_assume!(w > 0 && w < s.total_steps());
         if !matches!(c.kind, ScheduleKind::Constant) {
             // The ramp s/W meets the post-warmup formula at s = W: no jump at the boundary.
-            prop_assert_eq!(s.multiplier(w), 1.0);
+            // Polynomial's (lr − end + end)/lr can round to 1 ± 1 ulp, as in transformers.
+            prop_assert!((s.multiplier(w) - 1.0).abs() <= 1e-12);
+            // The last warmup step is one ramp step below the peak: 1/W for the linear
+            // and cosine ramps, sqrt(1/W) for the 1-sqrt ramp of warmup-stable-decay.
+            let step_bound = match c.kind {
+                ScheduleKind::WarmupStableDecay { warmup_ramp: Ramp::OneMinusSqrt, .. } => {
+                    (1.0 / w as f64).sqrt()
+                }
+                _ => 1.0 / w as f64,
+            };
             let ramp_end = s.multiplier(w - 1);
-            prop_assert!((1.0 - ramp_end) <= 1.0 / w as f64 + 1e-12);
+            prop_assert!((1.0 - ramp_end) <= step_bound + 1e-12);
             prop_assert_eq!(s.multiplier(0) , match c.kind {
                 ScheduleKind::WarmupStableDecay { min_lr_ratio, .. } => min_lr_ratio,
                 _ => 0.0,
