@@ -45,7 +45,13 @@ pub const TINY_NAMES: [(&str, &str); 6] = [
     ("head.bias", "head.bias"),
 ];
 
-fn linear<B: Backend>(weight: &[f32], bias: &[f32], out: usize, inp: usize, d: &B::Device) -> Linear<B> {
+fn linear<B: Backend>(
+    weight: &[f32],
+    bias: &[f32],
+    out: usize,
+    inp: usize,
+    d: &B::Device,
+) -> Linear<B> {
     // PyTorch stores Linear weights [out, in]; burn stores [in, out].
     let w = Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [out, inp]), d).transpose();
     Linear {
@@ -62,7 +68,10 @@ impl<B: Backend> Tiny<B> {
     pub fn from_torch(values: &BTreeMap<String, Vec<f32>>, device: &B::Device) -> Self {
         let v = |name: &str| values[name].as_slice();
         let mut norm = LayerNormConfig::new(8).init(device);
-        norm.gamma = Param::from_tensor(Tensor::from_data(TensorData::new(v("norm.weight").to_vec(), [8]), device));
+        norm.gamma = Param::from_tensor(Tensor::from_data(
+            TensorData::new(v("norm.weight").to_vec(), [8]),
+            device,
+        ));
         norm.beta = Some(Param::from_tensor(Tensor::from_data(
             TensorData::new(v("norm.bias").to_vec(), [8]),
             device,
@@ -78,7 +87,8 @@ impl<B: Backend> Tiny<B> {
     pub fn to_torch(&self) -> BTreeMap<String, Vec<f32>> {
         let flat = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().unwrap_or_default();
         let flat2 = |t: Tensor<B, 2>| flat(t.transpose().flatten(0, 1));
-        let bias = |p: &Option<Param<Tensor<B, 1>>>| p.as_ref().map(|b| flat(b.val())).unwrap_or_default();
+        let bias =
+            |p: &Option<Param<Tensor<B, 1>>>| p.as_ref().map(|b| flat(b.val())).unwrap_or_default();
         BTreeMap::from([
             ("dense.weight".to_owned(), flat2(self.dense.weight.val())),
             ("dense.bias".to_owned(), bias(&self.dense.bias)),
@@ -93,9 +103,17 @@ impl<B: Backend> Tiny<B> {
 /// `‖a − b‖ / ‖b‖` in f64 (0 when both are zero).
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let diff: f64 = a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum();
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
     let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    if norm == 0.0 { diff.sqrt() } else { (diff / norm).sqrt() }
+    if norm == 0.0 {
+        diff.sqrt()
+    } else {
+        (diff / norm).sqrt()
+    }
 }
 
 /// Four bare parameters shaped `[5, 3]`, `[3]`, `[2, 2, 2]`, `[1]`, as in the clipping fixture.
@@ -127,9 +145,15 @@ impl<B: burn::tensor::backend::AutodiffBackend> Bag<B> {
         let device = self.a.val().device();
         let mut grads = burn::optim::GradientsParams::new();
         let data = |i: usize, shape: &[usize]| TensorData::new(values[i].clone(), shape.to_vec());
-        grads.register::<B::InnerBackend, 2>(self.a.id, Tensor::from_data(data(0, &[5, 3]), &device));
+        grads.register::<B::InnerBackend, 2>(
+            self.a.id,
+            Tensor::from_data(data(0, &[5, 3]), &device),
+        );
         grads.register::<B::InnerBackend, 1>(self.b.id, Tensor::from_data(data(1, &[3]), &device));
-        grads.register::<B::InnerBackend, 3>(self.c.id, Tensor::from_data(data(2, &[2, 2, 2]), &device));
+        grads.register::<B::InnerBackend, 3>(
+            self.c.id,
+            Tensor::from_data(data(2, &[2, 2, 2]), &device),
+        );
         grads.register::<B::InnerBackend, 1>(self.d.id, Tensor::from_data(data(3, &[1]), &device));
         grads
     }
@@ -137,7 +161,8 @@ impl<B: burn::tensor::backend::AutodiffBackend> Bag<B> {
     /// The four gradients back as flat values (empty where a gradient is absent).
     pub fn read(&self, grads: &burn::optim::GradientsParams) -> Vec<Vec<f32>> {
         fn flat<B2: Backend, const D: usize>(t: Option<Tensor<B2, D>>) -> Vec<f32> {
-            t.map(|t| t.into_data().to_vec::<f32>().unwrap_or_default()).unwrap_or_default()
+            t.map(|t| t.into_data().to_vec::<f32>().unwrap_or_default())
+                .unwrap_or_default()
         }
         vec![
             flat(grads.get::<B::InnerBackend, 2>(self.a.id)),

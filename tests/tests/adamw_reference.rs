@@ -114,7 +114,11 @@ fn run(case: &Case, model: Tiny<B>, optim: &mut AdamW<B>, steps: std::ops::Range
     let mut model = model;
     for step in steps {
         let lr = schedule.lr(step);
-        assert_eq!(lr, case.lrs[step as usize], "{}: lr at step {step}", case.name);
+        assert_eq!(
+            lr, case.lrs[step as usize],
+            "{}: lr at step {step}",
+            case.name
+        );
         let grads = grads_at(case, step as usize, &model);
         model = optim.step(lr, model, grads);
     }
@@ -152,10 +156,19 @@ fn adamw_matches_torch_for_50_steps() {
                 let initial = &case.initial[name];
                 let err = rel_err(&ours[name], reference);
                 // The update Δ = θ − θ₀ is the sharper comparison: θ is dominated by θ₀.
-                let delta = |v: &[f32]| v.iter().zip(initial).map(|(a, b)| a - b).collect::<Vec<_>>();
+                let delta = |v: &[f32]| {
+                    v.iter()
+                        .zip(initial)
+                        .map(|(a, b)| a - b)
+                        .collect::<Vec<_>>()
+                };
                 let delta_err = rel_err(&delta(&ours[name]), &delta(reference));
                 worst = worst.max(err);
-                assert!(err <= 1e-6, "{}: {name} after {at} steps: rel err {err:e}", case.name);
+                assert!(
+                    err <= 1e-6,
+                    "{}: {name} after {at} steps: rel err {err:e}",
+                    case.name
+                );
                 assert!(
                     delta_err <= 1e-4,
                     "{}: {name} update after {at} steps: rel err {delta_err:e}",
@@ -165,7 +178,10 @@ fn adamw_matches_torch_for_50_steps() {
         }
         let state = optim.state();
         for (torch_name, path) in TINY_NAMES {
-            assert_eq!(state.params[path].step, case.state_steps[torch_name], "{path} step");
+            assert_eq!(
+                state.params[path].step, case.state_steps[torch_name],
+                "{path} step"
+            );
         }
         eprintln!("{}: worst parameter rel err {worst:e}", case.name);
     }
@@ -196,14 +212,27 @@ fn saved_state_resumes_bit_identically_on_fresh_param_ids() {
         resumed
             .load_state(AdamWState::load(&file).expect("load state"), &resumed_model)
             .expect("state fits the model");
-        let resumed_model = run(case, resumed_model, &mut resumed, case.steps / 2..case.steps);
+        let resumed_model = run(
+            case,
+            resumed_model,
+            &mut resumed,
+            case.steps / 2..case.steps,
+        );
 
         let (a, b) = (straight_model.to_torch(), resumed_model.to_torch());
         for (name, values) in &a {
-            let same = values.iter().zip(&b[name]).all(|(x, y)| x.to_bits() == y.to_bits());
+            let same = values
+                .iter()
+                .zip(&b[name])
+                .all(|(x, y)| x.to_bits() == y.to_bits());
             assert!(same, "{}: {name} differs after resume", case.name);
         }
-        assert_eq!(straight.state(), resumed.state(), "{}: optimizer state", case.name);
+        assert_eq!(
+            straight.state(),
+            resumed.state(),
+            "{}: optimizer state",
+            case.name
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }

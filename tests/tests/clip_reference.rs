@@ -33,14 +33,22 @@ fn clipping_equals_torch() {
         let total = clip_grad_norm(&bag, &mut grads, case.max_norm, case.norm_type, true)
             .expect("finite gradients");
         let norm_err = (total - case.total_norm).abs() / case.total_norm;
-        assert!(norm_err <= 1e-6, "case {i}: norm {total} vs torch {}", case.total_norm);
+        assert!(
+            norm_err <= 1e-6,
+            "case {i}: norm {total} vs torch {}",
+            case.total_norm
+        );
         for (ours, theirs) in bag.read(&grads).iter().zip(&case.clipped) {
             let err = rel_err(ours, theirs);
             worst = worst.max(err);
             assert!(err <= 1e-6, "case {i}: clipped gradient rel err {err:e}");
         }
         if case.total_norm < case.max_norm {
-            assert_eq!(bag.read(&grads), case.grads, "case {i}: below max_norm, untouched");
+            assert_eq!(
+                bag.read(&grads),
+                case.grads,
+                "case {i}: below max_norm, untouched"
+            );
         }
     }
     eprintln!("{} clipping cases, worst rel err {worst:e}", fx.cases.len());
@@ -51,11 +59,20 @@ fn non_finite_norm_is_an_error_like_torch() {
     let fx: Fixture = fixture("clip.json");
     assert!(fx.nonfinite_raises);
     let bag = Bag::<B>::zeros(&Default::default());
-    let values = vec![vec![0.0; 15], vec![1.0, f32::INFINITY, 2.0], vec![0.0; 8], vec![0.0]];
+    let values = vec![
+        vec![0.0; 15],
+        vec![1.0, f32::INFINITY, 2.0],
+        vec![0.0; 8],
+        vec![0.0],
+    ];
     let mut grads = bag.grads(&values);
     let err = clip_grad_norm(&bag, &mut grads, 1.0, NormType::L2, true).unwrap_err();
     assert!(matches!(err, GradError::NonFiniteNorm { .. }), "{err}");
-    assert_eq!(bag.read(&grads)[1][1], f32::INFINITY, "left untouched on error");
+    assert_eq!(
+        bag.read(&grads)[1][1],
+        f32::INFINITY,
+        "left untouched on error"
+    );
     let norm = clip_grad_norm(&bag, &mut grads, 1.0, NormType::L2, false).expect("no error asked");
     assert!(norm.is_infinite());
 }

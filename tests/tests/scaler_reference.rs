@@ -35,16 +35,32 @@ fn scaler_follows_grad_scaler() {
         // Scaled gradients as torch's backward would produce them, with inf where torch had.
         let s = scaler.scale();
         let bad = if overflow { f32::INFINITY } else { 4.0 * s };
-        let values = vec![vec![s; 15], vec![2.0 * s, 3.0 * s, bad], vec![s; 8], vec![s]];
+        let values = vec![
+            vec![s; 15],
+            vec![2.0 * s, 3.0 * s, bad],
+            vec![s; 8],
+            vec![s],
+        ];
         let mut grads = bag.grads(&values);
         let found_inf = scaler.unscale(&bag, &mut grads);
         assert_eq!(found_inf, overflow, "step {step}: overflow detection");
         if !overflow {
-            assert_eq!(bag.read(&grads)[1], [2.0, 3.0, 4.0], "step {step}: unscaled exactly");
+            assert_eq!(
+                bag.read(&grads)[1],
+                [2.0, 3.0, 4.0],
+                "step {step}: unscaled exactly"
+            );
         }
         let outcome = scaler.update(found_inf);
-        assert_eq!(outcome.should_step(), fx.stepped[step], "step {step}: stepped");
+        assert_eq!(
+            outcome.should_step(),
+            fx.stepped[step],
+            "step {step}: stepped"
+        );
         assert_eq!(scaler.scale(), fx.scale_after[step], "step {step}: scale");
     }
-    assert_eq!(scaler.state().total_skips, fx.overflow.iter().filter(|&&o| o).count() as u64);
+    assert_eq!(
+        scaler.state().total_skips,
+        fx.overflow.iter().filter(|&&o| o).count() as u64
+    );
 }

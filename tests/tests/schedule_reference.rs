@@ -38,5 +38,8 @@ fn every_schedule_equals_transformers() {
             );
         }
     }
-    eprintln!("{} schedules, worst relative error {worst:e}", fx.cases.len());
+    eprintln!(
+        "{} schedules, worst relative error {worst:e}",
+        fx.cases.len()
+    );
 }

@@ -94,7 +94,11 @@ fn scale_never_reaches_zero_or_infinity() {
     }
     assert_eq!(scaler.scale(), f32::MIN_POSITIVE);
     assert_eq!(scaler.state().consecutive_skips, 1000);
-    let mut scaler = LossScaler::new(LossScalerConfig { growth_interval: 1, ..Default::default() }).unwrap();
+    let mut scaler = LossScaler::new(LossScalerConfig {
+        growth_interval: 1,
+        ..Default::default()
+    })
+    .unwrap();
     for _ in 0..1000 {
         scaler.update(false);
     }
@@ -104,13 +108,34 @@ fn scale_never_reaches_zero_or_infinity() {
 #[test]
 fn invalid_configs_name_the_field() {
     let bad = [
-        LossScalerConfig { init_scale: 0.0, ..Default::default() },
-        LossScalerConfig { growth_factor: 1.0, ..Default::default() },
-        LossScalerConfig { backoff_factor: 1.5, ..Default::default() },
-        LossScalerConfig { growth_interval: 0, ..Default::default() },
-        LossScalerConfig { init_scale: f32::NAN, ..Default::default() },
+        LossScalerConfig {
+            init_scale: 0.0,
+            ..Default::default()
+        },
+        LossScalerConfig {
+            growth_factor: 1.0,
+            ..Default::default()
+        },
+        LossScalerConfig {
+            backoff_factor: 1.5,
+            ..Default::default()
+        },
+        LossScalerConfig {
+            growth_interval: 0,
+            ..Default::default()
+        },
+        LossScalerConfig {
+            init_scale: f32::NAN,
+            ..Default::default()
+        },
     ];
-    let fields = ["init_scale", "growth_factor", "backoff_factor", "growth_interval", "init_scale"];
+    let fields = [
+        "init_scale",
+        "growth_factor",
+        "backoff_factor",
+        "growth_interval",
+        "init_scale",
+    ];
     for (config, field) in bad.into_iter().zip(fields) {
         let err = LossScaler::new(config).unwrap_err().to_string();
         assert!(err.contains(field), "{err}");

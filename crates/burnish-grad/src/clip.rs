@@ -136,11 +136,17 @@ pub fn has_non_finite<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &GradientsParams,
 ) -> bool {
     let mut flags = Vec::new();
-    for_each_grad::<B, M, _>(module, grads, |g| flags.push(g.is_finite().bool_not().any()));
+    for_each_grad::<B, M, _>(module, grads, |g| {
+        flags.push(g.is_finite().bool_not().any())
+    });
     if flags.is_empty() {
         return false;
     }
-    let count = Tensor::cat(flags, 0).int().sum().into_scalar().elem::<i64>();
+    let count = Tensor::cat(flags, 0)
+        .int()
+        .sum()
+        .into_scalar()
+        .elem::<i64>();
     count != 0
 }
 

@@ -31,14 +31,31 @@ fn pair() -> Pair<B> {
 fn grads_of(model: &Pair<B>, w: &[f32], b: &[f32]) -> GradientsParams {
     let d = Default::default();
     let mut g = GradientsParams::new();
-    g.register::<Inner, 2>(model.w.id, Tensor::from_data(TensorData::new(w.to_vec(), [3, 4]), &d));
-    g.register::<Inner, 1>(model.b.id, Tensor::from_data(TensorData::new(b.to_vec(), [5]), &d));
+    g.register::<Inner, 2>(
+        model.w.id,
+        Tensor::from_data(TensorData::new(w.to_vec(), [3, 4]), &d),
+    );
+    g.register::<Inner, 1>(
+        model.b.id,
+        Tensor::from_data(TensorData::new(b.to_vec(), [5]), &d),
+    );
     g
 }
 
 fn values(model: &Pair<B>, g: &GradientsParams) -> Vec<f32> {
-    let mut out = g.get::<Inner, 2>(model.w.id).expect("w").into_data().to_vec::<f32>().expect("f32");
-    out.extend(g.get::<Inner, 1>(model.b.id).expect("b").into_data().to_vec::<f32>().expect("f32"));
+    let mut out = g
+        .get::<Inner, 2>(model.w.id)
+        .expect("w")
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
+    out.extend(
+        g.get::<Inner, 1>(model.b.id)
+            .expect("b")
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32"),
+    );
     out
 }
 
@@ -112,16 +129,30 @@ fn token_loss(model: &Linear<B>, x: &[f32], labels: &[i64]) -> (Tensor<B, 1>, u6
     let logp = log_softmax(model.forward(x), 1);
     let clamped: Vec<i64> = labels.iter().map(|&l| l.max(0)).collect();
     let idx = Tensor::<B, 2, Int>::from_data(TensorData::new(clamped, [n, 1]), &d);
-    let mask: Vec<f32> = labels.iter().map(|&l| if l == -100 { 0.0 } else { 1.0 }).collect();
+    let mask: Vec<f32> = labels
+        .iter()
+        .map(|&l| if l == -100 { 0.0 } else { 1.0 })
+        .collect();
     let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), &d);
     let picked = logp.gather(1, idx).mul(mask).sum().neg();
     (picked, labels.iter().filter(|&&l| l != -100).count() as u64)
 }
 
 fn linear_grads(model: &Linear<B>, g: &GradientsParams) -> Vec<f32> {
-    let mut out = g.get::<Inner, 2>(model.weight.id).expect("w").into_data().to_vec::<f32>().expect("f32");
+    let mut out = g
+        .get::<Inner, 2>(model.weight.id)
+        .expect("w")
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
     let bias = model.bias.as_ref().expect("bias");
-    out.extend(g.get::<Inner, 1>(bias.id).expect("b").into_data().to_vec::<f32>().expect("f32"));
+    out.extend(
+        g.get::<Inner, 1>(bias.id)
+            .expect("b")
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32"),
+    );
     out
 }
 
@@ -188,7 +219,11 @@ fn an_empty_cycle_is_an_error_not_nan() {
     let (sum, items) = token_loss(&model, &[0.5; 8], &[-100, -100]);
     assert_eq!(items, 0);
     let mut acc = GradAccumulator::new();
-    acc.add_sum(&model, GradientsParams::from_grads(sum.backward(), &model), items);
+    acc.add_sum(
+        &model,
+        GradientsParams::from_grads(sum.backward(), &model),
+        items,
+    );
     let err = acc.finish(&model).unwrap_err();
     assert_eq!(err, burnish_grad::GradError::NoItems { micro_batches: 1 });
     assert_eq!(acc.micro_batches(), 0, "reset after finish");

@@ -8,9 +8,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::OptimError;
 use crate::groups::{GroupAssignment, ParamGroups, ParamInfo, PathStack, named_params};
 use crate::state::{AdamWState, ParamMoments};
-use crate::OptimError;
 
 /// Hyper-parameters of [`AdamW`]; the defaults are `torch.optim.AdamW`'s.
 ///
@@ -186,7 +186,11 @@ impl<B: AutodiffBackend> AdamW<B> {
             .map(|(path, m)| {
                 let data = |t: &Tensor<B::InnerBackend, 1>| {
                     let flat = t.to_data();
-                    TensorData::from_bytes_vec(flat.as_bytes().to_vec(), m.shape.clone(), flat.dtype)
+                    TensorData::from_bytes_vec(
+                        flat.as_bytes().to_vec(),
+                        m.shape.clone(),
+                        flat.dtype,
+                    )
                 };
                 let moments = ParamMoments {
                     step: m.step,
@@ -217,11 +221,7 @@ impl<B: AutodiffBackend> AdamW<B> {
             .into_iter()
             .map(|info| (info.path.clone(), info))
             .collect();
-        let device = module
-            .devices()
-            .into_iter()
-            .next()
-            .unwrap_or_default();
+        let device = module.devices().into_iter().next().unwrap_or_default();
         let mut moments = BTreeMap::new();
         for (path, saved) in state.params {
             let info = infos
@@ -363,7 +363,10 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         };
         let dims = tensor.dims();
         let info = self.stack.info(dims.to_vec());
-        let group = self.optim.groups.assign(&info, self.optim.config.weight_decay);
+        let group = self
+            .optim
+            .groups
+            .assign(&info, self.optim.config.weight_decay);
         let require_grad = tensor.is_require_grad();
         let n = dims.iter().product::<usize>();
         let updated = self.optim.update(

@@ -292,7 +292,10 @@ mod tests {
     #[test]
     fn hf_rule_matches_transformers_names() {
         let no_decay = [
-            ("bert.encoder.layer.0.attention.output.LayerNorm.weight", "X"),
+            (
+                "bert.encoder.layer.0.attention.output.LayerNorm.weight",
+                "X",
+            ),
             ("bert.embeddings.LayerNorm.bias", "X"),
             ("classifier.bias", "Linear"),
             ("model.norm.weight", "X"),
@@ -342,7 +345,10 @@ mod tests {
         let bias = groups.assign(&info("classifier.bias", "Linear"), 0.01);
         assert_eq!((bias.group.as_str(), bias.weight_decay), ("no_decay", 0.0));
         let w = groups.assign(&info("classifier.weight", "Linear"), 0.01);
-        assert_eq!((w.group.as_str(), w.weight_decay, w.lr_scale), ("head", 0.01, 10.0));
+        assert_eq!(
+            (w.group.as_str(), w.weight_decay, w.lr_scale),
+            ("head", 0.01, 10.0)
+        );
         let other = groups.assign(&info("encoder.weight", "Linear"), 0.01);
         assert_eq!(other.group, "default");
     }

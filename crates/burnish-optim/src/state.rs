@@ -76,9 +76,11 @@ impl AdamWState {
                 let dtype = to_safetensors_dtype(data.dtype).ok_or_else(|| OptimError::Format {
                     detail: format!("{name}: unsupported dtype {:?}", data.dtype),
                 })?;
-                let view = TensorView::new(dtype, data.shape.to_vec(), data.as_bytes())
-                    .map_err(|e| OptimError::Format {
-                        detail: format!("{name}: {e}"),
+                let view =
+                    TensorView::new(dtype, data.shape.to_vec(), data.as_bytes()).map_err(|e| {
+                        OptimError::Format {
+                            detail: format!("{name}: {e}"),
+                        }
                     })?;
                 views.push((name, view));
             }

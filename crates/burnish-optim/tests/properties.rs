@@ -32,9 +32,18 @@ fn net(w: &[f32]) -> Net<B> {
 fn grads(model: &Net<B>, g: &[f32]) -> GradientsParams {
     let d = Default::default();
     let mut out = GradientsParams::new();
-    out.register::<Inner, 2>(model.weight.id, Tensor::from_data(TensorData::new(g.to_vec(), [2, 3]), &d));
-    out.register::<Inner, 1>(model.bias.id, Tensor::from_data(TensorData::new(g[..3].to_vec(), [3]), &d));
-    out.register::<Inner, 1>(model.norm.gamma.id, Tensor::from_data(TensorData::new(g[3..].to_vec(), [3]), &d));
+    out.register::<Inner, 2>(
+        model.weight.id,
+        Tensor::from_data(TensorData::new(g.to_vec(), [2, 3]), &d),
+    );
+    out.register::<Inner, 1>(
+        model.bias.id,
+        Tensor::from_data(TensorData::new(g[..3].to_vec(), [3]), &d),
+    );
+    out.register::<Inner, 1>(
+        model.norm.gamma.id,
+        Tensor::from_data(TensorData::new(g[3..].to_vec(), [3]), &d),
+    );
     out
 }
 
@@ -132,14 +141,24 @@ fn state_that_does_not_fit_is_refused() {
     let moments = renamed.params.remove("weight").unwrap();
     renamed.params.insert("encoder.weight".into(), moments);
     let err = optim.load_state(renamed, &model).unwrap_err();
-    assert!(matches!(err, OptimError::UnknownParameter { ref path } if path == "encoder.weight"), "{err}");
+    assert!(
+        matches!(err, OptimError::UnknownParameter { ref path } if path == "encoder.weight"),
+        "{err}"
+    );
 
     let m = state.params.get_mut("bias").unwrap();
     m.exp_avg = TensorData::new(vec![0.0f32; 4], [4]);
     let err = optim.load_state(state.clone(), &model).unwrap_err();
     assert!(err.to_string().contains("bias.exp_avg"), "{err}");
 
-    let mut amsgrad = AdamW::<B>::new(AdamWConfig { amsgrad: true, ..Default::default() }, ParamGroups::default()).unwrap();
+    let mut amsgrad = AdamW::<B>::new(
+        AdamWConfig {
+            amsgrad: true,
+            ..Default::default()
+        },
+        ParamGroups::default(),
+    )
+    .unwrap();
     let err = amsgrad.load_state(optim.state(), &model).unwrap_err();
     assert!(matches!(err, OptimError::AmsgradMismatch { .. }), "{err}");
 
@@ -149,10 +168,34 @@ fn state_that_does_not_fit_is_refused() {
 #[test]
 fn invalid_hyper_parameters_are_refused() {
     for (config, field) in [
-        (AdamWConfig { beta1: 1.0, ..Default::default() }, "beta1"),
-        (AdamWConfig { beta2: -0.1, ..Default::default() }, "beta2"),
-        (AdamWConfig { epsilon: f64::NAN, ..Default::default() }, "epsilon"),
-        (AdamWConfig { weight_decay: -1.0, ..Default::default() }, "weight_decay"),
+        (
+            AdamWConfig {
+                beta1: 1.0,
+                ..Default::default()
+            },
+            "beta1",
+        ),
+        (
+            AdamWConfig {
+                beta2: -0.1,
+                ..Default::default()
+            },
+            "beta2",
+        ),
+        (
+            AdamWConfig {
+                epsilon: f64::NAN,
+                ..Default::default()
+            },
+            "epsilon",
+        ),
+        (
+            AdamWConfig {
+                weight_decay: -1.0,
+                ..Default::default()
+            },
+            "weight_decay",
+        ),
     ] {
         let err = AdamW::<B>::new(config, ParamGroups::default()).unwrap_err();
         assert!(err.to_string().contains(field), "{err}");
@@ -162,5 +205,8 @@ fn invalid_hyper_parameters_are_refused() {
 #[test]
 fn torch_defaults() {
     let c = AdamWConfig::default();
-    assert_eq!((c.beta1, c.beta2, c.epsilon, c.weight_decay, c.amsgrad), (0.9, 0.999, 1e-8, 1e-2, false));
+    assert_eq!(
+        (c.beta1, c.beta2, c.epsilon, c.weight_decay, c.amsgrad),
+        (0.9, 0.999, 1e-8, 1e-2, false)
+    );
 }

@@ -165,8 +165,7 @@ fn kind_strategy() -> impl Strategy<Value = ScheduleKind> {
             lr_end: e,
             power: p
         }),
-        proptest::option::of(1u64..20_000)
-            .prop_map(|t| ScheduleKind::InverseSqrt { timescale: t }),
+        proptest::option::of(1u64..20_000).prop_map(|t| ScheduleKind::InverseSqrt { timescale: t }),
         (0.0..0.5f64, ramp.clone(), ramp, 0.0..=1.0f64).prop_map(|(d, wr, dr, m)| {
             ScheduleKind::WarmupStableDecay {
                 decay: Warmup::Ratio(d),

@@ -1,1 +1,47 @@
-//! x
+//! burnish: full-parameter fine-tuning of pretrained transformers on
+//! [burn](https://burn.dev), with PyTorch's numbers.
+//!
+//! This facade re-exports every burnish crate under one name; each is also usable alone:
+//!
+//! | module | crate | holds |
+//! |---|---|---|
+//! | [`schedule`] | `burnish-schedule` | LR schedules, exactly transformers' (no burn dependency) |
+//! | [`optim`] | `burnish-optim` | AdamW as torch computes it, weight-decay groups by name |
+//! | [`grad`] | `burnish-grad` | global-norm clipping, accumulation normalized per cycle |
+//! | [`amp`] | `burnish-amp` | dynamic loss scaler, precision policy |
+//! | [`backend`] | burn | the backends the libraries run on |
+//!
+//! ```
+//! use burnish::schedule::{ScheduleConfig, ScheduleKind, Warmup};
+//! let schedule = ScheduleConfig { kind: ScheduleKind::Linear, peak_lr: 2e-5,
+//!                                 total_steps: 100, warmup: Warmup::Ratio(0.1) }.build()?;
+//! assert_eq!(schedule.lr(10), 2e-5);
+//! # Ok::<(), burnish::schedule::ScheduleError>(())
+//! ```
+
+pub use burnish_amp as amp;
+pub use burnish_grad as grad;
+pub use burnish_optim as optim;
+pub use burnish_schedule as schedule;
+
+/// Backends: every burnish library is generic over `B: Backend`; these are the concrete
+/// ones a program picks from.
+pub mod backend {
+    pub use burn::backend::Autodiff;
+
+    /// The CPU reference backend (burn-ndarray, f32), the one the tests run on.
+    #[cfg(feature = "ndarray")]
+    pub type Cpu = burn_ndarray::NdArray<f32>;
+
+    /// [`Cpu`] with automatic differentiation, for training.
+    #[cfg(feature = "ndarray")]
+    pub type CpuTrain = Autodiff<Cpu>;
+
+    /// The CUDA backend (burn-cuda, f32); needs the CUDA driver at run time only.
+    #[cfg(feature = "cuda")]
+    pub type Cuda = burn_cuda::Cuda<f32, i32>;
+
+    /// [`Cuda`] with automatic differentiation, for training.
+    #[cfg(feature = "cuda")]
+    pub type CudaTrain = Autodiff<Cuda>;
+}
