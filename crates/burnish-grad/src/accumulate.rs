@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::GradError;
-use crate::visit::map_grads;
+use crate::visit::{Elementwise, map_grads};
 
 /// Sums micro-batch gradients over an accumulation cycle and normalizes them by the total
 /// number of items (examples, or label tokens `≠ −100`) of the *whole* cycle.
@@ -78,7 +78,7 @@ impl GradAccumulator {
         mut grads: GradientsParams,
         items: u64,
     ) {
-        map_grads::<B, M, _>(module, &mut grads, |g| g.mul_scalar(items as f64));
+        map_grads::<B, M>(module, &mut grads, Elementwise::Mul(items as f64));
         self.add_sum(module, grads, items);
     }
 
@@ -117,7 +117,7 @@ impl GradAccumulator {
         if items == 0 {
             return Err(GradError::NoItems { micro_batches });
         }
-        map_grads::<B, M, _>(module, &mut sum, |g| g.div_scalar(items as f64));
+        map_grads::<B, M>(module, &mut sum, Elementwise::Div(items as f64));
         Ok(sum)
     }
 }

@@ -7,7 +7,7 @@ use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::GradError;
-use crate::visit::{FlatGrad, for_each_grad, map_grads};
+use crate::visit::{Elementwise, Reduction, map_grads, reduce_grads};
 
 /// The norm used by [`clip_grad_norm`] and [`grad_norm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -30,15 +30,20 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &GradientsParams,
     norm: NormType,
 ) -> f64 {
-    let mut norms: Vec<FlatGrad<B>> = Vec::new();
-    for_each_grad::<B, M, _>(module, grads, |g| {
-        norms.push(match norm {
-            NormType::L2 => g.square().sum().sqrt(),
-            NormType::Inf => g.abs().max(),
-        });
-    });
+    let per_tensor = match norm {
+        NormType::L2 => Reduction::SumSquares,
+        NormType::Inf => Reduction::MaxAbs,
+    };
+    let mut norms = reduce_grads::<B, M>(module, grads, per_tensor);
     if norms.is_empty() {
         return 0.0;
+    }
+    if norm == NormType::L2 {
+        // torch takes the norm of the per-tensor norms.
+        norms = norms
+            .into_iter()
+            .map(|sum_squares| sum_squares.sqrt())
+            .collect();
     }
     let norms = Tensor::cat(norms, 0);
     let total = match norm {
@@ -99,7 +104,7 @@ pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
     let coef = clip_coefficient(max_norm, total);
     if coef != 1.0 {
-        map_grads::<B, M, _>(module, grads, |g| g.mul_scalar(coef));
+        map_grads::<B, M>(module, grads, Elementwise::Mul(coef.into()));
     }
     Ok(total)
 }
@@ -124,7 +129,7 @@ pub fn clip_grad_value<B: AutodiffBackend, M: AutodiffModule<B>>(
     if !(clip_value.is_finite() && clip_value >= 0.0) {
         return Err(GradError::InvalidMaxNorm(clip_value));
     }
-    map_grads::<B, M, _>(module, grads, |g| g.clamp(-clip_value, clip_value));
+    map_grads::<B, M>(module, grads, Elementwise::Clamp(clip_value));
     Ok(())
 }
 
@@ -135,19 +140,11 @@ pub fn has_non_finite<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> bool {
-    let mut flags = Vec::new();
-    for_each_grad::<B, M, _>(module, grads, |g| {
-        flags.push(g.is_finite().bool_not().any())
-    });
+    let flags = reduce_grads::<B, M>(module, grads, Reduction::NonFinite);
     if flags.is_empty() {
         return false;
     }
-    let count = Tensor::cat(flags, 0)
-        .int()
-        .sum()
-        .into_scalar()
-        .elem::<i64>();
-    count != 0
+    Tensor::cat(flags, 0).sum().into_scalar().elem::<f64>() > 0.0
 }
 
 /// Multiplies every gradient of `module` in `grads` by `factor` (used to unscale after
@@ -157,7 +154,7 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     grads: &mut GradientsParams,
     factor: f64,
 ) {
-    map_grads::<B, M, _>(module, grads, |g| g.mul_scalar(factor));
+    map_grads::<B, M>(module, grads, Elementwise::Mul(factor));
 }
 
 #[cfg(test)]

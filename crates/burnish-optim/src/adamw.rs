@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
 use crate::OptimError;
@@ -63,14 +63,50 @@ impl AdamWConfig {
     }
 }
 
-/// Moments of one parameter, flattened to 1-D so parameters of any rank share one map.
+type Primitive<B> = burn::tensor::ops::FloatTensor<B>;
+
+/// Moments of one parameter, kept rank-less (as backend primitives) so that parameters of
+/// any rank share one map without reshaping: on burn-ndarray a reshape copies.
 #[derive(Debug, Clone)]
 struct Moments<B: Backend> {
     step: u64,
-    shape: Vec<usize>,
-    exp_avg: Tensor<B, 1>,
-    exp_avg_sq: Tensor<B, 1>,
-    max_exp_avg_sq: Option<Tensor<B, 1>>,
+    exp_avg: Primitive<B>,
+    exp_avg_sq: Primitive<B>,
+    max_exp_avg_sq: Option<Primitive<B>>,
+}
+
+fn tensor<B: Backend, const D: usize>(p: Primitive<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> Primitive<B> {
+    t.into_primitive().tensor()
+}
+
+/// Reads a rank-less primitive back as data of its own shape.
+fn to_data<B: Backend>(p: &Primitive<B>) -> TensorData {
+    macro_rules! by_rank {
+        ($($d:literal),*) => {
+            match p.shape().num_dims() {
+                $($d => tensor::<B, $d>(p.clone()).into_data(),)*
+                _ => unreachable!("parameters of rank > 6 are rejected at the first step"),
+            }
+        };
+    }
+    by_rank!(1, 2, 3, 4, 5, 6)
+}
+
+/// Uploads data of rank 1 to 6 as a rank-less primitive.
+fn from_data<B: Backend>(data: TensorData, device: &B::Device) -> Option<Primitive<B>> {
+    macro_rules! by_rank {
+        ($($d:literal),*) => {
+            match data.shape.num_dims() {
+                $($d => Some(primitive(Tensor::<B, $d>::from_data(data, device))),)*
+                _ => None,
+            }
+        };
+    }
+    by_rank!(1, 2, 3, 4, 5, 6)
 }
 
 /// AdamW over every float parameter of a burn module, keyed by parameter path.
@@ -184,19 +220,11 @@ impl<B: AutodiffBackend> AdamW<B> {
             .moments
             .iter()
             .map(|(path, m)| {
-                let data = |t: &Tensor<B::InnerBackend, 1>| {
-                    let flat = t.to_data();
-                    TensorData::from_bytes_vec(
-                        flat.as_bytes().to_vec(),
-                        m.shape.clone(),
-                        flat.dtype,
-                    )
-                };
                 let moments = ParamMoments {
                     step: m.step,
-                    exp_avg: data(&m.exp_avg),
-                    exp_avg_sq: data(&m.exp_avg_sq),
-                    max_exp_avg_sq: m.max_exp_avg_sq.as_ref().map(data),
+                    exp_avg: to_data::<B::InnerBackend>(&m.exp_avg),
+                    exp_avg_sq: to_data::<B::InnerBackend>(&m.exp_avg_sq),
+                    max_exp_avg_sq: m.max_exp_avg_sq.as_ref().map(to_data::<B::InnerBackend>),
                 };
                 (path.clone(), moments)
             })
@@ -248,38 +276,32 @@ impl<B: AutodiffBackend> AdamW<B> {
                     amsgrad: self.config.amsgrad,
                 });
             }
-            let flat = |data: TensorData| {
-                let n = data.num_elements();
-                Tensor::<B::InnerBackend, 1>::from_data(
-                    TensorData::from_bytes_vec(data.as_bytes().to_vec(), [n], data.dtype),
-                    &device,
-                )
+            let upload = |data: TensorData| {
+                from_data::<B::InnerBackend>(data, &device).ok_or_else(|| OptimError::Format {
+                    detail: format!("{path}: parameters of rank > 6 are not supported"),
+                })
             };
-            moments.insert(
-                path,
-                Moments {
-                    step: saved.step,
-                    shape: info.shape.clone(),
-                    exp_avg: flat(saved.exp_avg),
-                    exp_avg_sq: flat(saved.exp_avg_sq),
-                    max_exp_avg_sq: saved.max_exp_avg_sq.map(flat),
-                },
-            );
+            let restored = Moments {
+                step: saved.step,
+                exp_avg: upload(saved.exp_avg)?,
+                exp_avg_sq: upload(saved.exp_avg_sq)?,
+                max_exp_avg_sq: saved.max_exp_avg_sq.map(upload).transpose()?,
+            };
+            moments.insert(path, restored);
         }
         self.moments = moments;
         Ok(())
     }
 
-    /// One AdamW update of a flattened parameter.
-    fn update(
+    /// One AdamW update of a parameter.
+    fn update<const D: usize>(
         &mut self,
         path: String,
         group: &GroupAssignment,
         lr: f64,
-        param: Tensor<B::InnerBackend, 1>,
-        grad: Tensor<B::InnerBackend, 1>,
-        shape: Vec<usize>,
-    ) -> Tensor<B::InnerBackend, 1> {
+        param: Tensor<B::InnerBackend, D>,
+        grad: Tensor<B::InnerBackend, D>,
+    ) -> Tensor<B::InnerBackend, D> {
         let AdamWConfig {
             beta1,
             beta2,
@@ -288,27 +310,32 @@ impl<B: AutodiffBackend> AdamW<B> {
             ..
         } = self.config;
         let lr = lr * group.lr_scale;
-        let state = self.moments.remove(&path).unwrap_or_else(|| Moments {
-            step: 0,
-            shape,
-            exp_avg: grad.zeros_like(),
-            exp_avg_sq: grad.zeros_like(),
-            max_exp_avg_sq: amsgrad.then(|| grad.zeros_like()),
-        });
-        let step = state.step + 1;
+        let (step, exp_avg, exp_avg_sq, max_exp_avg_sq) = match self.moments.remove(&path) {
+            Some(m) => (
+                m.step,
+                tensor(m.exp_avg),
+                tensor(m.exp_avg_sq),
+                m.max_exp_avg_sq.map(tensor),
+            ),
+            None => (
+                0,
+                grad.zeros_like(),
+                grad.zeros_like(),
+                amsgrad.then(|| grad.zeros_like()),
+            ),
+        };
+        let step = step + 1;
         let param = if group.weight_decay != 0.0 {
             param.mul_scalar(1.0 - lr * group.weight_decay)
         } else {
             param
         };
         // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + w·(g − m) for w < 0.5.
-        let exp_avg = state
-            .exp_avg
+        let exp_avg = exp_avg
             .clone()
-            .add(grad.clone().sub(state.exp_avg).mul_scalar(1.0 - beta1));
+            .add(grad.clone().sub(exp_avg).mul_scalar(1.0 - beta1));
         // torch: exp_avg_sq.mul_(β2).addcmul_(g, g, value = 1 − β2).
-        let exp_avg_sq = state
-            .exp_avg_sq
+        let exp_avg_sq = exp_avg_sq
             .mul_scalar(beta2)
             .add(grad.clone().mul_scalar(1.0 - beta2).mul(grad));
         // Python float arithmetic: `beta ** step` is C pow(), hence powf, not powi.
@@ -316,9 +343,7 @@ impl<B: AutodiffBackend> AdamW<B> {
         let bias_correction2 = 1.0 - beta2.powf(step as f64);
         let step_size = lr / bias_correction1;
         let bias_correction2_sqrt = bias_correction2.powf(0.5);
-        let max_exp_avg_sq = state
-            .max_exp_avg_sq
-            .map(|max| max.max_pair(exp_avg_sq.clone()));
+        let max_exp_avg_sq = max_exp_avg_sq.map(|max| max.max_pair(exp_avg_sq.clone()));
         let second = max_exp_avg_sq.as_ref().unwrap_or(&exp_avg_sq).clone();
         let denom = second
             .sqrt()
@@ -330,10 +355,9 @@ impl<B: AutodiffBackend> AdamW<B> {
             path,
             Moments {
                 step,
-                shape: state.shape,
-                exp_avg,
-                exp_avg_sq,
-                max_exp_avg_sq,
+                exp_avg: primitive(exp_avg),
+                exp_avg_sq: primitive(exp_avg_sq),
+                max_exp_avg_sq: max_exp_avg_sq.map(primitive),
             },
         );
         param
@@ -362,22 +386,21 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let dims = tensor.dims();
+        if D > 6 {
+            // State files hold ranks 1-6 only; leave such a parameter untouched rather than
+            // train it with state that could not be saved.
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
         let info = self.stack.info(dims.to_vec());
         let group = self
             .optim
             .groups
             .assign(&info, self.optim.config.weight_decay);
         let require_grad = tensor.is_require_grad();
-        let n = dims.iter().product::<usize>();
-        let updated = self.optim.update(
-            info.path,
-            &group,
-            self.lr,
-            tensor.inner().reshape([n]),
-            grad.reshape([n]),
-            dims.to_vec(),
-        );
-        let mut tensor = Tensor::from_inner(updated.reshape(dims));
+        let updated = self
+            .optim
+            .update(info.path, &group, self.lr, tensor.inner(), grad);
+        let mut tensor = Tensor::from_inner(updated);
         if require_grad {
             tensor = tensor.require_grad();
         }

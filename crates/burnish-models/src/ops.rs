@@ -1,0 +1,82 @@
+//! Tensor functions shared by the architectures.
+
+use burn::tensor::activation::{relu, silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor};
+
+use crate::config::Activation;
+
+/// Exact GELU, `x · ½ · (1 + erf(x/√2))`, written with differentiable ops.
+///
+/// burn 0.21's built-in `gelu` computes the exact forward but back-propagates the
+/// derivative of the *tanh approximation*; composing `erf` keeps the gradient exact, as
+/// PyTorch's is.
+pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let cdf = x
+        .clone()
+        .div_scalar(std::f64::consts::SQRT_2)
+        .erf()
+        .add_scalar(1.0);
+    x.mul(cdf).div_scalar(2.0)
+}
+
+/// tanh-approximated GELU (`gelu_new`), `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = x
+        .clone()
+        .add(x.clone().powi_scalar(3).mul_scalar(0.044715))
+        .mul_scalar(c);
+    x.mul(inner.tanh().add_scalar(1.0)).mul_scalar(0.5)
+}
+
+/// Applies an [`Activation`].
+pub fn activate<B: Backend, const D: usize>(act: Activation, x: Tensor<B, D>) -> Tensor<B, D> {
+    match act {
+        Activation::Gelu => gelu_exact(x),
+        Activation::GeluTanh => gelu_tanh(x),
+        Activation::Relu => relu(x),
+        Activation::Silu => silu(x),
+    }
+}
+
+/// A large negative score for masked positions. Finite (not −inf) so that a row whose keys
+/// are all masked (a left-padding query) gives a uniform distribution, never NaN.
+pub const MASKED: f32 = f32::MIN;
+
+/// Scaled dot-product attention over `[batch, heads, q_len, head_dim]` queries and
+/// `[batch, heads, k_len, head_dim]` keys/values; `mask` is `true` where a key must be
+/// ignored, broadcast from `[batch, 1, q_len or 1, k_len]`.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    dropout: &burn::nn::Dropout,
+) -> Tensor<B, 4> {
+    let head_dim = q.dims()[3];
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .div_scalar((head_dim as f64).sqrt());
+    let scores = match mask {
+        Some(mask) => {
+            let [b, h, q_len, k_len] = scores.dims();
+            scores.mask_fill(mask.expand([b, h, q_len, k_len]), MASKED)
+        }
+        None => scores,
+    };
+    let probs = dropout.forward(softmax(scores, 3));
+    probs.matmul(v)
+}
+
+/// Repeats each key/value head `groups` times: `[b, kv, s, d]` → `[b, kv·groups, s, d]`,
+/// head `i` of the result being kv head `i / groups` (transformers' `repeat_kv`).
+pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, kv, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, groups, s, d])
+        .reshape([b, kv * groups, s, d])
+}
