@@ -144,12 +144,22 @@ pub struct LlamaConfig {
     /// RMSNorm ε.
     #[serde(default = "default_rms_eps")]
     pub rms_norm_eps: f64,
-    /// Rotary base θ.
-    #[serde(default = "default_theta")]
-    pub rope_theta: f64,
-    /// Rotary scaling; only `null` is supported.
+    /// Rotary base θ as transformers 4 writes it; see [`LlamaConfig::rope_theta`].
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// Rotary parameters as transformers 5 writes them (`{"rope_theta": …,
+    /// "rope_type": "default"}`); only the default rope type is supported.
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Rotary scaling (transformers 4); only `null` or the default type is supported.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Mistral's sliding attention window, in tokens; `None` attends to everything.
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    /// Qwen2's switch for its sliding window (unsupported when true).
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
     /// Whether `lm_head` shares the input embedding matrix.
     #[serde(default)]
     pub tie_word_embeddings: bool,
@@ -346,6 +356,26 @@ impl LlamaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
+    /// The rotary base θ: `rope_parameters.rope_theta` (transformers 5), else the top-level
+    /// `rope_theta` (transformers 4), else 10 000.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(serde_json::Value::as_f64)
+            .or(self.rope_theta)
+            .unwrap_or_else(default_theta)
+    }
+
+    /// The attention window: Mistral's `sliding_window` when set; Qwen2 declares its window
+    /// but only uses it with `use_sliding_window`, which is rejected by `validate`.
+    pub fn attention_window(&self) -> Option<usize> {
+        match self.model_type.as_str() {
+            "mistral" => self.sliding_window,
+            _ => None,
+        }
+    }
+
     /// Whether q/k/v projections carry a bias (qwen2 always, Llama when `attention_bias`).
     pub fn qkv_bias(&self) -> bool {
         self.attention_bias || self.model_type == "qwen2"
@@ -386,20 +416,38 @@ impl LlamaConfig {
                 self.head_dim()
             )));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+        let theta = self.rope_theta();
+        if !(theta.is_finite() && theta > 0.0) {
             return Err(ModelError::Inconsistent(format!(
-                "rope_theta must be > 0, got {}",
-                self.rope_theta
+                "rope_theta must be > 0, got {theta}"
             )));
         }
-        if let Some(scaling) = &self.rope_scaling
-            && !scaling.is_null()
-        {
+        for (field, value) in [
+            ("rope_scaling", &self.rope_scaling),
+            ("rope_parameters", &self.rope_parameters),
+        ] {
+            let Some(value) = value else { continue };
+            let kind = value.get("rope_type").or_else(|| value.get("type"));
+            let default = value.is_null() || kind.is_none_or(|k| k == "default");
+            if !default {
+                return Err(ModelError::Unsupported {
+                    field,
+                    value: value.to_string(),
+                    supported: "the default rope type (no scaling)",
+                });
+            }
+        }
+        if self.model_type == "qwen2" && self.use_sliding_window == Some(true) {
             return Err(ModelError::Unsupported {
-                field: "rope_scaling",
-                value: scaling.to_string(),
-                supported: "null",
+                field: "use_sliding_window",
+                value: "true".to_owned(),
+                supported: "false",
             });
+        }
+        if self.attention_window() == Some(0) {
+            return Err(ModelError::Inconsistent(
+                "sliding_window must be at least 1".to_owned(),
+            ));
         }
         self.activation()?;
         probability("attention_dropout", self.attention_dropout)

@@ -65,6 +65,7 @@ pub struct LlamaModel<B: Backend> {
     /// Final norm.
     pub norm: RmsNorm<B>,
     rope_theta: f64,
+    window: Option<usize>,
 }
 
 /// A decoder with its language-model head (HF `LlamaForCausalLM`); with tied embeddings
@@ -145,7 +146,8 @@ impl LlamaConfig {
                 embed_tokens: embedding(self.vocab_size, h, std, device),
                 layers,
                 norm: RmsNorm::new(h, self.rms_norm_eps, device),
-                rope_theta: self.rope_theta,
+                rope_theta: self.rope_theta(),
+                window: self.attention_window(),
             },
             lm_head: (!self.tie_word_embeddings)
                 .then(|| linear(h, self.vocab_size, false, std, device)),
@@ -302,6 +304,19 @@ impl<B: Backend> LlamaModel<B> {
             .clone()
             .equal_elem(0)
             .reshape([batch, 1, 1, total]);
+        // Mistral's sliding window also hides keys `window` or more positions back.
+        let causal = match self.window {
+            Some(window) => causal.bool_or(
+                Tensor::<B, 1, Int>::arange(0..total as i64, &device)
+                    .unsqueeze::<2>()
+                    .add_scalar(window as i64)
+                    .lower_equal(
+                        Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device)
+                            .unsqueeze_dim::<2>(1),
+                    ),
+            ),
+            None => causal,
+        };
         let mask = causal
             .reshape([1, 1, seq, total])
             .expand([batch, 1, seq, total])

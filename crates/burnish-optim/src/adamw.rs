@@ -9,7 +9,9 @@ use burn::tensor::{Tensor, TensorData, TensorMetadata, TensorPrimitive};
 use serde::{Deserialize, Serialize};
 
 use crate::OptimError;
-use crate::groups::{GroupAssignment, ParamGroups, ParamInfo, PathStack, named_params};
+use burnish_params::{ParamInfo, PathStack, named_params};
+
+use crate::groups::{GroupAssignment, ParamGroups};
 use crate::state::{AdamWState, ParamMoments};
 
 /// Hyper-parameters of [`AdamW`]; the defaults are `torch.optim.AdamW`'s.

@@ -6,7 +6,8 @@
 //! - [`ParamGroups`]: ordered [`GroupRule`]s giving parameters their weight decay and lr
 //!   multiplier; the default is the Hugging Face Trainer's no-decay rule for biases and
 //!   normalization weights. [`AdamW::assignments`] lists who is in which group.
-//! - [`named_params`]: the dotted path of every parameter of a module.
+//! - [`named_params`]: the dotted path of every parameter of a module (from
+//!   `burnish-params`).
 //! - [`BurnLrScheduler`]: a `burnish-schedule` schedule as burn's `LrScheduler`.
 
 mod adamw;
@@ -16,7 +17,8 @@ mod lr;
 mod state;
 
 pub use adamw::{AdamW, AdamWConfig};
+pub use burnish_params::{ParamInfo, named_params};
 pub use error::OptimError;
-pub use groups::{GroupAssignment, GroupRule, Matcher, ParamGroups, ParamInfo, named_params};
+pub use groups::{GroupAssignment, GroupRule, Matcher, ParamGroups};
 pub use lr::BurnLrScheduler;
 pub use state::{AdamWState, ParamMoments};

@@ -1,0 +1,161 @@
+//! Writing a module back as a Hugging Face checkpoint.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use burnish_params::{PathStack, named_params};
+use serde_json::{Map, Value, json};
+
+use crate::{LoadError, Naming};
+
+/// Tokenizer and vocabulary files copied by [`export_dir`] when the source has them.
+pub const TOKENIZER_FILES: [&str; 7] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+];
+
+struct Writer<'a, W: Write> {
+    out: &'a mut W,
+    naming: Naming,
+    stack: PathStack,
+    error: Option<std::io::Error>,
+}
+
+impl<B: Backend, W: Write> ModuleVisitor<B> for Writer<'_, W> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        let info = self.stack.info(param.lazy_shape().to_vec());
+        let tensor = param.val();
+        let tensor = if D == 2 && self.naming.transposed(&info) {
+            tensor.transpose()
+        } else {
+            tensor
+        };
+        let data = tensor.into_data().convert::<f32>();
+        let bytes: Vec<u8> = match data.as_slice::<f32>() {
+            Ok(values) => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Err(e) => {
+                self.error = Some(std::io::Error::other(format!("{}: {e:?}", info.path)));
+                return;
+            }
+        };
+        if let Err(e) = self.out.write_all(&bytes) {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// Writes every float parameter of `module` as float32 to a safetensors file, under its HF
+/// name (transposing Linear weights back to `[out, in]`), one tensor at a time so no second
+/// copy of the model is held. The file is written next to `path` and renamed into place.
+/// Returns the names written.
+///
+/// # Errors
+/// [`LoadError::Io`] naming the file.
+pub fn save_module<B: Backend, M: Module<B>>(
+    module: &M,
+    naming: Naming,
+    path: &Path,
+) -> Result<Vec<String>, LoadError> {
+    let mut header = Map::new();
+    header.insert("__metadata__".into(), json!({"format": "pt"}));
+    let mut offset = 0u64;
+    let mut names = Vec::new();
+    for info in named_params(module) {
+        let mut shape = info.shape.clone();
+        if shape.len() == 2 && naming.transposed(&info) {
+            shape.reverse();
+        }
+        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        let name = naming.hf_name(&info);
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        names.push(name);
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| LoadError::format(path, e.to_string()))?;
+    // The data section starts 8-byte aligned, as safetensors' own writer does.
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let tmp: PathBuf = path.with_extension("safetensors.tmp");
+    let file = File::create(&tmp).map_err(LoadError::io(&tmp))?;
+    let mut out = BufWriter::new(file);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(&header))
+        .map_err(LoadError::io(&tmp))?;
+    let mut writer = Writer {
+        out: &mut out,
+        naming,
+        stack: PathStack::new(),
+        error: None,
+    };
+    module.visit(&mut writer);
+    if let Some(e) = writer.error {
+        return Err(LoadError::Io {
+            path: tmp,
+            source: e,
+        });
+    }
+    let file = out.into_inner().map_err(|e| LoadError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(LoadError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(LoadError::io(path))?;
+    Ok(names)
+}
+
+/// Writes a complete HF model directory: `model.safetensors`, `config.json` (the given
+/// JSON, e.g. the source config with task fields such as `num_labels`, `id2label` and
+/// `architectures` set by the caller), and the tokenizer files of `tokenizer_from` when
+/// present.
+///
+/// # Errors
+/// [`LoadError::Io`] naming the file.
+pub fn export_dir<B: Backend, M: Module<B>>(
+    out_dir: &Path,
+    module: &M,
+    naming: Naming,
+    config: &Value,
+    tokenizer_from: Option<&Path>,
+) -> Result<(), LoadError> {
+    std::fs::create_dir_all(out_dir).map_err(LoadError::io(out_dir))?;
+    save_module(module, naming, &out_dir.join("model.safetensors"))?;
+    let config_path = out_dir.join("config.json");
+    let text = serde_json::to_string_pretty(config)
+        .map_err(|e| LoadError::format(&config_path, e.to_string()))?;
+    std::fs::write(&config_path, text + "\n").map_err(LoadError::io(&config_path))?;
+    if let Some(src) = tokenizer_from {
+        for name in TOKENIZER_FILES {
+            let from = src.join(name);
+            if from.is_file() {
+                let to = out_dir.join(name);
+                std::fs::copy(&from, &to).map_err(LoadError::io(&to))?;
+            }
+        }
+    }
+    Ok(())
+}

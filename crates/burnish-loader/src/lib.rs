@@ -1,0 +1,195 @@
+//! Hugging Face model directories in and out of burn.
+//!
+//! - [`HfModelDir::open`] reads `config.json` into a [`ModelConfig`];
+//!   [`HfModelDir::load_bert`] / [`HfModelDir::load_llama`] build the module and fill it
+//!   from `model.safetensors` or a sharded `model.safetensors.index.json` ([`Weights`]),
+//!   converting F16/BF16 to the module's float type and transposing Linear weights.
+//! - Loading is strict: a missing backbone tensor or a shape mismatch is an error naming
+//!   the tensor; a [`LoadReport`] lists what was loaded, what was left out (allowed
+//!   prefixes such as a new head) and what the checkpoint had that nothing used.
+//! - Files are read tensor by tensor (no memory map, no whole-file buffer), so loading
+//!   peaks near one copy of the weights.
+//! - [`export_dir`] writes a directory that `transformers.AutoModel...from_pretrained`
+//!   loads: float32 safetensors under HF names, `config.json`, tokenizer files.
+//!
+//! ```no_run
+//! use burnish_loader::{HfModelDir, LoadOptions};
+//! type B = burn_ndarray::NdArray;
+//! let dir = HfModelDir::open("models/all-MiniLM-L6-v2".as_ref())?;
+//! let (model, report) = dir.load_bert::<B>(&Default::default(), &LoadOptions::default())?;
+//! println!("{} tensors loaded, unused: {:?}", report.loaded.len(), report.unexpected);
+//! # Ok::<(), burnish_loader::LoadError>(())
+//! ```
+
+mod error;
+mod export;
+mod load;
+mod naming;
+mod safetensors_file;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burnish_models::{
+    BertConfig, BertFlavor, BertModel, LlamaConfig, LlamaForCausalLm, ModelConfig,
+};
+
+pub use error::LoadError;
+pub use export::{TOKENIZER_FILES, export_dir, save_module};
+pub use load::{LoadOptions, LoadReport, load_module};
+pub use naming::Naming;
+pub use safetensors_file::{FloatDtype, SafetensorsFile, TensorEntry};
+pub use weights::Weights;
+
+/// A Hugging Face model directory with its parsed `config.json`.
+#[derive(Debug, Clone)]
+pub struct HfModelDir {
+    path: PathBuf,
+    config_json: serde_json::Value,
+    config: ModelConfig,
+}
+
+impl HfModelDir {
+    /// Reads and validates `dir/config.json`.
+    ///
+    /// # Errors
+    /// [`LoadError::MissingFile`], [`LoadError::Io`], or [`LoadError::Config`] naming the
+    /// file and the field.
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        let config_path = dir.join("config.json");
+        if !config_path.is_file() {
+            return Err(LoadError::MissingFile {
+                path: dir.to_owned(),
+                what: "config.json",
+            });
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(LoadError::io(&config_path))?;
+        let config = ModelConfig::from_json(&text).map_err(|source| LoadError::Config {
+            path: config_path.clone(),
+            source,
+        })?;
+        let config_json = serde_json::from_str(&text)
+            .map_err(|e| LoadError::format(&config_path, e.to_string()))?;
+        Ok(HfModelDir {
+            path: dir.to_owned(),
+            config_json,
+            config,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// `config.json` as JSON, to carry unknown fields through an export.
+    pub fn config_json(&self) -> &serde_json::Value {
+        &self.config_json
+    }
+
+    /// The name mapping of this directory's architecture.
+    pub fn naming(&self) -> Naming {
+        match &self.config {
+            ModelConfig::Bert(c) if c.flavor == BertFlavor::Roberta => Naming::Roberta,
+            ModelConfig::Bert(_) => Naming::Bert,
+            ModelConfig::Llama(_) => Naming::Llama,
+        }
+    }
+
+    /// Opens the checkpoint's weights.
+    ///
+    /// # Errors
+    /// See [`Weights::open_dir`].
+    pub fn weights(&self) -> Result<Weights, LoadError> {
+        Weights::open_dir(&self.path)
+    }
+
+    fn bert_config(&self) -> Result<&BertConfig, LoadError> {
+        match &self.config {
+            ModelConfig::Bert(c) => Ok(c),
+            ModelConfig::Llama(c) => {
+                Err(self.wrong_family("an encoder (bert, roberta)", &c.model_type))
+            }
+        }
+    }
+
+    fn llama_config(&self) -> Result<&LlamaConfig, LoadError> {
+        match &self.config {
+            ModelConfig::Llama(c) => Ok(c),
+            ModelConfig::Bert(_) => {
+                Err(self.wrong_family("a decoder (llama, mistral, qwen2)", "bert/roberta"))
+            }
+        }
+    }
+
+    fn wrong_family(&self, expected: &str, found: &str) -> LoadError {
+        LoadError::format(
+            self.path.join("config.json"),
+            format!("expected {expected}, config has model_type {found}"),
+        )
+    }
+
+    /// Builds the encoder from the config and loads it; the pooler is built when the
+    /// checkpoint has one. `config` overrides the directory's (to change dropout, say).
+    ///
+    /// # Errors
+    /// See [`load_module`].
+    pub fn load_bert_with<B: Backend>(
+        &self,
+        config: &BertConfig,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<(BertModel<B>, LoadReport), LoadError> {
+        let weights = self.weights()?;
+        let naming = self.naming();
+        let has_pooler = std::iter::once("")
+            .chain(naming.prefixes().iter().copied())
+            .any(|prefix| weights.contains(&format!("{prefix}pooler.dense.weight")));
+        let model = config
+            .init::<B>(has_pooler, device)
+            .map_err(|source| LoadError::Config {
+                path: self.path.join("config.json"),
+                source,
+            })?;
+        load_module(model, &weights, naming, options, &self.path)
+    }
+
+    /// [`load_bert_with`](Self::load_bert_with) the directory's own config.
+    ///
+    /// # Errors
+    /// See [`load_module`].
+    pub fn load_bert<B: Backend>(
+        &self,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<(BertModel<B>, LoadReport), LoadError> {
+        let config = self.bert_config()?.clone();
+        self.load_bert_with(&config, device, options)
+    }
+
+    /// Builds the decoder with its LM head from the config and loads it.
+    ///
+    /// # Errors
+    /// See [`load_module`].
+    pub fn load_llama<B: Backend>(
+        &self,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<(LlamaForCausalLm<B>, LoadReport), LoadError> {
+        let config = self.llama_config()?;
+        let weights = self.weights()?;
+        let model = config
+            .init::<B>(device)
+            .map_err(|source| LoadError::Config {
+                path: self.path.join("config.json"),
+                source,
+            })?;
+        load_module(model, &weights, Naming::Llama, options, &self.path)
+    }
+}

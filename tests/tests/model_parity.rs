@@ -1,0 +1,296 @@
+//! burnish-models + burnish-loader against transformers: tiny random checkpoints of every
+//! architecture (made by tests/reference/generate_models.py) and the real all-MiniLM-L6-v2.
+// Helpers outside #[test] functions unwrap too: a broken fixture should fail loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn_ndarray::NdArray;
+use burnish_loader::{HfModelDir, LoadOptions, Naming, export_dir};
+use burnish_models::{KvCache, ModelConfig};
+use burnish_params::named_params;
+use burnish_tests::fixture;
+use serde::Deserialize;
+
+type B = NdArray;
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    checkpoint: String,
+    shape: [usize; 2],
+    input_ids: Vec<i64>,
+    attention_mask: Vec<i64>,
+    token_type_ids: Option<Vec<i64>>,
+    last_hidden_state: Option<Vec<f32>>,
+    pooler_output: Option<Vec<f32>>,
+    logits: Option<Vec<f32>>,
+    vocab: Option<usize>,
+    greedy_prompt: Option<Vec<i64>>,
+    greedy_tokens: Option<Vec<i64>>,
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    cases: Vec<Case>,
+}
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference/models")
+}
+
+fn ints(values: &[i64], shape: [usize; 2]) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
+}
+
+fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec::<f32>().unwrap()
+}
+
+/// Largest |a − b|, over positions where `keep` is true.
+fn max_abs_diff(a: &[f32], b: &[f32], keep: impl Fn(usize) -> bool) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(_, (x, y))| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn check_encoder(case: &Case, dir: &Path) -> f32 {
+    let hf = HfModelDir::open(dir).unwrap();
+    let (model, report) = hf
+        .load_bert::<B>(&Default::default(), &LoadOptions::default())
+        .unwrap();
+    if case.checkpoint == "bert-tiny-cls" {
+        assert!(
+            report.unexpected.contains(&"classifier.weight".to_owned()),
+            "{:?}",
+            report.unexpected
+        );
+    }
+    let ids = ints(&case.input_ids, case.shape);
+    let mask = ints(&case.attention_mask, case.shape);
+    let types = case.token_type_ids.as_ref().map(|t| ints(t, case.shape));
+    let out = model.forward(ids, Some(mask), types);
+    let hidden = max_abs_diff(
+        &values(out.last_hidden_state),
+        case.last_hidden_state.as_ref().unwrap(),
+        |_| true,
+    );
+    let pooled = match (&case.pooler_output, out.pooler_output) {
+        (Some(expected), Some(ours)) => max_abs_diff(&values(ours), expected, |_| true),
+        (None, None) => 0.0,
+        _ => panic!("{}: pooler presence differs", case.name),
+    };
+    hidden.max(pooled)
+}
+
+fn check_decoder(case: &Case, dir: &Path) -> f32 {
+    let hf = HfModelDir::open(dir).unwrap();
+    let (model, report) = hf
+        .load_llama::<B>(&Default::default(), &LoadOptions::default())
+        .unwrap();
+    assert!(
+        report.unexpected.is_empty(),
+        "{}: {:?}",
+        case.name,
+        report.unexpected
+    );
+    let ids = ints(&case.input_ids, case.shape);
+    let mask = ints(&case.attention_mask, case.shape);
+    let logits = values(model.forward(ids, Some(mask), None));
+    let vocab = case.vocab.unwrap();
+    // Padded positions carry no meaning (transformers and burnish may differ there).
+    let diff = max_abs_diff(&logits, case.logits.as_ref().unwrap(), |i| {
+        case.attention_mask[i / vocab] == 1
+    });
+
+    if let (Some(prompt), Some(expected)) = (&case.greedy_prompt, &case.greedy_tokens) {
+        let mut cache = KvCache::new();
+        let mut next = ints(prompt, [1, prompt.len()]);
+        let mut generated = Vec::new();
+        for _ in 0..expected.len() {
+            let logits = model.forward(next, None, Some(&mut cache));
+            let [_, s, v] = logits.dims();
+            let last = logits.slice([0..1, s - 1..s, 0..v]).reshape([v]);
+            let token: i64 = last.argmax(0).into_scalar().elem();
+            generated.push(token);
+            next = ints(&[token], [1, 1]);
+        }
+        assert_eq!(
+            &generated, expected,
+            "{}: greedy tokens with the KV cache",
+            case.name
+        );
+    }
+    diff
+}
+
+#[test]
+fn tiny_checkpoints_match_transformers() {
+    let fx: Fixture = fixture("models.json");
+    assert!(fx.cases.len() >= 9);
+    for case in &fx.cases {
+        let dir = models_dir().join(&case.checkpoint);
+        let diff = if case.logits.is_some() {
+            check_decoder(case, &dir)
+        } else {
+            check_encoder(case, &dir)
+        };
+        eprintln!("{}: max |Δ| = {diff:e}", case.name);
+        assert!(diff <= 1e-4, "{}: max abs diff {diff:e}", case.name);
+    }
+}
+
+#[test]
+fn kv_cache_equals_a_full_forward() {
+    let hf = HfModelDir::open(&models_dir().join("llama-tiny-gqa")).unwrap();
+    let (model, _) = hf
+        .load_llama::<B>(&Default::default(), &LoadOptions::default())
+        .unwrap();
+    let ids: Vec<i64> = vec![5, 17, 3, 88, 42, 9, 61];
+    let full = values(model.forward(ints(&ids, [1, 7]), None, None));
+    let mut cache = KvCache::new();
+    let mut stepped = values(model.forward(ints(&ids[..4], [1, 4]), None, Some(&mut cache)));
+    for &t in &ids[4..] {
+        stepped.extend(values(model.forward(
+            ints(&[t], [1, 1]),
+            None,
+            Some(&mut cache),
+        )));
+    }
+    assert_eq!(cache.len(), 7);
+    let diff = max_abs_diff(&full, &stepped, |_| true);
+    assert!(diff <= 1e-5, "cached decoding differs by {diff:e}");
+}
+
+#[test]
+fn export_reloads_bit_identically_with_hf_names() {
+    for name in [
+        "bert-tiny",
+        "roberta-tiny",
+        "llama-tiny-gqa",
+        "llama-tiny-tied",
+        "bert-tiny-bf16",
+    ] {
+        let src = models_dir().join(name);
+        let hf = HfModelDir::open(&src).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let device = Default::default();
+        let (ours, reloaded) = match hf.config() {
+            ModelConfig::Bert(_) => {
+                let (m, _) = hf.load_bert::<B>(&device, &LoadOptions::default()).unwrap();
+                export_dir(out.path(), &m, hf.naming(), hf.config_json(), Some(&src)).unwrap();
+                let back = HfModelDir::open(out.path()).unwrap();
+                let (r, _) = back
+                    .load_bert::<B>(&device, &LoadOptions::default())
+                    .unwrap();
+                (snapshot(&m), snapshot(&r))
+            }
+            ModelConfig::Llama(_) => {
+                let (m, _) = hf
+                    .load_llama::<B>(&device, &LoadOptions::default())
+                    .unwrap();
+                export_dir(out.path(), &m, Naming::Llama, hf.config_json(), Some(&src)).unwrap();
+                let back = HfModelDir::open(out.path()).unwrap();
+                let (r, _) = back
+                    .load_llama::<B>(&device, &LoadOptions::default())
+                    .unwrap();
+                (snapshot(&m), snapshot(&r))
+            }
+        };
+        assert_eq!(ours, reloaded, "{name}: reload differs");
+        // Same tensor names and values as the checkpoint transformers wrote (tied weights
+        // once), so transformers loads the export as it loads its own files.
+        let theirs = hf.weights().unwrap();
+        let exported = burnish_loader::Weights::open_dir(out.path()).unwrap();
+        assert_eq!(theirs.names(), exported.names(), "{name}: tensor names");
+        for tensor in theirs.names() {
+            let (a, b) = (
+                theirs.read_f32(tensor).unwrap(),
+                exported.read_f32(tensor).unwrap(),
+            );
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {tensor}"
+            );
+            assert_eq!(
+                theirs.entry(tensor).unwrap().shape,
+                exported.entry(tensor).unwrap().shape
+            );
+        }
+    }
+}
+
+fn snapshot<M: burn::module::Module<B>>(m: &M) -> Vec<(String, Vec<u32>)> {
+    let mut out = Vec::new();
+    struct Collect<'a>(&'a mut Vec<Vec<u32>>);
+    impl burn::module::ModuleVisitor<B> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<B, D>>) {
+            self.0.push(
+                p.val()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect(),
+            );
+        }
+    }
+    let mut bits = Vec::new();
+    m.visit(&mut Collect(&mut bits));
+    for (info, b) in named_params(m).into_iter().zip(bits) {
+        out.push((info.path, b));
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct MiniLm {
+    shape: [usize; 2],
+    input_ids: Vec<i64>,
+    attention_mask: Vec<i64>,
+    token_type_ids: Vec<i64>,
+    last_hidden_state: Vec<f32>,
+    pooler_output: Vec<f32>,
+}
+
+#[test]
+fn all_minilm_l6_v2_matches_transformers() {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/all-MiniLM-L6-v2");
+    if !dir.is_dir() {
+        eprintln!("SKIPPED: {} is absent (CI has it)", dir.display());
+        return;
+    }
+    let fx: MiniLm = fixture("minilm.json");
+    let hf = HfModelDir::open(&dir).unwrap();
+    let (model, report) = hf
+        .load_bert::<B>(&Default::default(), &LoadOptions::default())
+        .unwrap();
+    assert_eq!(report.loaded.len(), 103);
+    let out = model.forward(
+        ints(&fx.input_ids, fx.shape),
+        Some(ints(&fx.attention_mask, fx.shape)),
+        Some(ints(&fx.token_type_ids, fx.shape)),
+    );
+    let hidden = max_abs_diff(
+        &values(out.last_hidden_state),
+        &fx.last_hidden_state,
+        |_| true,
+    );
+    let pooled = max_abs_diff(
+        &values(out.pooler_output.unwrap()),
+        &fx.pooler_output,
+        |_| true,
+    );
+    eprintln!("all-MiniLM-L6-v2: max |Δ| hidden {hidden:e}, pooler {pooled:e}");
+    assert!(
+        hidden <= 1e-4 && pooled <= 1e-4,
+        "hidden {hidden:e}, pooler {pooled:e}"
+    );
+}
