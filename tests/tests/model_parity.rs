@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_ndarray::NdArray;
-use burnish_loader::{HfModelDir, LoadOptions, Naming, export_dir};
+use burnish_loader::{HfModelDir, LoadOptions, Naming, Padding, Side, TokenizerConfig, export_dir};
 use burnish_models::{KvCache, ModelConfig};
 use burnish_params::named_params;
 use burnish_tests::fixture;
@@ -251,6 +251,7 @@ fn snapshot<M: burn::module::Module<B>>(m: &M) -> Vec<(String, Vec<u32>)> {
 
 #[derive(Deserialize)]
 struct MiniLm {
+    sentences: Vec<String>,
     shape: [usize; 2],
     input_ids: Vec<i64>,
     attention_mask: Vec<i64>,
@@ -269,10 +270,22 @@ fn all_minilm_l6_v2_matches_transformers() {
     }
     let fx: MiniLm = fixture("minilm.json");
     let hf = HfModelDir::open(&dir).unwrap();
+    let start = std::time::Instant::now();
     let (model, report) = hf
         .load_bert::<B>(&Default::default(), &LoadOptions::default())
         .unwrap();
+    eprintln!("all-MiniLM-L6-v2 loaded in {:?}", start.elapsed());
     assert_eq!(report.loaded.len(), 103);
+
+    // The tokenizer gives transformers' ids, with our dynamic padding instead of the
+    // file's fixed 128.
+    let tokenizer = hf.tokenizer(TokenizerConfig::default()).unwrap();
+    let sentences: Vec<&str> = fx.sentences.iter().map(String::as_str).collect();
+    let encoded = tokenizer.encode_batch(&sentences).unwrap();
+    assert_eq!(encoded.shape, fx.shape);
+    assert_eq!(encoded.input_ids, fx.input_ids);
+    assert_eq!(encoded.attention_mask, fx.attention_mask);
+    assert_eq!(encoded.token_type_ids, fx.token_type_ids);
     let out = model.forward(
         ints(&fx.input_ids, fx.shape),
         Some(ints(&fx.attention_mask, fx.shape)),
@@ -293,4 +306,32 @@ fn all_minilm_l6_v2_matches_transformers() {
         hidden <= 1e-4 && pooled <= 1e-4,
         "hidden {hidden:e}, pooler {pooled:e}"
     );
+}
+
+#[test]
+fn tokenizer_padding_and_truncation_come_from_our_config() {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/all-MiniLM-L6-v2");
+    if !dir.is_dir() {
+        eprintln!("SKIPPED: {} is absent (CI has it)", dir.display());
+        return;
+    }
+    let hf = HfModelDir::open(&dir).unwrap();
+    let config = TokenizerConfig {
+        max_length: 6,
+        padding: Padding::MaxLength,
+        padding_side: Side::Left,
+        ..Default::default()
+    };
+    let tokenizer = hf.tokenizer(config).unwrap();
+    let encoded = tokenizer
+        .encode_batch(&["a long sentence that will be cut short", "hi"])
+        .unwrap();
+    assert_eq!(encoded.shape, [2, 6]);
+    let (cls, sep, pad) = (101, 102, 0);
+    assert_eq!(encoded.input_ids[0], cls);
+    assert_eq!(encoded.input_ids[5], sep, "truncated, special tokens kept");
+    assert_eq!(&encoded.input_ids[6..9], [pad, pad, pad], "left padding");
+    assert_eq!(&encoded.attention_mask[6..], [0, 0, 0, 1, 1, 1]);
+    assert_eq!(tokenizer.decode(&[7592, 2088]).unwrap(), "hello world");
 }

@@ -9,6 +9,8 @@
 //!   prefixes such as a new head) and what the checkpoint had that nothing used.
 //! - Files are read tensor by tensor (no memory map, no whole-file buffer), so loading
 //!   peaks near one copy of the weights.
+//! - [`HfTokenizer`] loads `tokenizer.json` with padding and truncation from a
+//!   [`TokenizerConfig`], not from the file.
 //! - [`export_dir`] writes a directory that `transformers.AutoModel...from_pretrained`
 //!   loads: float32 safetensors under HF names, `config.json`, tokenizer files.
 //!
@@ -26,6 +28,7 @@ mod export;
 mod load;
 mod naming;
 mod safetensors_file;
+mod tokenizer;
 mod weights;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +43,7 @@ pub use export::{TOKENIZER_FILES, export_dir, save_module};
 pub use load::{LoadOptions, LoadReport, load_module};
 pub use naming::Naming;
 pub use safetensors_file::{FloatDtype, SafetensorsFile, TensorEntry};
+pub use tokenizer::{Encoded, HfTokenizer, Padding, Side, TokenizerConfig};
 pub use weights::Weights;
 
 /// A Hugging Face model directory with its parsed `config.json`.
@@ -171,6 +175,14 @@ impl HfModelDir {
     ) -> Result<(BertModel<B>, LoadReport), LoadError> {
         let config = self.bert_config()?.clone();
         self.load_bert_with(&config, device, options)
+    }
+
+    /// Loads `tokenizer.json` from the directory with the given settings.
+    ///
+    /// # Errors
+    /// See [`HfTokenizer::from_file`].
+    pub fn tokenizer(&self, config: TokenizerConfig) -> Result<HfTokenizer, LoadError> {
+        HfTokenizer::from_file(&self.path.join("tokenizer.json"), config)
     }
 
     /// Builds the decoder with its LM head from the config and loads it.

@@ -1,0 +1,205 @@
+//! `tokenizer.json` through the `tokenizers` crate, with padding and truncation set by the
+//! caller, never left to whatever the file says (all-MiniLM-L6-v2's file, for one, pads
+//! every batch to 128 tokens).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::LoadError;
+
+/// How batches are padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// To the longest sequence of the batch (dynamic padding).
+    Longest,
+    /// Always to `max_length`.
+    MaxLength,
+}
+
+/// Which side padding goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// After the tokens (encoders, training).
+    Right,
+    /// Before the tokens (batched generation with decoders).
+    Left,
+}
+
+/// Tokenization settings; the defaults are dynamic right padding and truncation to 512.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// Longest sequence, special tokens included; longer inputs are truncated.
+    pub max_length: usize,
+    /// Padding strategy.
+    pub padding: Padding,
+    /// Padding side.
+    pub padding_side: Side,
+    /// Add the model's special tokens (`[CLS]`/`[SEP]`, BOS, ...).
+    pub add_special_tokens: bool,
+    /// Padding token; `None` looks for the file's own, then `[PAD]`, `<pad>`,
+    /// `<|endoftext|>`, `</s>`.
+    pub pad_token: Option<String>,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig {
+            max_length: 512,
+            padding: Padding::Longest,
+            padding_side: Side::Right,
+            add_special_tokens: true,
+            pad_token: None,
+        }
+    }
+}
+
+/// A tokenized batch, row-major `[batch, seq]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// `[batch, seq]`.
+    pub shape: [usize; 2],
+    /// Token ids.
+    pub input_ids: Vec<i64>,
+    /// 1 for tokens, 0 for padding.
+    pub attention_mask: Vec<i64>,
+    /// Segment ids (0 for single sentences).
+    pub token_type_ids: Vec<i64>,
+}
+
+/// A Hugging Face tokenizer with burnish's padding and truncation.
+#[derive(Debug, Clone)]
+pub struct HfTokenizer {
+    inner: Tokenizer,
+    config: TokenizerConfig,
+    pad_id: u32,
+    path: PathBuf,
+}
+
+impl HfTokenizer {
+    /// Loads `tokenizer.json` and applies `config`.
+    ///
+    /// # Errors
+    /// [`LoadError::MissingFile`], [`LoadError::Format`] for an unreadable file or when no
+    /// padding token can be found.
+    pub fn from_file(path: &Path, config: TokenizerConfig) -> Result<Self, LoadError> {
+        if !path.is_file() {
+            return Err(LoadError::MissingFile {
+                path: path.to_owned(),
+                what: "tokenizer.json",
+            });
+        }
+        let mut inner =
+            Tokenizer::from_file(path).map_err(|e| LoadError::format(path, e.to_string()))?;
+        let file_pad = inner.get_padding().map(|p| p.pad_token.clone());
+        let candidates = config
+            .pad_token
+            .iter()
+            .cloned()
+            .chain(file_pad)
+            .chain(["[PAD]", "<pad>", "<|endoftext|>", "</s>"].map(String::from));
+        let (pad_token, pad_id) = candidates
+            .filter_map(|t| inner.token_to_id(&t).map(|id| (t, id)))
+            .next()
+            .ok_or_else(|| {
+                LoadError::format(
+                    path,
+                    "no padding token found: set TokenizerConfig::pad_token",
+                )
+            })?;
+        if config.max_length == 0 {
+            return Err(LoadError::format(path, "max_length must be at least 1"));
+        }
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: config.max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| LoadError::format(path, e.to_string()))?;
+        inner.with_padding(Some(PaddingParams {
+            strategy: match config.padding {
+                Padding::Longest => PaddingStrategy::BatchLongest,
+                Padding::MaxLength => PaddingStrategy::Fixed(config.max_length),
+            },
+            direction: match config.padding_side {
+                Side::Right => PaddingDirection::Right,
+                Side::Left => PaddingDirection::Left,
+            },
+            pad_id,
+            pad_token,
+            ..Default::default()
+        }));
+        Ok(HfTokenizer {
+            inner,
+            config,
+            pad_id,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &TokenizerConfig {
+        &self.config
+    }
+
+    /// The padding token id.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Vocabulary size, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a token, if it is in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// Tokenizes a batch of texts (in parallel), truncated and padded per the config.
+    ///
+    /// # Errors
+    /// [`LoadError::Format`] naming the tokenizer file when the tokenizer fails.
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Encoded, LoadError> {
+        let encodings = self
+            .inner
+            .encode_batch(texts.to_vec(), self.config.add_special_tokens)
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        let seq = encodings.first().map_or(0, |e| e.get_ids().len());
+        let mut out = Encoded {
+            shape: [encodings.len(), seq],
+            input_ids: Vec::with_capacity(encodings.len() * seq),
+            attention_mask: Vec::with_capacity(encodings.len() * seq),
+            token_type_ids: Vec::with_capacity(encodings.len() * seq),
+        };
+        for e in &encodings {
+            out.input_ids
+                .extend(e.get_ids().iter().map(|&v| i64::from(v)));
+            out.attention_mask
+                .extend(e.get_attention_mask().iter().map(|&v| i64::from(v)));
+            out.token_type_ids
+                .extend(e.get_type_ids().iter().map(|&v| i64::from(v)));
+        }
+        Ok(out)
+    }
+
+    /// Turns ids back into text, without special tokens.
+    ///
+    /// # Errors
+    /// [`LoadError::Format`] naming the tokenizer file.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, LoadError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))
+    }
+}
