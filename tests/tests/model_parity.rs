@@ -203,6 +203,15 @@ fn export_reloads_bit_identically_with_hf_names() {
             }
         };
         assert_eq!(ours, reloaded, "{name}: reload differs");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+                .unwrap();
+        if let Some(dtype) = config.get("dtype") {
+            assert_eq!(
+                dtype, "float32",
+                "{name}: the export is float32 and says so"
+            );
+        }
         // Same tensor names and values as the checkpoint transformers wrote (tied weights
         // once), so transformers loads the export as it loads its own files.
         let theirs = hf.weights().unwrap();

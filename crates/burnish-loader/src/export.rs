@@ -130,8 +130,8 @@ pub fn save_module<B: Backend, M: Module<B>>(
 
 /// Writes a complete HF model directory: `model.safetensors`, `config.json` (the given
 /// JSON, e.g. the source config with task fields such as `num_labels`, `id2label` and
-/// `architectures` set by the caller), and the tokenizer files of `tokenizer_from` when
-/// present.
+/// `architectures` set by the caller; its `dtype`/`torch_dtype` is set to `float32`, the
+/// dtype written), and the tokenizer files of `tokenizer_from` when present.
 ///
 /// # Errors
 /// [`LoadError::Io`] naming the file.
@@ -145,7 +145,17 @@ pub fn export_dir<B: Backend, M: Module<B>>(
     std::fs::create_dir_all(out_dir).map_err(LoadError::io(out_dir))?;
     save_module(module, naming, &out_dir.join("model.safetensors"))?;
     let config_path = out_dir.join("config.json");
-    let text = serde_json::to_string_pretty(config)
+    // The weights are written as float32: a `dtype: bfloat16` carried over from the source
+    // would make transformers compute in bfloat16.
+    let mut config = config.clone();
+    if let Some(fields) = config.as_object_mut() {
+        for key in ["dtype", "torch_dtype"] {
+            if fields.contains_key(key) {
+                fields.insert(key.to_owned(), Value::from("float32"));
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&config)
         .map_err(|e| LoadError::format(&config_path, e.to_string()))?;
     std::fs::write(&config_path, text + "\n").map_err(LoadError::io(&config_path))?;
     if let Some(src) = tokenizer_from {

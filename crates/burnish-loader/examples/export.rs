@@ -1,0 +1,51 @@
+//! Loads a Hugging Face model directory and exports it again; prints the load report and
+//! timings. `cargo run --release -p burnish-loader --example export -- SRC [OUT]`
+//! (without OUT only loads, which is how peak memory is measured with `/usr/bin/time -v`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn_ndarray::NdArray;
+use burnish_loader::{HfModelDir, LoadError, LoadOptions, export_dir};
+use burnish_models::ModelConfig;
+
+type B = NdArray;
+
+fn main() -> Result<(), LoadError> {
+    let mut args = std::env::args().skip(1).map(PathBuf::from);
+    let Some(src) = args.next() else {
+        eprintln!("usage: export SRC [OUT]");
+        std::process::exit(2);
+    };
+    let out = args.next();
+    let dir = HfModelDir::open(&src)?;
+    let device = Default::default();
+    let start = Instant::now();
+    match dir.config() {
+        ModelConfig::Bert(_) => {
+            let (model, report) = dir.load_bert::<B>(&device, &LoadOptions::default())?;
+            println!(
+                "loaded {} tensors in {:.2?}; unused: {:?}",
+                report.loaded.len(),
+                start.elapsed(),
+                report.unexpected
+            );
+            if let Some(out) = out {
+                export_dir(&out, &model, dir.naming(), dir.config_json(), Some(&src))?;
+            }
+        }
+        ModelConfig::Llama(_) => {
+            let (model, report) = dir.load_llama::<B>(&device, &LoadOptions::default())?;
+            println!(
+                "loaded {} tensors in {:.2?}; unused: {:?}",
+                report.loaded.len(),
+                start.elapsed(),
+                report.unexpected
+            );
+            if let Some(out) = out {
+                export_dir(&out, &model, dir.naming(), dir.config_json(), Some(&src))?;
+            }
+        }
+    }
+    Ok(())
+}
