@@ -40,8 +40,8 @@ impl Naming {
         }
     }
 
-    /// Names to look for, in order: the canonical name, with the task-model prefix, and
-    /// legacy spellings (BERT checkpoints from TF conversions store LayerNorm
+    /// Names to look for, in order: the canonical name, with the task-model prefix added
+    /// (or removed, for a head module's `bert.` backbone), and legacy spellings (BERT checkpoints from TF conversions store LayerNorm
     /// `gamma`/`beta`; a bare `LlamaModel` has no `model.` prefix).
     pub fn candidates(self, info: &ParamInfo) -> Vec<String> {
         let name = self.hf_name(info);
@@ -53,7 +53,12 @@ impl Naming {
                 } else {
                     "roberta."
                 };
-                out.push(format!("{prefix}{name}"));
+                // A head module's backbone lives under the prefix; a bare encoder
+                // checkpoint (all-MiniLM-L6-v2) has none, a task checkpoint has it.
+                match name.strip_prefix(prefix) {
+                    Some(bare) => out.push(bare.to_owned()),
+                    None => out.push(format!("{prefix}{name}")),
+                }
                 if info.in_norm_module() {
                     let legacy = info
                         .path
@@ -65,8 +70,12 @@ impl Naming {
                         })
                         .collect::<Vec<_>>()
                         .join(".");
-                    out.push(format!("{prefix}{legacy}"));
+                    let other = match legacy.strip_prefix(prefix) {
+                        Some(bare) => bare.to_owned(),
+                        None => format!("{prefix}{legacy}"),
+                    };
                     out.push(legacy);
+                    out.push(other);
                 }
             }
             Naming::Llama => {
@@ -129,8 +138,19 @@ mod tests {
             [
                 "embeddings.LayerNorm.bias",
                 "bert.embeddings.LayerNorm.bias",
-                "bert.embeddings.LayerNorm.beta",
-                "embeddings.LayerNorm.beta"
+                "embeddings.LayerNorm.beta",
+                "bert.embeddings.LayerNorm.beta"
+            ]
+        );
+        let head = n.candidates(&info(
+            "bert.encoder.layer.0.output.layer_norm.gamma",
+            "LayerNorm",
+        ));
+        assert_eq!(
+            head[..2],
+            [
+                "bert.encoder.layer.0.output.LayerNorm.weight",
+                "encoder.layer.0.output.LayerNorm.weight"
             ]
         );
         assert!(n.transposed(&info("pooler.dense.weight", "Linear")));

@@ -1,0 +1,284 @@
+//! Classification heads on a BERT-family encoder, as transformers'
+//! `BertForSequenceClassification` and `BertForTokenClassification`.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burnish_models::{BertConfig, BertModel, ModelError, linear};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::loss::{LossParts, bce_with_logits, cross_entropy, mse};
+
+/// transformers' `problem_type` of a sequence classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    /// One class per example, cross-entropy.
+    SingleLabelClassification,
+    /// Any number of classes per example, BCE with logits.
+    MultiLabelClassification,
+    /// One real value per example (`num_labels` = 1), MSE.
+    Regression,
+}
+
+/// Labels of a batch for a sequence classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SequenceLabels {
+    /// Class ids, one per example.
+    Classes(Vec<i64>),
+    /// Multi-hot rows, `[batch, num_labels]` row-major.
+    MultiHot(Vec<f32>),
+    /// One target per example.
+    Values(Vec<f32>),
+}
+
+/// Label names by id, kept for export as `id2label` / `label2id`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LabelNames(pub Vec<String>);
+
+impl LabelNames {
+    /// `LABEL_0`, `LABEL_1`, ... as transformers names unnamed labels.
+    pub fn generic(n: usize) -> Self {
+        LabelNames((0..n).map(|i| format!("LABEL_{i}")).collect())
+    }
+
+    /// `id2label` and `label2id` JSON objects.
+    pub fn to_json(&self) -> (Value, Value) {
+        let id2label: serde_json::Map<String, Value> = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), json!(l)))
+            .collect();
+        let label2id: serde_json::Map<String, Value> = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), json!(i)))
+            .collect();
+        (Value::Object(id2label), Value::Object(label2id))
+    }
+}
+
+fn dropout_of(config: &BertConfig) -> Dropout {
+    DropoutConfig::new(
+        config
+            .classifier_dropout
+            .unwrap_or(config.hidden_dropout_prob),
+    )
+    .init()
+}
+
+/// A new `Linear(hidden → n)` with N(0, initializer_range) weights and zero bias,
+/// materialized now so that a clone of the model copies it (burn 0.21 re-draws lazily
+/// initialized parameters in clones, burn #5040).
+fn new_head<B: Backend>(config: &BertConfig, n: usize, device: &B::Device) -> Linear<B> {
+    let head = linear(
+        config.hidden_size,
+        n,
+        true,
+        config.initializer_range,
+        device,
+    );
+    let _ = head.weight.val();
+    if let Some(b) = &head.bias {
+        let _ = b.val();
+    }
+    head
+}
+
+/// A BERT-family encoder with a sequence classification head.
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification<B: Backend> {
+    /// The encoder (HF `bert.`), built with a pooler.
+    pub bert: BertModel<B>,
+    dropout: Dropout,
+    /// `Linear(hidden, num_labels)` (HF `classifier`).
+    pub classifier: Linear<B>,
+    #[module(skip)]
+    problem: ProblemType,
+}
+
+impl<B: Backend> BertForSequenceClassification<B> {
+    /// A head on `bert` (which must have a pooler) with `num_labels` outputs.
+    ///
+    /// # Errors
+    /// [`ModelError::Inconsistent`] when `bert` has no pooler, `num_labels` is 0, or a
+    /// regression has more than one label.
+    pub fn new(
+        bert: BertModel<B>,
+        config: &BertConfig,
+        num_labels: usize,
+        problem: ProblemType,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        if bert.pooler.is_none() {
+            return Err(ModelError::Inconsistent(
+                "sequence classification needs the pooler".into(),
+            ));
+        }
+        if num_labels == 0 || (problem == ProblemType::Regression && num_labels != 1) {
+            return Err(ModelError::Inconsistent(format!(
+                "num_labels {num_labels} does not fit problem type {problem:?}"
+            )));
+        }
+        Ok(Self {
+            bert,
+            dropout: dropout_of(config),
+            classifier: new_head(config, num_labels, device),
+            problem,
+        })
+    }
+
+    /// The problem type.
+    pub fn problem(&self) -> ProblemType {
+        self.problem
+    }
+
+    /// Logits `[batch, num_labels]`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 2> {
+        let out = self.bert.forward(input_ids, attention_mask, token_type_ids);
+        let pooled = out.pooler_output.unwrap_or_else(|| {
+            let [b, _, h] = out.last_hidden_state.dims();
+            out.last_hidden_state.slice([0..b, 0..1]).reshape([b, h])
+        });
+        self.classifier.forward(self.dropout.forward(pooled))
+    }
+
+    /// The loss of `logits` against `labels`, per the problem type.
+    ///
+    /// # Errors
+    /// [`ModelError::Inconsistent`] when the labels' kind or length do not fit.
+    pub fn loss(
+        &self,
+        logits: Tensor<B, 2>,
+        labels: &SequenceLabels,
+    ) -> Result<LossParts<B>, ModelError> {
+        let [batch, k] = logits.dims();
+        let device = logits.device();
+        let mismatch = |what: &str| {
+            ModelError::Inconsistent(format!(
+                "{what} labels for a {:?} head of {k} labels and batch {batch}",
+                self.problem
+            ))
+        };
+        match (self.problem, labels) {
+            (ProblemType::SingleLabelClassification, SequenceLabels::Classes(c))
+                if c.len() == batch =>
+            {
+                Ok(cross_entropy(logits, c))
+            }
+            (ProblemType::MultiLabelClassification, SequenceLabels::MultiHot(v))
+                if v.len() == batch * k =>
+            {
+                let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, k]), &device);
+                Ok(bce_with_logits(logits, targets))
+            }
+            (ProblemType::Regression, SequenceLabels::Values(v)) if v.len() == batch => {
+                let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, 1]), &device);
+                Ok(mse(logits, targets))
+            }
+            (_, SequenceLabels::Classes(_)) => Err(mismatch("class")),
+            (_, SequenceLabels::MultiHot(_)) => Err(mismatch("multi-hot")),
+            (_, SequenceLabels::Values(_)) => Err(mismatch("real-valued")),
+        }
+    }
+
+    /// `config.json` fields transformers needs to load this head:
+    /// `architectures`, `num_labels`, `id2label`, `label2id`, `problem_type`.
+    pub fn export_config(&self, base: &Value, labels: &LabelNames) -> Value {
+        let mut config = base.clone();
+        let (id2label, label2id) = labels.to_json();
+        let arch = match config.get("model_type").and_then(Value::as_str) {
+            Some("roberta") => "RobertaForSequenceClassification",
+            _ => "BertForSequenceClassification",
+        };
+        if let Some(fields) = config.as_object_mut() {
+            fields.insert("architectures".into(), json!([arch]));
+            fields.insert("num_labels".into(), json!(labels.0.len()));
+            fields.insert("id2label".into(), id2label);
+            fields.insert("label2id".into(), label2id);
+            fields.insert(
+                "problem_type".into(),
+                serde_json::to_value(self.problem).unwrap_or(Value::Null),
+            );
+        }
+        config
+    }
+}
+
+/// A BERT-family encoder with a per-token classification head.
+#[derive(Module, Debug)]
+pub struct BertForTokenClassification<B: Backend> {
+    /// The encoder (HF `bert.`), without pooler.
+    pub bert: BertModel<B>,
+    dropout: Dropout,
+    /// `Linear(hidden, num_labels)` (HF `classifier`).
+    pub classifier: Linear<B>,
+}
+
+impl<B: Backend> BertForTokenClassification<B> {
+    /// A per-token head with `num_labels` outputs.
+    ///
+    /// # Errors
+    /// [`ModelError::Inconsistent`] when `num_labels` is 0.
+    pub fn new(
+        bert: BertModel<B>,
+        config: &BertConfig,
+        num_labels: usize,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        if num_labels == 0 {
+            return Err(ModelError::Inconsistent(
+                "num_labels must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            bert,
+            dropout: dropout_of(config),
+            classifier: new_head(config, num_labels, device),
+        })
+    }
+
+    /// Logits `[batch, seq, num_labels]`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let out = self.bert.forward(input_ids, attention_mask, token_type_ids);
+        self.classifier
+            .forward(self.dropout.forward(out.last_hidden_state))
+    }
+
+    /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.
+    pub fn loss(&self, logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
+        let [b, s, k] = logits.dims();
+        cross_entropy(logits.reshape([b * s, k]), labels)
+    }
+
+    /// `config.json` fields for `BertForTokenClassification`.
+    pub fn export_config(&self, base: &Value, labels: &LabelNames) -> Value {
+        let mut config = base.clone();
+        let (id2label, label2id) = labels.to_json();
+        let arch = match config.get("model_type").and_then(Value::as_str) {
+            Some("roberta") => "RobertaForTokenClassification",
+            _ => "BertForTokenClassification",
+        };
+        if let Some(fields) = config.as_object_mut() {
+            fields.insert("architectures".into(), json!([arch]));
+            fields.insert("num_labels".into(), json!(labels.0.len()));
+            fields.insert("id2label".into(), id2label);
+            fields.insert("label2id".into(), label2id);
+        }
+        config
+    }
+}

@@ -1,0 +1,23 @@
+//! Task heads for full-parameter fine-tuning on burn, with transformers' losses and names.
+//!
+//! - [`BertForSequenceClassification`]: pooler → dropout → `Linear(hidden, num_labels)`,
+//!   with the three [`ProblemType`]s (cross-entropy, BCE with logits, MSE).
+//! - [`BertForTokenClassification`]: dropout → per-token `Linear`, labels −100 ignored.
+//! - [`causal_lm_loss`] for `burnish_models::LlamaForCausalLm`: shifted labels, −100
+//!   ignored.
+//!
+//! Losses come as [`LossParts`] (sum and item count) so that a trainer normalizes over a
+//! whole accumulation cycle. Module paths are the HF names of the `...For...` classes
+//! (`bert.*`, `classifier.*`), so `burnish-loader` loads and exports them as they are.
+
+mod bert;
+mod loss;
+
+pub use bert::{
+    BertForSequenceClassification, BertForTokenClassification, LabelNames, ProblemType,
+    SequenceLabels,
+};
+pub use loss::{
+    IGNORE_INDEX, LossParts, bce_with_logits, causal_lm_loss, count_causal_targets, cross_entropy,
+    mse,
+};

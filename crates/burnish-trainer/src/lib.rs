@@ -1,0 +1,227 @@
+//! The fine-tuning loop of burnish, composed from the math crates.
+//!
+//! [`Trainer::step`] is one optimizer step, written out so it reads top to bottom:
+//! losses of the cycle's micro-batches → gradients summed and divided by the cycle's item
+//! count → global-norm clip → AdamW at the scheduled lr. The caller owns the data and the
+//! epochs; what a step did comes back as a [`StepReport`].
+//!
+//! ```
+//! use burn::backend::Autodiff;
+//! use burn::nn::{Linear, LinearConfig};
+//! use burn::tensor::{Tensor, TensorData};
+//! use burn_ndarray::NdArray;
+//! use burnish_heads::{LossParts, mse};
+//! use burnish_trainer::{Trainer, TrainerConfig};
+//!
+//! type B = Autodiff<NdArray>;
+//! let device = Default::default();
+//! let model: Linear<B> = LinearConfig::new(2, 1).init(&device);
+//! let config = TrainerConfig { lr: 0.1, total_steps: 50, weight_decay: 0.0, ..Default::default() };
+//! let mut trainer = Trainer::new(model, config)?;
+//! // y = x0 − x1, one micro-batch of 4 examples per step.
+//! let x = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0., 0., 1., 1., 1., 2., 0.], [4, 2]), &device);
+//! let y = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, -1., 0., 2.], [4, 1]), &device);
+//! let loss = |m: &Linear<B>, _: &()| mse(m.forward(x.clone()), y.clone());
+//! let first = trainer.step(&[()], loss)?.loss;
+//! for _ in 0..48 {
+//!     trainer.step(&[()], loss)?;
+//! }
+//! assert!(trainer.step(&[()], loss)?.loss < first / 10.0);
+//! # Ok::<(), burnish_trainer::TrainError>(())
+//! ```
+
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
+use burnish_grad::{GradAccumulator, GradError, NormType, clip_grad_norm};
+use burnish_heads::LossParts;
+use burnish_optim::{AdamW, AdamWConfig, OptimError, ParamGroups};
+use burnish_schedule::{Schedule, ScheduleConfig, ScheduleError, ScheduleKind, Warmup};
+use serde::{Deserialize, Serialize};
+
+/// Optimization settings of a run; the defaults are the Hugging Face Trainer's, with the
+/// fine-tuning recipe's weight decay of 0.01.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (biases and norm weights excluded by the default groups).
+    pub weight_decay: f64,
+    /// AdamW β1, β2, ε, AMSGrad (weight decay is taken from `weight_decay`).
+    pub adam: AdamWConfig,
+    /// Parameter groups.
+    pub groups: ParamGroups,
+    /// Schedule family.
+    pub schedule: ScheduleKind,
+    /// Warmup length.
+    pub warmup: Warmup,
+    /// Optimizer steps the schedule spans.
+    pub total_steps: u64,
+    /// Global-norm clipping threshold; `None` disables clipping.
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            lr: 5e-5,
+            weight_decay: 0.01,
+            adam: AdamWConfig::default(),
+            groups: ParamGroups::default(),
+            schedule: ScheduleKind::Linear,
+            warmup: Warmup::Steps(0),
+            total_steps: 1000,
+            max_grad_norm: Some(1.0),
+        }
+    }
+}
+
+/// Why training could not go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The schedule configuration is invalid.
+    #[error("schedule: {0}")]
+    Schedule(#[from] ScheduleError),
+    /// The optimizer configuration is invalid.
+    #[error("optimizer: {0}")]
+    Optim(#[from] OptimError),
+    /// Clipping or accumulation failed (for example a cycle without any label).
+    #[error("gradients: {0}")]
+    Grad(#[from] GradError),
+    /// A step was asked with no micro-batch.
+    #[error("a step needs at least one micro-batch")]
+    NoMicroBatch,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Optimizer steps completed, this one included.
+    pub step: u64,
+    /// Mean loss over the cycle's items.
+    pub loss: f64,
+    /// Global gradient norm before clipping (of the normalized gradients).
+    pub grad_norm: f64,
+    /// Learning rate used for this step.
+    pub lr: f64,
+    /// Items (examples or label tokens) in the cycle.
+    pub items: u64,
+}
+
+/// A model with its optimizer and schedule, stepped one accumulation cycle at a time.
+#[derive(Debug)]
+pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
+    model: Option<M>,
+    optim: AdamW<B>,
+    schedule: Schedule,
+    config: TrainerConfig,
+    step: u64,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
+    /// A trainer at step 0.
+    ///
+    /// # Errors
+    /// [`TrainError::Schedule`] or [`TrainError::Optim`] for invalid settings.
+    pub fn new(model: M, config: TrainerConfig) -> Result<Self, TrainError> {
+        let schedule = ScheduleConfig {
+            kind: config.schedule.clone(),
+            peak_lr: config.lr,
+            total_steps: config.total_steps,
+            warmup: config.warmup,
+        }
+        .build()?;
+        let adam = AdamWConfig {
+            weight_decay: config.weight_decay,
+            ..config.adam.clone()
+        };
+        let optim = AdamW::new(adam, config.groups.clone())?;
+        Ok(Trainer {
+            model: Some(model),
+            optim,
+            schedule,
+            config,
+            step: 0,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &M {
+        // Only `step` takes the model out, and it always puts one back.
+        self.model
+            .as_ref()
+            .expect("the model is present between steps")
+    }
+
+    /// Ends training and returns the model.
+    pub fn into_model(mut self) -> M {
+        self.model
+            .take()
+            .expect("the model is present between steps")
+    }
+
+    /// Optimizer steps completed.
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+
+    /// The optimizer (for its state and group assignments).
+    pub fn optimizer(&self) -> &AdamW<B> {
+        &self.optim
+    }
+
+    /// The schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// One optimizer step over the micro-batches of one accumulation cycle. `loss` gives a
+    /// micro-batch's summed loss and item count; the cycle's gradient is the gradient of
+    /// the mean over *all* its items (the October 2024 transformers fix), whatever the
+    /// micro-batches' sizes.
+    ///
+    /// # Errors
+    /// [`TrainError::NoMicroBatch`]; [`TrainError::Grad`] when the cycle has no item or
+    /// the gradient norm is not finite (the model is left unchanged then).
+    pub fn step<T>(
+        &mut self,
+        micro_batches: &[T],
+        loss: impl Fn(&M, &T) -> LossParts<B>,
+    ) -> Result<StepReport, TrainError> {
+        if micro_batches.is_empty() {
+            return Err(TrainError::NoMicroBatch);
+        }
+        let model = self.model();
+        let mut accumulator = GradAccumulator::new();
+        let mut loss_sum = 0.0;
+        for batch in micro_batches {
+            let parts = loss(model, batch);
+            loss_sum += parts.sum.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(parts.sum.backward(), model);
+            accumulator.add_sum(model, grads, parts.count);
+        }
+        let items = accumulator.items();
+        let mut grads = accumulator.finish(model)?;
+        let grad_norm = match self.config.max_grad_norm {
+            Some(max) => clip_grad_norm(model, &mut grads, max, NormType::L2, true)?,
+            None => burnish_grad::grad_norm(model, &grads, NormType::L2),
+        };
+        let lr = self.schedule.lr(self.step);
+        let model = self
+            .model
+            .take()
+            .expect("the model is present between steps");
+        self.model = Some(self.optim.step(lr, model, grads));
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: loss_sum / items as f64,
+            grad_norm,
+            lr,
+            items,
+        })
+    }
+}
