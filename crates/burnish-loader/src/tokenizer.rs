@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{
+    EncodeInput, InputSequence, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer,
+    TruncationParams,
+};
 
 use crate::LoadError;
 
@@ -175,22 +178,31 @@ impl HfTokenizer {
             .inner
             .encode_batch(texts.to_vec(), self.config.add_special_tokens)
             .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
-        let seq = encodings.first().map_or(0, |e| e.get_ids().len());
-        let mut out = Encoded {
-            shape: [encodings.len(), seq],
-            input_ids: Vec::with_capacity(encodings.len() * seq),
-            attention_mask: Vec::with_capacity(encodings.len() * seq),
-            token_type_ids: Vec::with_capacity(encodings.len() * seq),
-        };
-        for e in &encodings {
-            out.input_ids
-                .extend(e.get_ids().iter().map(|&v| i64::from(v)));
-            out.attention_mask
-                .extend(e.get_attention_mask().iter().map(|&v| i64::from(v)));
-            out.token_type_ids
-                .extend(e.get_type_ids().iter().map(|&v| i64::from(v)));
-        }
-        Ok(out)
+        Ok(collect(&encodings))
+    }
+
+    /// Tokenizes pre-split words (token classification) and returns, per row and token,
+    /// the index of the word it came from (`None` for special tokens and padding).
+    ///
+    /// # Errors
+    /// [`LoadError::Format`] naming the tokenizer file when the tokenizer fails.
+    pub fn encode_words_batch(
+        &self,
+        sentences: &[Vec<&str>],
+    ) -> Result<(Encoded, Vec<Vec<Option<u32>>>), LoadError> {
+        let inputs: Vec<EncodeInput> = sentences
+            .iter()
+            .map(|words| EncodeInput::Single(InputSequence::from(words.clone())))
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch(inputs, self.config.add_special_tokens)
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        let word_ids = encodings
+            .iter()
+            .map(|e| e.get_word_ids().to_vec())
+            .collect();
+        Ok((collect(&encodings), word_ids))
     }
 
     /// Turns ids back into text, without special tokens.
@@ -202,4 +214,24 @@ impl HfTokenizer {
             .decode(ids, true)
             .map_err(|e| LoadError::format(&self.path, e.to_string()))
     }
+}
+
+/// Stacks padded encodings into one row-major batch.
+fn collect(encodings: &[tokenizers::Encoding]) -> Encoded {
+    let seq = encodings.first().map_or(0, |e| e.get_ids().len());
+    let mut out = Encoded {
+        shape: [encodings.len(), seq],
+        input_ids: Vec::with_capacity(encodings.len() * seq),
+        attention_mask: Vec::with_capacity(encodings.len() * seq),
+        token_type_ids: Vec::with_capacity(encodings.len() * seq),
+    };
+    for e in encodings {
+        out.input_ids
+            .extend(e.get_ids().iter().map(|&v| i64::from(v)));
+        out.attention_mask
+            .extend(e.get_attention_mask().iter().map(|&v| i64::from(v)));
+        out.token_type_ids
+            .extend(e.get_type_ids().iter().map(|&v| i64::from(v)));
+    }
+    out
 }

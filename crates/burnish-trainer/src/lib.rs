@@ -30,6 +30,8 @@
 //! # Ok::<(), burnish_trainer::TrainError>(())
 //! ```
 
+pub mod metrics;
+
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::ElementConversion;
