@@ -61,6 +61,10 @@ impl Default for TokenizerConfig {
     }
 }
 
+/// For each token of a row, the index of the word it came from (`None` for special
+/// tokens and padding).
+pub type WordIds = Vec<Option<u32>>;
+
 /// A tokenized batch, row-major `[batch, seq]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
@@ -189,7 +193,7 @@ impl HfTokenizer {
     pub fn encode_words_batch(
         &self,
         sentences: &[Vec<&str>],
-    ) -> Result<(Encoded, Vec<Vec<Option<u32>>>), LoadError> {
+    ) -> Result<(Encoded, Vec<WordIds>), LoadError> {
         let inputs: Vec<EncodeInput> = sentences
             .iter()
             .map(|words| EncodeInput::Single(InputSequence::from(words.clone())))
