@@ -30,7 +30,10 @@
 //! # Ok::<(), burnish_trainer::TrainError>(())
 //! ```
 
+mod fit;
 pub mod metrics;
+
+pub use fit::{Control, EarlyStopping, EvalEvent, FitConfig, FitSummary, Hooks, NoHooks};
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -96,6 +99,14 @@ pub enum TrainError {
     /// A step was asked with no micro-batch.
     #[error("a step needs at least one micro-batch")]
     NoMicroBatch,
+    /// Writing logs or state failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// What one optimizer step did.
