@@ -15,8 +15,8 @@ use burn_ndarray::NdArray;
 use burnish_data::{
     BadRows, ClassificationBatch, classification_batch, epoch_order, read_classification,
 };
-use burnish_heads::{BertForSequenceClassification, ProblemType, SequenceLabels};
-use burnish_loader::{HfModelDir, LoadOptions, TokenizerConfig, load_module};
+use burnish_heads::{BertForSequenceClassification, LabelNames, ProblemType, SequenceLabels};
+use burnish_loader::{HfModelDir, LoadOptions, TokenizerConfig, export_dir, load_module};
 use burnish_models::ModelConfig;
 use burnish_schedule::Warmup;
 use burnish_trainer::metrics::accuracy;
@@ -83,6 +83,9 @@ fn minilm_learns_rotten_tomatoes() {
         panic!("not BERT")
     };
     let device = Default::default();
+    // Head initialization and dropout draw from the backend's RNG: seed it for a
+    // reproducible run.
+    B::seed(&device, 42);
     let head = BertForSequenceClassification::<B>::new(
         config.init(true, &device).unwrap(),
         &config,
@@ -161,4 +164,43 @@ fn minilm_learns_rotten_tomatoes() {
     );
     assert!(loss_after < loss_before, "validation loss did not fall");
     assert!(acc_after > 0.6, "accuracy {acc_after}");
+
+    // Export as a BertForSequenceClassification directory and load it back.
+    let out = std::env::var_os("BURNISH_EXPORT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("burnish-rt-{}", std::process::id())));
+    let model = trainer.into_model();
+    let labels = LabelNames(vec!["negative".into(), "positive".into()]);
+    let config_json = model.export_config(hf.config_json(), &labels);
+    export_dir(&out, &model, hf.naming(), &config_json, Some(&model_dir)).unwrap();
+    let back = HfModelDir::open(&out).unwrap();
+    assert_eq!(
+        back.config_json()["architectures"][0],
+        "BertForSequenceClassification"
+    );
+    assert_eq!(back.config_json()["id2label"]["1"], "positive");
+    let ModelConfig::Bert(config) = back.config().clone() else {
+        panic!("not BERT")
+    };
+    let reloaded = BertForSequenceClassification::<NdArray>::new(
+        config.init(true, &Default::default()).unwrap(),
+        &config,
+        2,
+        ProblemType::SingleLabelClassification,
+        &Default::default(),
+    )
+    .unwrap();
+    let (reloaded, report) = load_module(
+        reloaded,
+        &back.weights().unwrap(),
+        back.naming(),
+        &LoadOptions::default(),
+        back.path(),
+    )
+    .unwrap();
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    assert_eq!(evaluate(&reloaded, &valid_batches), (loss_after, acc_after));
+    if std::env::var_os("BURNISH_EXPORT_DIR").is_none() {
+        std::fs::remove_dir_all(&out).ok();
+    }
 }
