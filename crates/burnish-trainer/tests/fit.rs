@@ -27,21 +27,27 @@ fn model() -> Linear<B> {
     }
 }
 
-/// Micro-batches of (x, y) rows for y = 2·x0 − x1 + 1.
-fn batches(n: usize) -> Vec<Vec<[f32; 3]>> {
+/// A micro-batch of (x0, x1, y) rows.
+struct Rows(Vec<[f32; 3]>);
+
+/// Micro-batches of rows for y = 2·x0 − x1 + 1.
+fn batches(n: usize) -> Vec<Rows> {
     (0..n)
         .map(|b| {
-            (0..4)
-                .map(|r| {
-                    let (x0, x1) = ((b * 4 + r) as f32 * 0.1, ((b + r) % 3) as f32);
-                    [x0, x1, 2.0 * x0 - x1 + 1.0]
-                })
-                .collect()
+            Rows(
+                (0..4)
+                    .map(|r| {
+                        let (x0, x1) = ((b * 4 + r) as f32 * 0.1, ((b + r) % 3) as f32);
+                        [x0, x1, 2.0 * x0 - x1 + 1.0]
+                    })
+                    .collect(),
+            )
         })
         .collect()
 }
 
-fn loss(m: &Linear<B>, rows: &Vec<[f32; 3]>) -> LossParts<B> {
+fn loss(m: &Linear<B>, rows: &Rows) -> LossParts<B> {
+    let rows = &rows.0;
     let d = Default::default();
     let x: Vec<f32> = rows.iter().flat_map(|r| [r[0], r[1]]).collect();
     let y: Vec<f32> = rows.iter().map(|r| r[2]).collect();
