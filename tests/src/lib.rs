@@ -172,3 +172,22 @@ impl<B: burn::tensor::backend::AutodiffBackend> Bag<B> {
         ]
     }
 }
+
+/// `../shared` next to the repository (models and data; CI has it).
+pub fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+/// The `input_ids` and `attention_mask` of a tokenized batch as tensors.
+pub fn id_tensors<B2: Backend>(
+    e: &burnish_loader::Encoded,
+) -> (
+    Tensor<B2, 2, burn::tensor::Int>,
+    Tensor<B2, 2, burn::tensor::Int>,
+) {
+    let device = Default::default();
+    (
+        Tensor::from_data(TensorData::new(e.input_ids.clone(), e.shape), &device),
+        Tensor::from_data(TensorData::new(e.attention_mask.clone(), e.shape), &device),
+    )
+}

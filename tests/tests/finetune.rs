@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use burn_ndarray::NdArray;
 use burnish_data::{
     BadRows, ClassificationBatch, classification_batch, epoch_order, read_classification,
@@ -19,23 +19,11 @@ use burnish_heads::{BertForSequenceClassification, LabelNames, ProblemType, Sequ
 use burnish_loader::{HfModelDir, LoadOptions, TokenizerConfig, export_dir, load_module};
 use burnish_models::ModelConfig;
 use burnish_schedule::Warmup;
+use burnish_tests::{id_tensors, shared_dir};
 use burnish_trainer::metrics::accuracy;
 use burnish_trainer::{Trainer, TrainerConfig};
 
 type B = Autodiff<NdArray>;
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
-}
-
-fn tensors<Bk: Backend>(b: &ClassificationBatch) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 2, Int>) {
-    let device = Default::default();
-    let e = &b.encoded;
-    (
-        Tensor::from_data(TensorData::new(e.input_ids.clone(), e.shape), &device),
-        Tensor::from_data(TensorData::new(e.attention_mask.clone(), e.shape), &device),
-    )
-}
 
 /// Mean loss and accuracy with dropout off (the inner, non-autodiff model).
 fn evaluate(
@@ -44,7 +32,7 @@ fn evaluate(
 ) -> (f64, f64) {
     let (mut loss, mut items, mut preds, mut labels) = (0.0, 0, Vec::new(), Vec::new());
     for b in batches {
-        let (ids, mask) = tensors::<NdArray>(b);
+        let (ids, mask) = id_tensors::<NdArray>(&b.encoded);
         let logits = model.forward(ids, Some(mask), None);
         let parts = model
             .loss(logits.clone(), &SequenceLabels::Classes(b.labels.clone()))
@@ -66,8 +54,8 @@ fn evaluate(
 
 #[test]
 fn minilm_learns_rotten_tomatoes() {
-    let model_dir = shared().join("models/all-MiniLM-L6-v2");
-    let data_dir = shared().join("data/rotten_tomatoes");
+    let model_dir = shared_dir().join("models/all-MiniLM-L6-v2");
+    let data_dir = shared_dir().join("data/rotten_tomatoes");
     if !model_dir.is_dir() || !data_dir.is_dir() {
         eprintln!("SKIPPED: ../shared model or data absent (CI has them)");
         return;
@@ -145,7 +133,7 @@ fn minilm_learns_rotten_tomatoes() {
             .step(
                 &[b],
                 |m: &BertForSequenceClassification<B>, b: &ClassificationBatch| {
-                    let (ids, mask) = tensors::<B>(b);
+                    let (ids, mask) = id_tensors::<B>(&b.encoded);
                     m.loss(
                         m.forward(ids, Some(mask), None),
                         &SequenceLabels::Classes(b.labels.clone()),

@@ -4,35 +4,20 @@
 // Helpers outside #[test] functions unwrap too: a broken fixture should fail loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use burn_ndarray::NdArray;
 use burnish_data::{BadRows, TaggingBatch, epoch_order, read_tagging, tagging_batch};
 use burnish_heads::BertForTokenClassification;
 use burnish_loader::{HfModelDir, LoadOptions, TokenizerConfig, load_module};
 use burnish_models::ModelConfig;
 use burnish_schedule::Warmup;
+use burnish_tests::{id_tensors, shared_dir};
 use burnish_trainer::metrics::entity_scores;
 use burnish_trainer::{Trainer, TrainerConfig};
 
 type B = Autodiff<NdArray>;
-
-fn shared() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
-}
-
-fn tensors<Bk: Backend>(b: &TaggingBatch) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 2, Int>) {
-    let device = Default::default();
-    let e = &b.encoded;
-    (
-        Tensor::from_data(TensorData::new(e.input_ids.clone(), e.shape), &device),
-        Tensor::from_data(TensorData::new(e.attention_mask.clone(), e.shape), &device),
-    )
-}
 
 /// Entity F1 with predictions read at each word's first sub-word (labels ≠ −100).
 fn entity_f1(
@@ -42,7 +27,7 @@ fn entity_f1(
 ) -> f64 {
     let (mut predicted, mut gold) = (Vec::new(), Vec::new());
     for b in batches {
-        let (ids, mask) = tensors::<NdArray>(b);
+        let (ids, mask) = id_tensors::<NdArray>(&b.encoded);
         let [rows, seq] = b.encoded.shape;
         let pred: Vec<i64> = model
             .forward(ids, Some(mask), None)
@@ -69,8 +54,8 @@ fn entity_f1(
 
 #[test]
 fn minilm_learns_wnut16_entities() {
-    let model_dir = shared().join("models/all-MiniLM-L6-v2");
-    let data_dir = shared().join("data/wnut16");
+    let model_dir = shared_dir().join("models/all-MiniLM-L6-v2");
+    let data_dir = shared_dir().join("data/wnut16");
     if !model_dir.is_dir() || !data_dir.is_dir() {
         eprintln!("SKIPPED: ../shared model or data absent (CI has them)");
         return;
@@ -156,7 +141,7 @@ fn minilm_learns_wnut16_entities() {
     let f1_before = entity_f1(&head.valid(), &valid_batches, &tags);
     let mut trainer = Trainer::new(head, config).unwrap();
     let loss = |m: &BertForTokenClassification<B>, b: &TaggingBatch| {
-        let (ids, mask) = tensors::<B>(b);
+        let (ids, mask) = id_tensors::<B>(&b.encoded);
         m.loss(m.forward(ids, Some(mask), None), &b.labels)
     };
     let mut first = None;

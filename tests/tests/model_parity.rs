@@ -10,7 +10,7 @@ use burn_ndarray::NdArray;
 use burnish_loader::{HfModelDir, LoadOptions, Naming, Padding, Side, TokenizerConfig, export_dir};
 use burnish_models::{KvCache, ModelConfig};
 use burnish_params::named_params;
-use burnish_tests::fixture;
+use burnish_tests::{fixture, shared_dir};
 use serde::Deserialize;
 
 type B = NdArray;
@@ -271,8 +271,7 @@ struct MiniLm {
 
 #[test]
 fn all_minilm_l6_v2_matches_transformers() {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/all-MiniLM-L6-v2");
+    let dir = shared_dir().join("models/all-MiniLM-L6-v2");
     if !dir.is_dir() {
         eprintln!("SKIPPED: {} is absent (CI has it)", dir.display());
         return;
@@ -319,8 +318,7 @@ fn all_minilm_l6_v2_matches_transformers() {
 
 #[test]
 fn tokenizer_padding_and_truncation_come_from_our_config() {
-    let dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/all-MiniLM-L6-v2");
+    let dir = shared_dir().join("models/all-MiniLM-L6-v2");
     if !dir.is_dir() {
         eprintln!("SKIPPED: {} is absent (CI has it)", dir.display());
         return;

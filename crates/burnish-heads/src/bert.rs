@@ -62,6 +62,27 @@ impl LabelNames {
     }
 }
 
+/// `base` with the fields of a `BertFor<task>` (or `RobertaFor<task>`) class: its
+/// architecture name, `num_labels`, `id2label` and `label2id`.
+fn head_config(base: &Value, labels: &LabelNames, task: &str) -> Value {
+    let mut config = base.clone();
+    let (id2label, label2id) = labels.to_json();
+    let family = match config.get("model_type").and_then(Value::as_str) {
+        Some("roberta") => "Roberta",
+        _ => "Bert",
+    };
+    if let Some(fields) = config.as_object_mut() {
+        fields.insert(
+            "architectures".into(),
+            json!([format!("{family}For{task}")]),
+        );
+        fields.insert("num_labels".into(), json!(labels.0.len()));
+        fields.insert("id2label".into(), id2label);
+        fields.insert("label2id".into(), label2id);
+    }
+    config
+}
+
 fn dropout_of(config: &BertConfig) -> Dropout {
     DropoutConfig::new(
         config
@@ -194,21 +215,10 @@ impl<B: Backend> BertForSequenceClassification<B> {
     /// `config.json` fields transformers needs to load this head:
     /// `architectures`, `num_labels`, `id2label`, `label2id`, `problem_type`.
     pub fn export_config(&self, base: &Value, labels: &LabelNames) -> Value {
-        let mut config = base.clone();
-        let (id2label, label2id) = labels.to_json();
-        let arch = match config.get("model_type").and_then(Value::as_str) {
-            Some("roberta") => "RobertaForSequenceClassification",
-            _ => "BertForSequenceClassification",
-        };
+        let mut config = head_config(base, labels, "SequenceClassification");
         if let Some(fields) = config.as_object_mut() {
-            fields.insert("architectures".into(), json!([arch]));
-            fields.insert("num_labels".into(), json!(labels.0.len()));
-            fields.insert("id2label".into(), id2label);
-            fields.insert("label2id".into(), label2id);
-            fields.insert(
-                "problem_type".into(),
-                serde_json::to_value(self.problem).unwrap_or(Value::Null),
-            );
+            let problem = serde_json::to_value(self.problem).unwrap_or(Value::Null);
+            fields.insert("problem_type".into(), problem);
         }
         config
     }
@@ -265,20 +275,9 @@ impl<B: Backend> BertForTokenClassification<B> {
         cross_entropy(logits.reshape([b * s, k]), labels)
     }
 
-    /// `config.json` fields for `BertForTokenClassification`.
+    /// `config.json` fields transformers needs to load this head: `architectures`,
+    /// `num_labels`, `id2label`, `label2id`.
     pub fn export_config(&self, base: &Value, labels: &LabelNames) -> Value {
-        let mut config = base.clone();
-        let (id2label, label2id) = labels.to_json();
-        let arch = match config.get("model_type").and_then(Value::as_str) {
-            Some("roberta") => "RobertaForTokenClassification",
-            _ => "BertForTokenClassification",
-        };
-        if let Some(fields) = config.as_object_mut() {
-            fields.insert("architectures".into(), json!([arch]));
-            fields.insert("num_labels".into(), json!(labels.0.len()));
-            fields.insert("id2label".into(), id2label);
-            fields.insert("label2id".into(), label2id);
-        }
-        config
+        head_config(base, labels, "TokenClassification")
     }
 }
