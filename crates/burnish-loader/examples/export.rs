@@ -2,11 +2,12 @@
 //! timings. `cargo run --release -p burnish-loader --example export -- SRC [OUT]`
 //! (without OUT only loads, which is how peak memory is measured with `/usr/bin/time -v`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::module::Module;
 use burn_ndarray::NdArray;
-use burnish_loader::{HfModelDir, LoadError, LoadOptions, export_dir};
+use burnish_loader::{HfModelDir, LoadError, LoadOptions, LoadReport, export_dir};
 use burnish_models::ModelConfig;
 
 type B = NdArray;
@@ -24,28 +25,36 @@ fn main() -> Result<(), LoadError> {
     match dir.config() {
         ModelConfig::Bert(_) => {
             let (model, report) = dir.load_bert::<B>(&device, &LoadOptions::default())?;
-            println!(
-                "loaded {} tensors in {:.2?}; unused: {:?}",
-                report.loaded.len(),
-                start.elapsed(),
-                report.unexpected
-            );
-            if let Some(out) = out {
-                export_dir(&out, &model, dir.naming(), dir.config_json(), Some(&src))?;
-            }
+            finish(&dir, &model, &report, start, out.as_deref())
         }
         ModelConfig::Llama(_) => {
             let (model, report) = dir.load_llama::<B>(&device, &LoadOptions::default())?;
-            println!(
-                "loaded {} tensors in {:.2?}; unused: {:?}",
-                report.loaded.len(),
-                start.elapsed(),
-                report.unexpected
-            );
-            if let Some(out) = out {
-                export_dir(&out, &model, dir.naming(), dir.config_json(), Some(&src))?;
-            }
+            finish(&dir, &model, &report, start, out.as_deref())
         }
     }
-    Ok(())
+}
+
+fn finish<M: Module<B>>(
+    dir: &HfModelDir,
+    model: &M,
+    report: &LoadReport,
+    start: Instant,
+    out: Option<&Path>,
+) -> Result<(), LoadError> {
+    println!(
+        "loaded {} tensors in {:.2?}; unused: {:?}",
+        report.loaded.len(),
+        start.elapsed(),
+        report.unexpected
+    );
+    match out {
+        Some(out) => export_dir(
+            out,
+            model,
+            dir.naming(),
+            dir.config_json(),
+            Some(dir.path()),
+        ),
+        None => Ok(()),
+    }
 }
