@@ -5,8 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use burn_ndarray::NdArray;
+use burnish_heads::{GenerationConfig, generate};
 use burnish_loader::{HfModelDir, LoadOptions, Naming, Padding, Side, TokenizerConfig, export_dir};
 use burnish_models::{KvCache, ModelConfig};
 use burnish_params::named_params;
@@ -109,20 +110,25 @@ fn check_decoder(case: &Case, dir: &Path) -> f32 {
     });
 
     if let (Some(prompt), Some(expected)) = (&case.greedy_prompt, &case.greedy_tokens) {
-        let mut cache = KvCache::new();
-        let mut next = ints(prompt, [1, prompt.len()]);
-        let mut generated = Vec::new();
-        for _ in 0..expected.len() {
-            let logits = model.forward(next, None, Some(&mut cache));
-            let [_, s, v] = logits.dims();
-            let last = logits.slice([0..1, s - 1..s, 0..v]).reshape([v]);
-            let token: i64 = last.argmax(0).into_scalar().elem();
-            generated.push(token);
-            next = ints(&[token], [1, 1]);
-        }
+        let config = GenerationConfig {
+            max_new_tokens: expected.len(),
+            ..Default::default()
+        };
+        let generated = generate(&model, prompt, &config);
         assert_eq!(
             &generated, expected,
             "{}: greedy tokens with the KV cache",
+            case.name
+        );
+        let sampled = GenerationConfig {
+            temperature: 1.0,
+            top_k: Some(1),
+            ..config.clone()
+        };
+        assert_eq!(
+            &generate(&model, prompt, &sampled),
+            expected,
+            "{}: top-k 1 sampling is greedy",
             case.name
         );
     }
