@@ -191,3 +191,53 @@ pub fn id_tensors<B2: Backend>(
         Tensor::from_data(TensorData::new(e.attention_mask.clone(), e.shape), &device),
     )
 }
+
+/// all-MiniLM-L6-v2 from `../shared`: its directory, a tokenizer truncating to
+/// `max_length`, and its config; `None` (with a SKIPPED line) when `../shared` lacks it or
+/// the data set `data` (CI has both).
+///
+/// # Panics
+/// When the model directory exists but cannot be read.
+pub fn minilm(
+    max_length: usize,
+    data: &str,
+) -> Option<(
+    burnish_loader::HfModelDir,
+    burnish_loader::HfTokenizer,
+    burnish_models::BertConfig,
+)> {
+    let model_dir = shared_dir().join("models/all-MiniLM-L6-v2");
+    if !model_dir.is_dir() || !shared_dir().join("data").join(data).is_dir() {
+        eprintln!("SKIPPED: ../shared model or data absent (CI has them)");
+        return None;
+    }
+    let hf = burnish_loader::HfModelDir::open(&model_dir).expect("MiniLM config");
+    let tokenizer = hf
+        .tokenizer(burnish_loader::TokenizerConfig {
+            max_length,
+            ..Default::default()
+        })
+        .expect("MiniLM tokenizer");
+    let burnish_models::ModelConfig::Bert(config) = hf.config().clone() else {
+        panic!("all-MiniLM-L6-v2 is not a BERT config")
+    };
+    Some((hf, tokenizer, config))
+}
+
+/// Loads the pretrained backbone of `hf` into a head module, leaving a new `classifier`
+/// at its initialization.
+///
+/// # Panics
+/// When the checkpoint cannot be loaded.
+pub fn load_backbone<B2: Backend, M: Module<B2>>(
+    head: M,
+    hf: &burnish_loader::HfModelDir,
+) -> (M, burnish_loader::LoadReport) {
+    let options = burnish_loader::LoadOptions {
+        allow_missing: vec!["classifier".into()],
+        ..Default::default()
+    };
+    let weights = hf.weights().expect("MiniLM weights");
+    burnish_loader::load_module(head, &weights, hf.naming(), &options, hf.path())
+        .expect("MiniLM loads")
+}

@@ -16,10 +16,10 @@ use burnish_data::{
     BadRows, ClassificationBatch, classification_batch, epoch_order, read_classification,
 };
 use burnish_heads::{BertForSequenceClassification, LabelNames, ProblemType, SequenceLabels};
-use burnish_loader::{HfModelDir, LoadOptions, TokenizerConfig, export_dir, load_module};
+use burnish_loader::{HfModelDir, LoadOptions, export_dir, load_module};
 use burnish_models::ModelConfig;
 use burnish_schedule::Warmup;
-use burnish_tests::{id_tensors, shared_dir};
+use burnish_tests::{id_tensors, load_backbone, minilm, shared_dir};
 use burnish_trainer::metrics::accuracy;
 use burnish_trainer::{Trainer, TrainerConfig};
 
@@ -54,22 +54,11 @@ fn evaluate(
 
 #[test]
 fn minilm_learns_rotten_tomatoes() {
-    let model_dir = shared_dir().join("models/all-MiniLM-L6-v2");
-    let data_dir = shared_dir().join("data/rotten_tomatoes");
-    if !model_dir.is_dir() || !data_dir.is_dir() {
-        eprintln!("SKIPPED: ../shared model or data absent (CI has them)");
+    let Some((hf, tokenizer, config)) = minilm(64, "rotten_tomatoes") else {
         return;
-    }
-    let hf = HfModelDir::open(&model_dir).unwrap();
-    let tokenizer = hf
-        .tokenizer(TokenizerConfig {
-            max_length: 64,
-            ..Default::default()
-        })
-        .unwrap();
-    let ModelConfig::Bert(config) = hf.config().clone() else {
-        panic!("not BERT")
     };
+    let data_dir = shared_dir().join("data/rotten_tomatoes");
+    let model_dir = hf.path().to_owned();
     let device = Default::default();
     // Head initialization and dropout draw from the backend's RNG: seed it for a
     // reproducible run.
@@ -82,18 +71,7 @@ fn minilm_learns_rotten_tomatoes() {
         &device,
     )
     .unwrap();
-    let options = LoadOptions {
-        allow_missing: vec!["classifier".into()],
-        ..Default::default()
-    };
-    let (head, report) = load_module(
-        head,
-        &hf.weights().unwrap(),
-        hf.naming(),
-        &options,
-        hf.path(),
-    )
-    .unwrap();
+    let (head, report) = load_backbone(head, &hf);
     assert_eq!(report.missing, ["classifier.weight", "classifier.bias"]);
 
     let train = read_classification(&data_dir.join("train.jsonl"), None, BadRows::Fail).unwrap();

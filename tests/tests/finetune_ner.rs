@@ -10,10 +10,8 @@ use burn::tensor::backend::Backend;
 use burn_ndarray::NdArray;
 use burnish_data::{BadRows, TaggingBatch, epoch_order, read_tagging, tagging_batch};
 use burnish_heads::BertForTokenClassification;
-use burnish_loader::{HfModelDir, LoadOptions, TokenizerConfig, load_module};
-use burnish_models::ModelConfig;
 use burnish_schedule::Warmup;
-use burnish_tests::{id_tensors, shared_dir};
+use burnish_tests::{id_tensors, load_backbone, minilm, shared_dir};
 use burnish_trainer::metrics::entity_scores;
 use burnish_trainer::{Trainer, TrainerConfig};
 
@@ -54,12 +52,10 @@ fn entity_f1(
 
 #[test]
 fn minilm_learns_wnut16_entities() {
-    let model_dir = shared_dir().join("models/all-MiniLM-L6-v2");
-    let data_dir = shared_dir().join("data/wnut16");
-    if !model_dir.is_dir() || !data_dir.is_dir() {
-        eprintln!("SKIPPED: ../shared model or data absent (CI has them)");
+    let Some((hf, tokenizer, config)) = minilm(64, "wnut16") else {
         return;
-    }
+    };
+    let data_dir = shared_dir().join("data/wnut16");
     let kinds = [
         "company",
         "facility",
@@ -79,16 +75,6 @@ fn minilm_learns_wnut16_entities() {
                 .flat_map(|k| [format!("B-{k}"), format!("I-{k}")]),
         )
         .collect();
-    let hf = HfModelDir::open(&model_dir).unwrap();
-    let tokenizer = hf
-        .tokenizer(TokenizerConfig {
-            max_length: 64,
-            ..Default::default()
-        })
-        .unwrap();
-    let ModelConfig::Bert(config) = hf.config().clone() else {
-        panic!("not BERT")
-    };
     let device = Default::default();
     B::seed(&device, 7);
     let head = BertForTokenClassification::<B>::new(
@@ -98,18 +84,7 @@ fn minilm_learns_wnut16_entities() {
         &device,
     )
     .unwrap();
-    let options = LoadOptions {
-        allow_missing: vec!["classifier".into()],
-        ..Default::default()
-    };
-    let (head, _) = load_module(
-        head,
-        &hf.weights().unwrap(),
-        hf.naming(),
-        &options,
-        hf.path(),
-    )
-    .unwrap();
+    let (head, _) = load_backbone(head, &hf);
 
     let train = read_tagging(&data_dir.join("train.jsonl"), &tags, BadRows::Fail).unwrap();
     let valid = read_tagging(&data_dir.join("validation.jsonl"), &tags, BadRows::Fail).unwrap();
