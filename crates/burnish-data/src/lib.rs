@@ -8,6 +8,15 @@
 //! # Ok::<(), burnish_data::DataError>(())
 //! ```
 
+mod cache;
+pub mod jsonl;
+mod sampler;
+mod task;
+
+pub use cache::{Batch, CacheMeta, Record, TokenCache};
+pub use sampler::{batch_order, grouped_order};
+pub use task::{RowEncoder, Task, TokenizedExample};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -68,6 +77,14 @@ pub enum DataError {
         /// The file.
         path: PathBuf,
     },
+    /// A token cache is incomplete, of another format, or inconsistent.
+    #[error("{}: token cache: {detail}", path.display())]
+    Cache {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// Tokenization failed.
     #[error(transparent)]
     Tokenizer(#[from] LoadError),
@@ -107,25 +124,16 @@ fn read_rows<T>(
     on_bad: BadRows,
     mut parse: impl FnMut(&Value) -> Result<T, String>,
 ) -> Result<(Vec<T>, Vec<BadRow>), DataError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
     let mut examples = Vec::new();
     let mut skipped = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = serde_json::from_str::<Value>(line)
-            .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|v| parse(&v));
-        match parsed {
+    for row in jsonl::JsonlRows::open(path)? {
+        let row = row?;
+        match row.value.and_then(|v| parse(&v)) {
             Ok(example) => examples.push(example),
             Err(reason) => {
                 let bad = BadRow {
                     path: path.to_owned(),
-                    line: i + 1,
+                    line: row.line as usize,
                     reason,
                 };
                 match on_bad {
@@ -144,7 +152,11 @@ fn read_rows<T>(
 }
 
 /// Maps a label value (an id, or a name from `names`) to its id.
-fn label_id(value: &Value, names: &[String], index: &HashMap<&str, i64>) -> Result<i64, String> {
+pub(crate) fn label_id(
+    value: &Value,
+    names: &[String],
+    index: &HashMap<&str, i64>,
+) -> Result<i64, String> {
     match value {
         Value::Number(n) => match n.as_i64() {
             Some(id) if id >= 0 && (names.is_empty() || (id as usize) < names.len()) => Ok(id),

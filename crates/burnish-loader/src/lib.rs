@@ -23,6 +23,7 @@
 //! # Ok::<(), burnish_loader::LoadError>(())
 //! ```
 
+mod chat;
 mod error;
 mod export;
 mod load;
@@ -38,6 +39,7 @@ use burnish_models::{
     BertConfig, BertFlavor, BertModel, LlamaConfig, LlamaForCausalLm, ModelConfig,
 };
 
+pub use chat::{ChatTemplate, Message};
 pub use error::LoadError;
 pub use export::{TOKENIZER_FILES, export_dir, save_module};
 pub use load::{LoadOptions, LoadReport, load_module};

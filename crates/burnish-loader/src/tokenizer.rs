@@ -209,6 +209,49 @@ impl HfTokenizer {
         Ok((collect(&encodings), word_ids))
     }
 
+    /// Tokenizes texts (in parallel) without padding: one id list per text, truncated to
+    /// `max_length`. `add_special_tokens` overrides the config (a response appended to a
+    /// prompt must not get a second `[CLS]` or BOS).
+    ///
+    /// # Errors
+    /// [`LoadError::Format`] naming the tokenizer file when the tokenizer fails.
+    pub fn encode_unpadded(
+        &self,
+        texts: &[&str],
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<u32>>, LoadError> {
+        let encodings = self
+            .inner
+            .encode_batch(texts.to_vec(), add_special_tokens)
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        Ok(encodings.iter().map(|e| unpadded(e).0).collect())
+    }
+
+    /// Tokenizes pre-split words without padding: per sentence, the ids and the word
+    /// index of each id (`None` for special tokens).
+    ///
+    /// # Errors
+    /// [`LoadError::Format`] naming the tokenizer file when the tokenizer fails.
+    pub fn encode_words_unpadded(
+        &self,
+        sentences: &[Vec<&str>],
+    ) -> Result<Vec<(Vec<u32>, WordIds)>, LoadError> {
+        let inputs: Vec<EncodeInput> = sentences
+            .iter()
+            .map(|words| EncodeInput::Single(InputSequence::from(words.clone())))
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch(inputs, self.config.add_special_tokens)
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        Ok(encodings.iter().map(unpadded).collect())
+    }
+
+    /// The path of `tokenizer.json`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Turns ids back into text, without special tokens.
     ///
     /// # Errors
@@ -218,6 +261,18 @@ impl HfTokenizer {
             .decode(ids, true)
             .map_err(|e| LoadError::format(&self.path, e.to_string()))
     }
+}
+
+/// The ids and word ids of the real tokens of a padded encoding (the padding parameters
+/// set in `from_file` pad every batch).
+fn unpadded(e: &tokenizers::Encoding) -> (Vec<u32>, WordIds) {
+    e.get_ids()
+        .iter()
+        .zip(e.get_word_ids())
+        .zip(e.get_attention_mask())
+        .filter(|(_, mask)| **mask == 1)
+        .map(|((&id, &word), _)| (id, word))
+        .unzip()
 }
 
 /// Stacks padded encodings into one row-major batch.

@@ -1,0 +1,698 @@
+//! Tokenized data on disk: a JSONL file is streamed once through the tokenizer into a
+//! cache directory, then every epoch reads batches from it without re-tokenizing and
+//! without holding the data in memory.
+//!
+//! Layout of a cache directory (little-endian):
+//! - `records.bin`: 32 bytes per example: token start `u64`, source byte offset `u64`,
+//!   token count `u32`, source line `u32`, class label `i32`, 4 bytes zero;
+//! - `tokens.bin`: token ids, `u32` each;
+//! - `labels.bin`: per-token labels, `i32` each (empty for sequence classification);
+//! - `meta.json`: what was cached (written last: a directory without it is incomplete).
+//!
+//! Reads are positioned reads served by the OS page cache. They are not memory-mapped on
+//! purpose: a cache file truncated under a running job is then a typed error instead of a
+//! SIGBUS, and the workspace keeps `unsafe_code = "forbid"`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use burnish_loader::Encoded;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::jsonl::JsonlRows;
+use crate::task::{RowEncoder, Task};
+use crate::{BadRow, BadRows, DataError, IGNORE_INDEX};
+
+const FORMAT: u32 = 1;
+const RECORD: usize = 32;
+/// Rows tokenized together (one parallel `encode_batch`); bounds memory while caching.
+const CHUNK_ROWS: usize = 4096;
+/// Bad rows listed in `meta.json` (all are counted).
+const LISTED_BAD_ROWS: usize = 100;
+
+/// What a cache holds, stored in `meta.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CacheMeta {
+    /// Cache format version.
+    pub format: u32,
+    /// Hex SHA-256 of everything that determines the contents.
+    pub fingerprint: String,
+    /// The JSONL file.
+    pub source: PathBuf,
+    /// The task.
+    pub task: Task,
+    /// Examples cached.
+    pub examples: u64,
+    /// Tokens cached.
+    pub tokens: u64,
+    /// Rows skipped (with [`BadRows::Skip`]).
+    pub skipped: u64,
+    /// The first skipped rows, as `file:line: reason`.
+    pub skipped_rows: Vec<String>,
+}
+
+/// One cached example's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// Index of its first token in `tokens.bin`.
+    pub token_start: u64,
+    /// Byte offset of its row in the source file.
+    pub offset: u64,
+    /// Token count.
+    pub len: u32,
+    /// 1-based line of its row in the source file.
+    pub line: u32,
+    /// Class label (sequence classification), −100 otherwise.
+    pub label: i32,
+}
+
+impl Record {
+    fn to_bytes(self) -> [u8; RECORD] {
+        let mut b = [0u8; RECORD];
+        b[0..8].copy_from_slice(&self.token_start.to_le_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_le_bytes());
+        b[16..20].copy_from_slice(&self.len.to_le_bytes());
+        b[20..24].copy_from_slice(&self.line.to_le_bytes());
+        b[24..28].copy_from_slice(&self.label.to_le_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Self {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
+        Record {
+            token_start: u64_at(0),
+            offset: u64_at(8),
+            len: u32_at(16),
+            line: u32_at(20),
+            label: u32_at(24) as i32,
+        }
+    }
+}
+
+/// A tokenized batch read from a cache, right-padded to its longest example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Ids, attention mask and segment ids `[batch, seq]`.
+    pub encoded: Encoded,
+    /// Class ids (sequence classification, one per example) or per-token labels
+    /// `[batch, seq]` row-major with −100 on padding.
+    pub labels: Vec<i64>,
+    /// Label items the loss counts: examples, tagged tokens, or predicted tokens after
+    /// the causal shift. Accumulation normalizes by the cycle's total.
+    pub items: u64,
+    /// The cache indices of the examples, in batch order.
+    pub indices: Vec<usize>,
+}
+
+/// A tokenized dataset on disk.
+#[derive(Debug)]
+pub struct TokenCache {
+    dir: PathBuf,
+    meta: CacheMeta,
+    records: File,
+    tokens: File,
+    labels: File,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 over the source's identity (path, size, modification time), the tokenizer file,
+/// and every setting that changes the tokens.
+fn fingerprint(
+    source: &Path,
+    encoder: &RowEncoder<'_>,
+    bad_rows: BadRows,
+) -> Result<String, DataError> {
+    let meta = std::fs::metadata(source).map_err(io(source))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let tokenizer_path = encoder.tokenizer.path();
+    let tokenizer = std::fs::read(tokenizer_path).map_err(io(tokenizer_path))?;
+    let mut h = Sha256::new();
+    let settings = serde_json::json!({
+        "format": FORMAT,
+        "source": std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned()),
+        "size": meta.len(),
+        "modified": modified.to_string(),
+        "tokenizer": encoder.tokenizer.config(),
+        "task": encoder.task,
+        "labels": encoder.labels,
+        "eos": encoder.eos_id,
+        "require_labels": encoder.require_labels,
+        "skip_bad_rows": bad_rows == BadRows::Skip,
+        "template": encoder.chat_template.map(|t| format!("{t:?}")),
+    });
+    h.update(settings.to_string().as_bytes());
+    h.update(&tokenizer);
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+struct Writers {
+    records: BufWriter<File>,
+    tokens: BufWriter<File>,
+    labels: BufWriter<File>,
+}
+
+impl TokenCache {
+    /// Opens the cache of `source` under `root`, building it first when there is none
+    /// for this exact source, tokenizer and settings. Returns whether it was built.
+    ///
+    /// # Errors
+    /// [`DataError::Io`]; [`DataError::BadRow`] with [`BadRows::Fail`];
+    /// [`DataError::Empty`] when no row is usable; [`DataError::Tokenizer`].
+    pub fn open_or_build(
+        source: &Path,
+        encoder: &RowEncoder<'_>,
+        bad_rows: BadRows,
+        root: &Path,
+    ) -> Result<(Self, bool), DataError> {
+        let print = fingerprint(source, encoder, bad_rows)?;
+        let dir = root.join(&print[..16]);
+        if let Ok(cache) = Self::open(&dir)
+            && cache.meta.fingerprint == print
+        {
+            return Ok((cache, false));
+        }
+        // Builds a crash interrupted leave behind; never mistaken for a cache (no rename).
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".building-")
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Self::build(source, encoder, bad_rows, &dir, print)?;
+        Ok((Self::open(&dir)?, true))
+    }
+
+    fn build(
+        source: &Path,
+        encoder: &RowEncoder<'_>,
+        bad_rows: BadRows,
+        dir: &Path,
+        fingerprint: String,
+    ) -> Result<(), DataError> {
+        // Built beside its final place and renamed in: an interrupted build never looks
+        // like a cache.
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".building-")
+            .tempdir_in(parent)
+            .map_err(io(parent))?;
+        let create = |name: &str| -> Result<BufWriter<File>, DataError> {
+            let path = tmp.path().join(name);
+            Ok(BufWriter::with_capacity(
+                1 << 20,
+                File::create(&path).map_err(io(&path))?,
+            ))
+        };
+        let mut out = Writers {
+            records: create("records.bin")?,
+            tokens: create("tokens.bin")?,
+            labels: create("labels.bin")?,
+        };
+        let mut meta = CacheMeta {
+            format: FORMAT,
+            fingerprint,
+            source: source.to_owned(),
+            task: encoder.task,
+            examples: 0,
+            tokens: 0,
+            skipped: 0,
+            skipped_rows: Vec::new(),
+        };
+        let mut chunk = Vec::with_capacity(CHUNK_ROWS);
+        for row in JsonlRows::open(source)? {
+            chunk.push(row?);
+            if chunk.len() == CHUNK_ROWS {
+                Self::write_chunk(
+                    &chunk,
+                    encoder,
+                    bad_rows,
+                    source,
+                    &mut out,
+                    &mut meta,
+                    tmp.path(),
+                )?;
+                chunk.clear();
+            }
+        }
+        Self::write_chunk(
+            &chunk,
+            encoder,
+            bad_rows,
+            source,
+            &mut out,
+            &mut meta,
+            tmp.path(),
+        )?;
+        if meta.examples == 0 {
+            return Err(DataError::Empty {
+                path: source.to_owned(),
+            });
+        }
+        for (name, w) in [
+            ("records.bin", out.records),
+            ("tokens.bin", out.tokens),
+            ("labels.bin", out.labels),
+        ] {
+            let path = tmp.path().join(name);
+            let file = w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
+            file.sync_all().map_err(io(&path))?;
+        }
+        let meta_path = tmp.path().join("meta.json");
+        let text = serde_json::to_string_pretty(&meta).unwrap_or_default();
+        std::fs::write(&meta_path, text).map_err(io(&meta_path))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+        }
+        let tmp = tmp.keep();
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_chunk(
+        rows: &[crate::jsonl::Row],
+        encoder: &RowEncoder<'_>,
+        bad_rows: BadRows,
+        source: &Path,
+        out: &mut Writers,
+        meta: &mut CacheMeta,
+        tmp: &Path,
+    ) -> Result<(), DataError> {
+        let values: Vec<&serde_json::Value> =
+            rows.iter().filter_map(|r| r.value.as_ref().ok()).collect();
+        let mut encoded = encoder.encode(&values)?.into_iter();
+        for row in rows {
+            let result = match &row.value {
+                Ok(_) => encoded.next().unwrap_or_else(|| Err("not encoded".into())),
+                Err(reason) => Err(reason.clone()),
+            };
+            let example = match result {
+                Ok(e) => e,
+                Err(reason) => {
+                    let bad = BadRow {
+                        path: source.to_owned(),
+                        line: row.line as usize,
+                        reason,
+                    };
+                    if bad_rows == BadRows::Fail {
+                        return Err(DataError::BadRow(bad));
+                    }
+                    meta.skipped += 1;
+                    if meta.skipped_rows.len() < LISTED_BAD_ROWS {
+                        meta.skipped_rows.push(bad.to_string());
+                    }
+                    continue;
+                }
+            };
+            let line = u32::try_from(row.line).map_err(|_| DataError::Cache {
+                path: source.to_owned(),
+                detail: format!("line {} is past the 2^32 lines a cache indexes", row.line),
+            })?;
+            let record = Record {
+                token_start: meta.tokens,
+                offset: row.offset,
+                len: example.ids.len() as u32,
+                line,
+                label: example.label as i32,
+            };
+            let write = |w: &mut BufWriter<File>, bytes: &[u8], name: &str| {
+                w.write_all(bytes).map_err(io(&tmp.join(name)))
+            };
+            write(&mut out.records, &record.to_bytes(), "records.bin")?;
+            let ids: Vec<u8> = example.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+            write(&mut out.tokens, &ids, "tokens.bin")?;
+            let labels: Vec<u8> = example
+                .token_labels
+                .iter()
+                .flat_map(|l| l.to_le_bytes())
+                .collect();
+            write(&mut out.labels, &labels, "labels.bin")?;
+            meta.examples += 1;
+            meta.tokens += example.ids.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Opens a complete cache directory.
+    ///
+    /// # Errors
+    /// [`DataError::Io`] for missing files; [`DataError::Cache`] when `meta.json` is
+    /// unreadable, of another format, or the files' sizes disagree with it.
+    pub fn open(dir: &Path) -> Result<Self, DataError> {
+        let meta_path = dir.join("meta.json");
+        let text = std::fs::read_to_string(&meta_path).map_err(io(&meta_path))?;
+        let meta: CacheMeta = serde_json::from_str(&text).map_err(|e| DataError::Cache {
+            path: meta_path.clone(),
+            detail: e.to_string(),
+        })?;
+        if meta.format != FORMAT {
+            return Err(DataError::Cache {
+                path: meta_path,
+                detail: format!("format {} (this burnish reads {FORMAT})", meta.format),
+            });
+        }
+        let open = |name: &str, expected: u64| -> Result<File, DataError> {
+            let path = dir.join(name);
+            let file = File::open(&path).map_err(io(&path))?;
+            let len = file.metadata().map_err(io(&path))?.len();
+            if len != expected {
+                return Err(DataError::Cache {
+                    path,
+                    detail: format!("{len} bytes, meta.json implies {expected}"),
+                });
+            }
+            Ok(file)
+        };
+        let label_bytes = if meta.task == Task::SequenceClassification {
+            0
+        } else {
+            meta.tokens * 4
+        };
+        Ok(TokenCache {
+            records: open("records.bin", meta.examples * RECORD as u64)?,
+            tokens: open("tokens.bin", meta.tokens * 4)?,
+            labels: open("labels.bin", label_bytes)?,
+            dir: dir.to_owned(),
+            meta,
+        })
+    }
+
+    /// What the cache holds.
+    pub fn meta(&self) -> &CacheMeta {
+        &self.meta
+    }
+
+    /// The cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.meta.examples as usize
+    }
+
+    /// Whether the cache has no example (never true for a built cache).
+    pub fn is_empty(&self) -> bool {
+        self.meta.examples == 0
+    }
+
+    /// The record of example `i`.
+    ///
+    /// # Errors
+    /// [`DataError::Cache`] when `i` is out of range; [`DataError::Io`].
+    pub fn record(&self, i: usize) -> Result<Record, DataError> {
+        if i >= self.len() {
+            return Err(DataError::Cache {
+                path: self.dir.join("records.bin"),
+                detail: format!("example {i} of {}", self.len()),
+            });
+        }
+        let mut b = [0u8; RECORD];
+        let path = self.dir.join("records.bin");
+        read_at(&self.records, &mut b, (i * RECORD) as u64).map_err(io(&path))?;
+        Ok(Record::from_bytes(&b))
+    }
+
+    /// Token counts of all examples (for length-grouped batching).
+    ///
+    /// # Errors
+    /// [`DataError::Io`].
+    pub fn lengths(&self) -> Result<Vec<u32>, DataError> {
+        let path = self.dir.join("records.bin");
+        let mut out = Vec::with_capacity(self.len());
+        let mut buf = vec![0u8; RECORD * 8192];
+        let mut done = 0;
+        while done < self.len() {
+            let n = (self.len() - done).min(8192);
+            read_at(
+                &self.records,
+                &mut buf[..n * RECORD],
+                (done * RECORD) as u64,
+            )
+            .map_err(io(&path))?;
+            out.extend(
+                buf[..n * RECORD]
+                    .chunks(RECORD)
+                    .map(|b| Record::from_bytes(b).len),
+            );
+            done += n;
+        }
+        Ok(out)
+    }
+
+    fn read_u32s(
+        &self,
+        file: &File,
+        name: &str,
+        start: u64,
+        len: u32,
+    ) -> Result<Vec<u32>, DataError> {
+        let mut b = vec![0u8; len as usize * 4];
+        read_at(file, &mut b, start * 4).map_err(io(&self.dir.join(name)))?;
+        Ok(b.chunks(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// The token ids of example `i`.
+    ///
+    /// # Errors
+    /// As [`record`](Self::record).
+    pub fn ids(&self, i: usize) -> Result<Vec<u32>, DataError> {
+        let r = self.record(i)?;
+        self.read_u32s(&self.tokens, "tokens.bin", r.token_start, r.len)
+    }
+
+    /// Examples `indices` as one right-padded batch.
+    ///
+    /// # Errors
+    /// As [`record`](Self::record).
+    pub fn batch(&self, indices: &[usize], pad_id: u32) -> Result<Batch, DataError> {
+        let records = indices
+            .iter()
+            .map(|&i| self.record(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seq = records.iter().map(|r| r.len as usize).max().unwrap_or(0);
+        let n = records.len();
+        let mut encoded = Encoded {
+            shape: [n, seq],
+            input_ids: Vec::with_capacity(n * seq),
+            attention_mask: Vec::with_capacity(n * seq),
+            token_type_ids: vec![0; n * seq],
+        };
+        let per_token = self.meta.task != Task::SequenceClassification;
+        let mut labels = Vec::with_capacity(if per_token { n * seq } else { n });
+        let mut items = 0u64;
+        for r in &records {
+            let pad = seq - r.len as usize;
+            let ids = self.read_u32s(&self.tokens, "tokens.bin", r.token_start, r.len)?;
+            encoded.input_ids.extend(ids.iter().map(|&i| i64::from(i)));
+            encoded
+                .input_ids
+                .extend(std::iter::repeat_n(i64::from(pad_id), pad));
+            encoded
+                .attention_mask
+                .extend(std::iter::repeat_n(1, r.len as usize));
+            encoded.attention_mask.extend(std::iter::repeat_n(0, pad));
+            if per_token {
+                let row = self.read_u32s(&self.labels, "labels.bin", r.token_start, r.len)?;
+                let skip = usize::from(self.meta.task == Task::CausalLm);
+                items += row.iter().skip(skip).filter(|&&l| l as i32 >= 0).count() as u64;
+                labels.extend(row.iter().map(|&l| i64::from(l as i32)));
+                labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+            } else {
+                items += u64::from(r.label >= 0);
+                labels.push(i64::from(r.label));
+            }
+        }
+        Ok(Batch {
+            encoded,
+            labels,
+            items,
+            indices: indices.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use burnish_loader::{HfModelDir, TokenizerConfig};
+
+    use super::*;
+
+    fn assets(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/assets")
+            .join(name)
+    }
+
+    #[test]
+    fn builds_once_and_batches_with_padding_and_item_counts() {
+        let model = HfModelDir::open(&assets("toy-bert")).unwrap();
+        let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
+        let labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"].map(String::from);
+        let encoder = RowEncoder {
+            task: Task::TokenClassification,
+            tokenizer: &tokenizer,
+            labels: &labels,
+            chat_template: None,
+            eos_id: None,
+            require_labels: true,
+        };
+        let root = tempfile::tempdir().unwrap();
+        let source = assets("data/toy-ner/train.jsonl");
+        let (cache, built) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
+        assert!(built);
+        assert_eq!(cache.len(), 256);
+        let (again, built) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
+        assert!(!built);
+        assert_eq!(again.dir(), cache.dir());
+        let batch = cache.batch(&[3, 0, 255], tokenizer.pad_id()).unwrap();
+        let [n, seq] = batch.encoded.shape;
+        assert_eq!(n, 3);
+        // Six words plus [CLS]/[SEP], one id per word in this word-level vocabulary.
+        assert_eq!(seq, 8);
+        assert_eq!(batch.items, 18);
+        assert_eq!(batch.labels[0], IGNORE_INDEX);
+        assert_eq!(batch.labels[1], 1);
+        let first = cache.record(0).unwrap();
+        let row = crate::jsonl::read_row_at(&source, first.offset, u64::from(first.line)).unwrap();
+        assert_eq!(row["tokens"].as_array().unwrap().len(), 6);
+        assert_eq!(cache.lengths().unwrap(), vec![8; 256]);
+
+        // A different max_length is a different cache.
+        let short = model
+            .tokenizer(TokenizerConfig {
+                max_length: 5,
+                ..TokenizerConfig::default()
+            })
+            .unwrap();
+        let encoder = RowEncoder {
+            tokenizer: &short,
+            ..encoder
+        };
+        let (cut, built) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
+        assert!(built);
+        assert_ne!(cut.dir(), cache.dir());
+        assert_eq!(cut.lengths().unwrap(), vec![5; 256]);
+    }
+
+    #[test]
+    fn damaged_caches_are_refused_and_rebuilt() {
+        let model = HfModelDir::open(&assets("toy-bert")).unwrap();
+        let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
+        let labels = ["negative", "positive"].map(String::from);
+        let encoder = RowEncoder {
+            task: Task::SequenceClassification,
+            tokenizer: &tokenizer,
+            labels: &labels,
+            chat_template: None,
+            eos_id: None,
+            require_labels: true,
+        };
+        let root = tempfile::tempdir().unwrap();
+        let source = assets("data/toy-sentiment/validation.jsonl");
+        let (cache, _) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
+        let batch = cache.batch(&[0, 1], tokenizer.pad_id()).unwrap();
+        assert_eq!(batch.labels.len(), 2);
+        assert_eq!(batch.items, 2);
+        let dir = cache.dir().to_owned();
+        drop(cache);
+        let tokens = dir.join("tokens.bin");
+        let len = std::fs::metadata(&tokens).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tokens)
+            .unwrap()
+            .set_len(len - 4)
+            .unwrap();
+        let err = TokenCache::open(&dir).unwrap_err();
+        assert!(err.to_string().contains("tokens.bin"), "{err}");
+        std::fs::create_dir(root.path().join(".building-leftover")).unwrap();
+        let (fixed, built) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
+        assert!(built);
+        assert_eq!(fixed.batch(&[0, 1], tokenizer.pad_id()).unwrap(), batch);
+        assert!(!root.path().join(".building-leftover").exists());
+    }
+
+    #[test]
+    fn bad_rows_fail_with_their_line_or_are_counted() {
+        let model = HfModelDir::open(&assets("toy-bert")).unwrap();
+        let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
+        let labels = ["negative", "positive"].map(String::from);
+        let encoder = RowEncoder {
+            task: Task::SequenceClassification,
+            tokenizer: &tokenizer,
+            labels: &labels,
+            chat_template: None,
+            eos_id: None,
+            require_labels: true,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("d.jsonl");
+        std::fs::write(
+            &source,
+            "{\"text\": \"good\", \"label\": 1}\n{\"text\": \"bad\", \"label\": \"meh\"}\n{\"text\": \"bad\", \"label\": 0}\n",
+        )
+        .unwrap();
+        let err =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, dir.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("d.jsonl:2: unknown label \"meh\""),
+            "{err}"
+        );
+        let (cache, _) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Skip, dir.path()).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.meta().skipped, 1);
+        assert_eq!(cache.record(1).unwrap().line, 3);
+    }
+}

@@ -1,0 +1,394 @@
+//! Rows of each task turned into token ids and labels.
+
+use std::collections::HashMap;
+
+use burnish_loader::{ChatTemplate, HfTokenizer, Message};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{DataError, IGNORE_INDEX, align_first_subword, label_id};
+
+/// What a model is trained to do; names as in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// `{text, label}` rows, one label per example.
+    SequenceClassification,
+    /// `{tokens, tags}` rows, one tag per word.
+    TokenClassification,
+    /// `{prompt, response}`, `{messages}` (chat template) or `{text}` rows.
+    CausalLm,
+}
+
+impl Task {
+    /// The config spelling (`sequence-classification`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::SequenceClassification => "sequence-classification",
+            Task::TokenClassification => "token-classification",
+            Task::CausalLm => "causal-lm",
+        }
+    }
+}
+
+/// One example as token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedExample {
+    /// Token ids, special tokens included, truncated to the tokenizer's `max_length`.
+    pub ids: Vec<u32>,
+    /// Per-token labels (token classification: the word's tag on its first sub-word;
+    /// causal LM: the token itself on response tokens), −100 where nothing is learned;
+    /// empty for sequence classification.
+    pub token_labels: Vec<i32>,
+    /// Class id (sequence classification), −100 when the row has no label.
+    pub label: i64,
+}
+
+/// Turns JSON rows into [`TokenizedExample`]s for one task.
+#[derive(Debug, Clone)]
+pub struct RowEncoder<'a> {
+    /// The task.
+    pub task: Task,
+    /// The tokenizer (its `max_length` truncates).
+    pub tokenizer: &'a HfTokenizer,
+    /// Class or tag names by id; labels in rows may be ids or these names. Empty accepts
+    /// any non-negative integer class id (sequence classification only).
+    pub labels: &'a [String],
+    /// Chat template for `{messages}` rows.
+    pub chat_template: Option<&'a ChatTemplate>,
+    /// Token appended after a response or a plain text (causal LM).
+    pub eos_id: Option<u32>,
+    /// Whether rows must carry labels (training, evaluation) or may not (prediction).
+    pub require_labels: bool,
+}
+
+enum Parsed {
+    Text(String, i64),
+    Words(Vec<String>, Vec<i64>),
+    /// Prompt (−100 labels), response (learned), and whether the prompt gets the
+    /// tokenizer's special tokens (not when a chat template already wrote them).
+    PromptResponse(String, String, bool),
+}
+
+fn string_field<'v>(v: &'v Value, field: &str) -> Result<&'v str, String> {
+    v.get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing string field `{field}`"))
+}
+
+impl RowEncoder<'_> {
+    fn parse(&self, v: &Value, index: &HashMap<&str, i64>) -> Result<Parsed, String> {
+        match self.task {
+            Task::SequenceClassification => {
+                let text = string_field(v, "text")?;
+                if text.trim().is_empty() {
+                    return Err("empty `text`".into());
+                }
+                let label = match v.get("label") {
+                    Some(l) => label_id(l, self.labels, index)?,
+                    None if self.require_labels => return Err("missing field `label`".into()),
+                    None => IGNORE_INDEX,
+                };
+                Ok(Parsed::Text(text.to_owned(), label))
+            }
+            Task::TokenClassification => {
+                let tokens: Vec<String> = v
+                    .get("tokens")
+                    .and_then(Value::as_array)
+                    .ok_or("missing array field `tokens`")?
+                    .iter()
+                    .map(|t| t.as_str().map(str::to_owned).ok_or("non-string token"))
+                    .collect::<Result<_, _>>()?;
+                if tokens.is_empty() {
+                    return Err("empty `tokens`".into());
+                }
+                let tags = match v.get("tags").and_then(Value::as_array) {
+                    Some(tags) => tags
+                        .iter()
+                        .map(|t| label_id(t, self.labels, index))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    None if self.require_labels => {
+                        return Err("missing array field `tags`".into());
+                    }
+                    None => vec![IGNORE_INDEX; tokens.len()],
+                };
+                if tags.len() != tokens.len() {
+                    return Err(format!("{} tags for {} tokens", tags.len(), tokens.len()));
+                }
+                Ok(Parsed::Words(tokens, tags))
+            }
+            Task::CausalLm => self.parse_causal(v),
+        }
+    }
+
+    fn parse_causal(&self, v: &Value) -> Result<Parsed, String> {
+        if let Some(messages) = v.get("messages") {
+            let messages: Vec<Message> = serde_json::from_value(messages.clone())
+                .map_err(|e| format!("`messages` must be [{{role, content}}]: {e}"))?;
+            let template = self
+                .chat_template
+                .ok_or("`messages` rows need a chat template; the model directory has none")?;
+            // The prompt is everything before the last assistant turn, rendered with the
+            // generation prompt; the response is what the full conversation adds to it.
+            let last = messages
+                .iter()
+                .rposition(|m| m.role == "assistant")
+                .ok_or("`messages` has no assistant turn to learn")?;
+            let prompt = template
+                .render(&messages[..last], true)
+                .map_err(|e| e.to_string())?;
+            let full = template
+                .render(&messages[..=last], false)
+                .map_err(|e| e.to_string())?;
+            let response = full.strip_prefix(prompt.as_str()).ok_or(
+                "the chat template's rendering of the prompt is not a prefix of the conversation",
+            )?;
+            return Ok(Parsed::PromptResponse(prompt, response.to_owned(), false));
+        }
+        if let Some(text) = v.get("text") {
+            let text = text.as_str().ok_or("`text` must be a string")?;
+            if text.trim().is_empty() {
+                return Err("empty `text`".into());
+            }
+            return Ok(Parsed::PromptResponse(String::new(), text.to_owned(), true));
+        }
+        let prompt = string_field(v, "prompt")?;
+        let response = match v.get("response") {
+            Some(r) => r.as_str().ok_or("`response` must be a string")?,
+            None if self.require_labels => return Err("missing string field `response`".into()),
+            None => "",
+        };
+        Ok(Parsed::PromptResponse(
+            prompt.to_owned(),
+            response.to_owned(),
+            true,
+        ))
+    }
+
+    /// Encodes a chunk of rows (tokenized in parallel). Each row gives an example or the
+    /// reason it cannot be used.
+    ///
+    /// # Errors
+    /// [`DataError::Tokenizer`] when the tokenizer itself fails.
+    pub fn encode(
+        &self,
+        rows: &[&Value],
+    ) -> Result<Vec<Result<TokenizedExample, String>>, DataError> {
+        let index: HashMap<&str, i64> = self
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as i64))
+            .collect();
+        let parsed: Vec<Result<Parsed, String>> =
+            rows.iter().map(|v| self.parse(v, &index)).collect();
+        let ok = || parsed.iter().filter_map(|p| p.as_ref().ok());
+        let mut encoded = match self.task {
+            Task::SequenceClassification => {
+                let texts: Vec<&str> = ok()
+                    .map(|p| match p {
+                        Parsed::Text(t, _) => t.as_str(),
+                        _ => "",
+                    })
+                    .collect();
+                let ids = self.tokenizer.encode_unpadded(&texts, true)?;
+                ok().zip(ids)
+                    .map(|(p, ids)| TokenizedExample {
+                        ids,
+                        token_labels: Vec::new(),
+                        label: match p {
+                            Parsed::Text(_, l) => *l,
+                            _ => IGNORE_INDEX,
+                        },
+                    })
+                    .collect::<Vec<_>>()
+            }
+            Task::TokenClassification => {
+                let words: Vec<Vec<&str>> = ok()
+                    .map(|p| match p {
+                        Parsed::Words(w, _) => w.iter().map(String::as_str).collect(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                let encoded = self.tokenizer.encode_words_unpadded(&words)?;
+                ok().zip(encoded)
+                    .map(|(p, (ids, word_ids))| {
+                        let tags = match p {
+                            Parsed::Words(_, t) => t.as_slice(),
+                            _ => &[],
+                        };
+                        TokenizedExample {
+                            ids,
+                            token_labels: align_first_subword(&word_ids, tags)
+                                .into_iter()
+                                .map(|l| l as i32)
+                                .collect(),
+                            label: IGNORE_INDEX,
+                        }
+                    })
+                    .collect()
+            }
+            Task::CausalLm => self.encode_causal(ok().collect())?,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        let mut encoded = encoded.drain(..);
+        for p in parsed {
+            out.push(match p {
+                Ok(_) => encoded
+                    .next()
+                    .ok_or_else(|| "tokenizer returned fewer rows than given".to_owned())
+                    .and_then(|e| self.check(e)),
+                Err(reason) => Err(reason),
+            });
+        }
+        Ok(out)
+    }
+
+    fn encode_causal(&self, parsed: Vec<&Parsed>) -> Result<Vec<TokenizedExample>, DataError> {
+        let parts = |with_specials: bool| -> Vec<&str> {
+            parsed
+                .iter()
+                .map(|p| match p {
+                    Parsed::PromptResponse(prompt, _, s) if *s == with_specials => prompt.as_str(),
+                    _ => "",
+                })
+                .collect()
+        };
+        // Prompts of plain rows get the tokenizer's special tokens (BOS); chat-rendered
+        // prompts already hold them; responses never do.
+        let plain = self.tokenizer.encode_unpadded(&parts(true), true)?;
+        let chat = self.tokenizer.encode_unpadded(&parts(false), false)?;
+        let responses: Vec<&str> = parsed
+            .iter()
+            .map(|p| match p {
+                Parsed::PromptResponse(_, r, _) => r.as_str(),
+                _ => "",
+            })
+            .collect();
+        let responses = self.tokenizer.encode_unpadded(&responses, false)?;
+        let max = self.tokenizer.config().max_length;
+        let mut out = Vec::with_capacity(parsed.len());
+        for (i, (p, response)) in parsed.iter().zip(responses).enumerate() {
+            let specials = matches!(p, Parsed::PromptResponse(_, _, true));
+            // A `{text}` row has an empty prompt: only its special tokens (BOS) remain.
+            let prompt = if specials { &plain[i] } else { &chat[i] };
+            let mut ids = prompt.to_vec();
+            let mut labels = vec![IGNORE_INDEX as i32; ids.len()];
+            // A chat template already closed the turn with the end-of-sequence token.
+            let eos = self.eos_id.filter(|&e| response.last() != Some(&e));
+            let learned = response.iter().copied().chain(eos);
+            for id in learned {
+                ids.push(id);
+                labels.push(id as i32);
+            }
+            ids.truncate(max);
+            labels.truncate(max);
+            out.push(TokenizedExample {
+                ids,
+                token_labels: labels,
+                label: IGNORE_INDEX,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Refuses examples a loss could not use.
+    fn check(&self, e: TokenizedExample) -> Result<TokenizedExample, String> {
+        if e.ids.is_empty() {
+            return Err("no token after tokenization".into());
+        }
+        if self.require_labels {
+            let learned = match self.task {
+                Task::SequenceClassification => 1,
+                Task::TokenClassification => e.token_labels.iter().filter(|&&l| l >= 0).count(),
+                // The first token is never a target after the causal shift.
+                Task::CausalLm => e.token_labels.iter().skip(1).filter(|&&l| l >= 0).count(),
+            };
+            if learned == 0 {
+                return Err(format!(
+                    "nothing to learn after truncation to {} tokens",
+                    self.tokenizer.config().max_length
+                ));
+            }
+        }
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use burnish_loader::{ChatTemplate, HfModelDir, TokenizerConfig};
+    use serde_json::json;
+
+    use super::*;
+
+    fn assets(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/assets")
+            .join(name)
+    }
+
+    #[test]
+    fn prompts_are_masked_and_chat_turns_end_once() {
+        let dir = HfModelDir::open(&assets("toy-llama")).unwrap();
+        let tokenizer = dir.tokenizer(TokenizerConfig::default()).unwrap();
+        let template = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
+        let eos = tokenizer.token_to_id("<|im_end|>");
+        let encoder = RowEncoder {
+            task: Task::CausalLm,
+            tokenizer: &tokenizer,
+            labels: &[],
+            chat_template: Some(&template),
+            eos_id: eos,
+            require_labels: true,
+        };
+        let pair = json!({"prompt": "what is the color of sky ?", "response": "blue"});
+        let chat = json!({"messages": [{"role": "user", "content": "say hello"}, {"role": "assistant", "content": "hello there !"}]});
+        let bad = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let out = encoder.encode(&[&pair, &chat, &bad]).unwrap();
+        let pair = out[0].as_ref().unwrap();
+        let blue = tokenizer.token_to_id("blue").unwrap() as i32;
+        let eos = eos.unwrap() as i32;
+        // Seven prompt words masked, then `blue` and the end token learned.
+        assert_eq!(pair.ids.len(), 9);
+        assert_eq!(pair.token_labels[..7], [-100; 7]);
+        assert_eq!(pair.token_labels[7..], [blue, eos]);
+        let chat = out[1].as_ref().unwrap();
+        let learned: Vec<i32> = chat
+            .token_labels
+            .iter()
+            .copied()
+            .filter(|&l| l >= 0)
+            .collect();
+        let text = tokenizer
+            .decode(&learned.iter().map(|&l| l as u32).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(text, "hello there !");
+        assert_eq!(learned.last(), Some(&eos));
+        assert_eq!(learned.iter().filter(|&&l| l == eos).count(), 1);
+        assert!(out[2].as_ref().unwrap_err().contains("no assistant turn"));
+    }
+
+    #[test]
+    fn rows_that_learn_nothing_are_refused() {
+        let dir = HfModelDir::open(&assets("toy-llama")).unwrap();
+        let config = TokenizerConfig {
+            max_length: 4,
+            ..TokenizerConfig::default()
+        };
+        let tokenizer = dir.tokenizer(config).unwrap();
+        let encoder = RowEncoder {
+            task: Task::CausalLm,
+            tokenizer: &tokenizer,
+            labels: &[],
+            chat_template: None,
+            eos_id: None,
+            require_labels: true,
+        };
+        let long = json!({"prompt": "what is the color of sky ?", "response": "blue"});
+        let out = encoder.encode(&[&long]).unwrap();
+        assert!(out[0].as_ref().unwrap_err().contains("truncation to 4"));
+    }
+}
