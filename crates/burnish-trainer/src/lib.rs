@@ -33,7 +33,10 @@
 mod fit;
 pub mod metrics;
 
-pub use fit::{Control, EarlyStopping, EvalEvent, FitConfig, FitSummary, Hooks, NoHooks};
+pub use fit::{
+    BestMetric, BoxError, Control, EarlyStopping, EvalEvent, FitConfig, FitState, FitSummary,
+    Hooks, NoHooks, TrainData,
+};
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -66,6 +69,11 @@ pub struct TrainerConfig {
     pub total_steps: u64,
     /// Global-norm clipping threshold; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
+    /// Seeds the backend's random generator before each step with a value derived from
+    /// this seed and the step number, so dropout masks depend on the step alone: a run
+    /// resumed at step N draws the masks the uninterrupted run drew. `None` leaves the
+    /// generator alone.
+    pub seed: Option<u64>,
 }
 
 impl Default for TrainerConfig {
@@ -79,6 +87,7 @@ impl Default for TrainerConfig {
             warmup: Warmup::Steps(0),
             total_steps: 1000,
             max_grad_norm: Some(1.0),
+            seed: None,
         }
     }
 }
@@ -99,6 +108,18 @@ pub enum TrainError {
     /// A step was asked with no micro-batch.
     #[error("a step needs at least one micro-batch")]
     NoMicroBatch,
+    /// Loading a batch failed.
+    #[error("data: {0}")]
+    Data(BoxError),
+    /// The evaluation function failed.
+    #[error("evaluation: {0}")]
+    Eval(BoxError),
+    /// A hook failed (a checkpoint could not be saved, say).
+    #[error("{0}")]
+    Hook(BoxError),
+    /// The loop's settings contradict each other.
+    #[error("{0}")]
+    Config(String),
     /// Writing logs or state failed.
     #[error("{}: {source}", path.display())]
     Io {
@@ -208,6 +229,11 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             return Err(TrainError::NoMicroBatch);
         }
         let model = self.model();
+        if let Some(seed) = self.config.seed
+            && let Some(device) = model.devices().first()
+        {
+            B::seed(device, step_seed(seed, self.step));
+        }
         let mut accumulator = GradAccumulator::new();
         let mut loss_sum = 0.0;
         for batch in micro_batches {
@@ -237,4 +263,13 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             items,
         })
     }
+}
+
+/// The generator seed of a step: SplitMix64 of the run seed and the step, so nearby steps
+/// and seeds give unrelated streams.
+fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }

@@ -11,7 +11,8 @@ use burn::tensor::{ElementConversion, Tensor, TensorData};
 use burn_ndarray::NdArray;
 use burnish_heads::{LossParts, mse};
 use burnish_trainer::{
-    Control, EarlyStopping, FitConfig, Hooks, NoHooks, StepReport, Trainer, TrainerConfig,
+    BestMetric, BoxError, Control, EarlyStopping, FitConfig, FitState, Hooks, NoHooks, StepReport,
+    Trainer, TrainerConfig,
 };
 
 type B = Autodiff<NdArray>;
@@ -28,6 +29,7 @@ fn model() -> Linear<B> {
 }
 
 /// A micro-batch of (x0, x1, y) rows.
+#[derive(Clone)]
 struct Rows(Vec<[f32; 3]>);
 
 /// Micro-batches of rows for y = 2·x0 − x1 + 1.
@@ -79,10 +81,10 @@ fn accumulation_cycles_and_logs() {
     let mut t = trainer();
     let eval = |m: &Linear<NdArray>| {
         let l = loss_inner(m);
-        BTreeMap::from([("eval_loss".to_owned(), l)])
+        Ok(BTreeMap::from([("eval_loss".to_owned(), l)]))
     };
     let summary = t
-        .fit(&config, |_| batches(5), loss, eval, &mut NoHooks)
+        .fit(&config, &mut batches(5), loss, eval, &mut NoHooks)
         .unwrap();
     // 5 micro-batches with accumulation 2: cycles of 2, 2 and 1, twice.
     assert_eq!(summary.steps, 6);
@@ -117,9 +119,8 @@ fn early_stopping_after_patience() {
     let config = FitConfig {
         epochs: 10,
         eval_every: Some(1),
+        best_metric: Some(BestMetric::named("accuracy")),
         early_stopping: Some(EarlyStopping {
-            metric: "accuracy".into(),
-            greater_is_better: true,
             patience: 2,
             threshold: 0.0,
         }),
@@ -130,10 +131,10 @@ fn early_stopping_after_patience() {
     let scores = [0.5, 0.7, 0.7, 0.69, 0.9];
     let eval = |_: &Linear<NdArray>| {
         calls += 1;
-        BTreeMap::from([("accuracy".to_owned(), scores[calls - 1])])
+        Ok(BTreeMap::from([("accuracy".to_owned(), scores[calls - 1])]))
     };
     let summary = t
-        .fit(&config, |_| batches(3), loss, eval, &mut NoHooks)
+        .fit(&config, &mut batches(3), loss, eval, &mut NoHooks)
         .unwrap();
     assert_eq!(summary.stopped_by, "early_stopping");
     assert_eq!(
@@ -147,14 +148,19 @@ fn early_stopping_after_patience() {
 
 struct StopAt(u64, Vec<f64>);
 
-impl Hooks<Linear<B>> for StopAt {
-    fn after_step(&mut self, _: &Linear<B>, report: &StepReport) -> Control {
+impl Hooks<B, Linear<B>> for StopAt {
+    fn after_step(
+        &mut self,
+        _: &Trainer<B, Linear<B>>,
+        _: &FitState,
+        report: &StepReport,
+    ) -> Result<Control, BoxError> {
         self.1.push(report.loss);
-        if report.step == self.0 {
+        Ok(if report.step == self.0 {
             Control::Stop
         } else {
             Control::Continue
-        }
+        })
     }
 }
 
@@ -165,20 +171,20 @@ fn hooks_stop_and_runs_are_deterministic() {
         max_steps: Some(8),
         ..Default::default()
     };
-    let none = |_: &Linear<NdArray>| BTreeMap::new();
+    let none = |_: &Linear<NdArray>| Ok(BTreeMap::new());
     let mut hook = StopAt(4, Vec::new());
     let summary = trainer()
-        .fit(&config, |_| batches(5), loss, none, &mut hook)
+        .fit(&config, &mut batches(5), loss, none, &mut hook)
         .unwrap();
     assert_eq!((summary.steps, summary.stopped_by), (4, "hook"));
 
     let mut a = StopAt(u64::MAX, Vec::new());
     let mut b = StopAt(u64::MAX, Vec::new());
     let sa = trainer()
-        .fit(&config, |_| batches(5), loss, none, &mut a)
+        .fit(&config, &mut batches(5), loss, none, &mut a)
         .unwrap();
     trainer()
-        .fit(&config, |_| batches(5), loss, none, &mut b)
+        .fit(&config, &mut batches(5), loss, none, &mut b)
         .unwrap();
     assert_eq!((sa.steps, sa.stopped_by), (8, "max_steps"));
     assert_eq!(a.1, b.1, "same data, same init: identical losses");
@@ -186,4 +192,63 @@ fn hooks_stop_and_runs_are_deterministic() {
         a.1[5] < a.1[0],
         "the same batch, one epoch later, has a lower loss"
     );
+}
+
+/// Records the fit state after every step.
+struct States(Vec<FitState>);
+
+impl Hooks<B, Linear<B>> for States {
+    fn after_step(
+        &mut self,
+        _: &Trainer<B, Linear<B>>,
+        state: &FitState,
+        _: &StepReport,
+    ) -> Result<Control, BoxError> {
+        self.0.push(state.clone());
+        Ok(Control::Continue)
+    }
+}
+
+#[test]
+fn the_state_tracks_position_and_best_without_early_stopping() {
+    let config = FitConfig {
+        epochs: 2,
+        grad_accum: 2,
+        eval_every: Some(2),
+        best_metric: Some(BestMetric::named("eval_loss")),
+        ..Default::default()
+    };
+    let mut t = trainer();
+    let eval = |m: &Linear<NdArray>| Ok(BTreeMap::from([("eval_loss".to_owned(), loss_inner(m))]));
+    let mut states = States(Vec::new());
+    let summary = t
+        .fit(&config, &mut batches(5), loss, eval, &mut states)
+        .unwrap();
+    let positions: Vec<(usize, usize)> =
+        states.0.iter().map(|s| (s.epoch, s.batches_done)).collect();
+    assert_eq!(positions, [(0, 2), (0, 4), (1, 0), (1, 2), (1, 4), (2, 0)]);
+    assert_eq!(summary.evals.len(), 3);
+    let best = summary.best.unwrap();
+    let lowest = summary
+        .evals
+        .iter()
+        .map(|e| e.metrics["eval_loss"])
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(best.0, lowest);
+    assert!(BestMetric::named("eval_loss").greater_is_better == false);
+    assert!(BestMetric::named("f1").greater_is_better);
+
+    // Early stopping without a best metric is a configuration error.
+    let bad = FitConfig {
+        best_metric: None,
+        early_stopping: Some(EarlyStopping {
+            patience: 1,
+            threshold: 0.0,
+        }),
+        ..config
+    };
+    let err = trainer()
+        .fit(&bad, &mut batches(5), loss, eval, &mut NoHooks)
+        .unwrap_err();
+    assert!(err.to_string().contains("best metric"), "{err}");
 }
