@@ -64,7 +64,7 @@ impl LabelNames {
 
 /// `base` with the fields of a `BertFor<task>` (or `RobertaFor<task>`) class: its
 /// architecture name, `num_labels`, `id2label` and `label2id`.
-fn head_config(base: &Value, labels: &LabelNames, task: &str) -> Value {
+pub(crate) fn head_config(base: &Value, labels: &LabelNames, task: &str) -> Value {
     let mut config = base.clone();
     let (id2label, label2id) = labels.to_json();
     let family = match config.get("model_type").and_then(Value::as_str) {
@@ -83,7 +83,62 @@ fn head_config(base: &Value, labels: &LabelNames, task: &str) -> Value {
     config
 }
 
-fn dropout_of(config: &BertConfig) -> Dropout {
+/// `base` as a `...ForSequenceClassification` config with its problem type.
+pub(crate) fn sequence_config(base: &Value, labels: &LabelNames, problem: ProblemType) -> Value {
+    let mut config = head_config(base, labels, "SequenceClassification");
+    if let Some(fields) = config.as_object_mut() {
+        let problem = serde_json::to_value(problem).unwrap_or(Value::Null);
+        fields.insert("problem_type".into(), problem);
+    }
+    config
+}
+
+/// Checks a head's label count against its problem type.
+pub(crate) fn check_labels(num_labels: usize, problem: ProblemType) -> Result<(), ModelError> {
+    if num_labels == 0 || (problem == ProblemType::Regression && num_labels != 1) {
+        return Err(ModelError::Inconsistent(format!(
+            "num_labels {num_labels} does not fit problem type {problem:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The loss of sequence logits `[batch, num_labels]` per the problem type.
+pub(crate) fn sequence_loss<B: Backend>(
+    problem: ProblemType,
+    logits: Tensor<B, 2>,
+    labels: &SequenceLabels,
+) -> Result<LossParts<B>, ModelError> {
+    let [batch, k] = logits.dims();
+    let device = logits.device();
+    let mismatch = |what: &str| {
+        ModelError::Inconsistent(format!(
+            "{what} labels for a {problem:?} head of {k} labels and batch {batch}"
+        ))
+    };
+    match (problem, labels) {
+        (ProblemType::SingleLabelClassification, SequenceLabels::Classes(c))
+            if c.len() == batch =>
+        {
+            Ok(cross_entropy(logits, c))
+        }
+        (ProblemType::MultiLabelClassification, SequenceLabels::MultiHot(v))
+            if v.len() == batch * k =>
+        {
+            let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, k]), &device);
+            Ok(bce_with_logits(logits, targets))
+        }
+        (ProblemType::Regression, SequenceLabels::Values(v)) if v.len() == batch => {
+            let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, 1]), &device);
+            Ok(mse(logits, targets))
+        }
+        (_, SequenceLabels::Classes(_)) => Err(mismatch("class")),
+        (_, SequenceLabels::MultiHot(_)) => Err(mismatch("multi-hot")),
+        (_, SequenceLabels::Values(_)) => Err(mismatch("real-valued")),
+    }
+}
+
+pub(crate) fn dropout_of(config: &BertConfig) -> Dropout {
     DropoutConfig::new(
         config
             .classifier_dropout
@@ -95,14 +150,13 @@ fn dropout_of(config: &BertConfig) -> Dropout {
 /// A new `Linear(hidden → n)` with N(0, initializer_range) weights and zero bias,
 /// materialized now so that a clone of the model copies it (burn 0.21 re-draws lazily
 /// initialized parameters in clones, burn #5040).
-fn new_head<B: Backend>(config: &BertConfig, n: usize, device: &B::Device) -> Linear<B> {
-    let head = linear(
-        config.hidden_size,
-        n,
-        true,
-        config.initializer_range,
-        device,
-    );
+pub(crate) fn new_head<B: Backend>(
+    config: &BertConfig,
+    inputs: usize,
+    n: usize,
+    device: &B::Device,
+) -> Linear<B> {
+    let head = linear(inputs, n, true, config.initializer_range, device);
     let _ = head.weight.val();
     if let Some(b) = &head.bias {
         let _ = b.val();
@@ -140,15 +194,11 @@ impl<B: Backend> BertForSequenceClassification<B> {
                 "sequence classification needs the pooler".into(),
             ));
         }
-        if num_labels == 0 || (problem == ProblemType::Regression && num_labels != 1) {
-            return Err(ModelError::Inconsistent(format!(
-                "num_labels {num_labels} does not fit problem type {problem:?}"
-            )));
-        }
+        check_labels(num_labels, problem)?;
         Ok(Self {
             bert,
             dropout: dropout_of(config),
-            classifier: new_head(config, num_labels, device),
+            classifier: new_head(config, config.hidden_size, num_labels, device),
             problem,
         })
     }
@@ -182,45 +232,13 @@ impl<B: Backend> BertForSequenceClassification<B> {
         logits: Tensor<B, 2>,
         labels: &SequenceLabels,
     ) -> Result<LossParts<B>, ModelError> {
-        let [batch, k] = logits.dims();
-        let device = logits.device();
-        let mismatch = |what: &str| {
-            ModelError::Inconsistent(format!(
-                "{what} labels for a {:?} head of {k} labels and batch {batch}",
-                self.problem
-            ))
-        };
-        match (self.problem, labels) {
-            (ProblemType::SingleLabelClassification, SequenceLabels::Classes(c))
-                if c.len() == batch =>
-            {
-                Ok(cross_entropy(logits, c))
-            }
-            (ProblemType::MultiLabelClassification, SequenceLabels::MultiHot(v))
-                if v.len() == batch * k =>
-            {
-                let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, k]), &device);
-                Ok(bce_with_logits(logits, targets))
-            }
-            (ProblemType::Regression, SequenceLabels::Values(v)) if v.len() == batch => {
-                let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, 1]), &device);
-                Ok(mse(logits, targets))
-            }
-            (_, SequenceLabels::Classes(_)) => Err(mismatch("class")),
-            (_, SequenceLabels::MultiHot(_)) => Err(mismatch("multi-hot")),
-            (_, SequenceLabels::Values(_)) => Err(mismatch("real-valued")),
-        }
+        sequence_loss(self.problem, logits, labels)
     }
 
     /// `config.json` fields transformers needs to load this head:
     /// `architectures`, `num_labels`, `id2label`, `label2id`, `problem_type`.
     pub fn export_config(&self, base: &Value, labels: &LabelNames) -> Value {
-        let mut config = head_config(base, labels, "SequenceClassification");
-        if let Some(fields) = config.as_object_mut() {
-            let problem = serde_json::to_value(self.problem).unwrap_or(Value::Null);
-            fields.insert("problem_type".into(), problem);
-        }
-        config
+        sequence_config(base, labels, self.problem)
     }
 }
 
@@ -253,7 +271,7 @@ impl<B: Backend> BertForTokenClassification<B> {
         Ok(Self {
             bert,
             dropout: dropout_of(config),
-            classifier: new_head(config, num_labels, device),
+            classifier: new_head(config, config.hidden_size, num_labels, device),
         })
     }
 

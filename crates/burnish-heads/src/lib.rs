@@ -3,6 +3,8 @@
 //! - [`BertForSequenceClassification`]: pooler → dropout → `Linear(hidden, num_labels)`,
 //!   with the three [`ProblemType`]s (cross-entropy, BCE with logits, MSE).
 //! - [`BertForTokenClassification`]: dropout → per-token `Linear`, labels −100 ignored.
+//! - [`RobertaForSequenceClassification`] (first token → dense → tanh → `out_proj`, no
+//!   pooler) and [`RobertaForTokenClassification`], with the backbone under `roberta.`.
 //! - [`causal_lm_loss`] for `burnish_models::LlamaForCausalLm`: shifted labels, −100
 //!   ignored; [`generate`] continues a prompt with the KV cache (greedy, or sampled with
 //!   temperature, top-k and top-p from a seed).
@@ -14,6 +16,7 @@
 mod bert;
 mod generate;
 mod loss;
+mod roberta;
 
 pub use bert::{
     BertForSequenceClassification, BertForTokenClassification, LabelNames, ProblemType,
@@ -23,4 +26,7 @@ pub use generate::{GenerationConfig, generate};
 pub use loss::{
     IGNORE_INDEX, LossParts, bce_with_logits, causal_lm_loss, count_causal_targets, cross_entropy,
     mse,
+};
+pub use roberta::{
+    RobertaClassificationHead, RobertaForSequenceClassification, RobertaForTokenClassification,
 };
