@@ -110,7 +110,8 @@ impl RowEncoder<'_> {
                     None if self.require_labels => {
                         return Err("missing array field `tags`".into());
                     }
-                    None => vec![IGNORE_INDEX; tokens.len()],
+                    // Unlabeled rows (prediction) still mark each word's first sub-word.
+                    None => vec![0; tokens.len()],
                 };
                 if tags.len() != tokens.len() {
                     return Err(format!("{} tags for {} tokens", tags.len(), tokens.len()));

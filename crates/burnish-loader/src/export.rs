@@ -13,8 +13,9 @@ use serde_json::{Map, Value, json};
 use crate::{LoadError, Naming};
 
 /// Tokenizer and vocabulary files copied by [`export_dir`] when the source has them.
-pub const TOKENIZER_FILES: [&str; 7] = [
+pub const TOKENIZER_FILES: [&str; 8] = [
     "tokenizer.json",
+    "chat_template.jinja",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
@@ -133,6 +134,9 @@ pub fn save_module<B: Backend, M: Module<B>>(
 /// `architectures` set by the caller; its `dtype`/`torch_dtype` is set to `float32`, the
 /// dtype written), and the tokenizer files of `tokenizer_from` when present.
 ///
+/// The directory is written beside its place and swapped in: an existing `out_dir` (the
+/// previous best model, say) stays whole until the new one is complete.
+///
 /// # Errors
 /// [`LoadError::Io`] naming the file.
 pub fn export_dir<B: Backend, M: Module<B>>(
@@ -142,7 +146,43 @@ pub fn export_dir<B: Backend, M: Module<B>>(
     config: &Value,
     tokenizer_from: Option<&Path>,
 ) -> Result<(), LoadError> {
-    std::fs::create_dir_all(out_dir).map_err(LoadError::io(out_dir))?;
+    let name = out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let parent = match out_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(LoadError::io(&parent))?;
+    let staging = parent.join(format!(".{name}.writing-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(LoadError::io(&staging))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(LoadError::io(&staging))?;
+    let written = write_dir(&staging, module, naming, config, tokenizer_from);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if out_dir.exists() {
+        std::fs::rename(out_dir, &old).map_err(LoadError::io(out_dir))?;
+    }
+    std::fs::rename(&staging, out_dir).map_err(LoadError::io(out_dir))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(LoadError::io(&old))?;
+    }
+    Ok(())
+}
+
+fn write_dir<B: Backend, M: Module<B>>(
+    out_dir: &Path,
+    module: &M,
+    naming: Naming,
+    config: &Value,
+    tokenizer_from: Option<&Path>,
+) -> Result<(), LoadError> {
     save_module(module, naming, &out_dir.join("model.safetensors"))?;
     let config_path = out_dir.join("config.json");
     // The weights are written as float32: a `dtype: bfloat16` carried over from the source
