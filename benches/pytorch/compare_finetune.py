@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The same fine-tune in burnish and in PyTorch + transformers, side by side: one
+invocation runs `burnish train` (a subprocess) and the PyTorch loop (in this process) on the
+same model, data, batch size, sequence length, steps and thread count, and prints
+samples/s, tokens/s and peak RSS for both, and their ratios. Not run by CI.
+
+    pip install torch transformers
+    cargo build --release -p burnish-cli
+    python3 benches/pytorch/compare_finetune.py --burnish target/release/burnish \\
+        --model ../shared/models/all-MiniLM-L6-v2 --data ../shared/data/rotten_tomatoes \\
+        --steps 30 --batch-size 16 --max-length 64 --threads 2
+
+Both sides train every parameter with AdamW (weight decay 0.01, no-decay groups), a linear
+schedule, clipping at 1.0, dropout on; both time the training loop only (model loading and
+tokenization excluded) and report the process's peak RSS.
+"""
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_burnish(args, work):
+    config = f"""
+[model]
+path = "{pathlib.Path(args.model).resolve()}"
+task = "sequence-classification"
+num_labels = 2
+[data]
+train = "{pathlib.Path(args.data).resolve() / 'train.jsonl'}"
+max_length = {args.max_length}
+shuffle = false
+[train]
+max_steps = {args.steps}
+batch_size = {args.batch_size}
+lr = 5e-5
+warmup_steps = 0
+log_every = 1000000
+eval_at_start = false
+"""
+    path = pathlib.Path(work) / "bench.toml"
+    path.write_text(config)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    out = pathlib.Path(work) / "burnish-out"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([args.burnish, "train", "--config", str(path), "--output-dir", str(out), "--quiet"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    results = json.loads((out / "results.json").read_text())
+    return results["train_seconds"], max(rss, before) / 1024
+
+
+def run_torch(args, texts):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(42)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=5e-5, foreach=False)
+    sched = get_linear_schedule_with_warmup(opt, 0, args.steps)
+    batches = []
+    for s in range(args.steps):
+        rows = texts[s * args.batch_size:(s + 1) * args.batch_size]
+        enc = tok([r["text"] for r in rows], padding=True, truncation=True, max_length=args.max_length,
+                  return_tensors="pt")
+        batches.append((enc, torch.tensor([r["label"] for r in rows])))
+    start = time.perf_counter()
+    for enc, labels in batches:
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    seconds = time.perf_counter() - start
+    tokens = sum(int(enc["attention_mask"].sum()) for enc, _ in batches)
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, tokens
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--burnish", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    texts = [json.loads(l) for l in open(pathlib.Path(args.data) / "train.jsonl")]
+    texts = texts[:args.steps * args.batch_size]
+    if len(texts) < args.steps * args.batch_size:
+        sys.exit("not enough training rows for that many steps")
+    with tempfile.TemporaryDirectory() as work:
+        b_seconds, b_rss = run_burnish(args, work)
+    t_seconds, t_rss, tokens = run_torch(args, texts)
+    samples = args.steps * args.batch_size
+    rows = [("burnish", b_seconds, b_rss), ("pytorch", t_seconds, t_rss)]
+    print(f"{args.steps} steps x {args.batch_size} examples, max_length {args.max_length}, "
+          f"{args.threads} threads, {tokens} real tokens")
+    print(f"{'':8} {'samples/s':>10} {'tokens/s':>10} {'peak RSS MB':>12}")
+    for name, seconds, rss in rows:
+        print(f"{name:8} {samples / seconds:10.2f} {tokens / seconds:10.0f} {rss:12.0f}")
+    print(f"burnish/pytorch: throughput x{t_seconds / b_seconds:.2f}, peak RSS x{b_rss / t_rss:.2f}")
+
+
+if __name__ == "__main__":
+    main()
