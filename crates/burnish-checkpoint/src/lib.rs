@@ -549,7 +549,11 @@ pub fn clean_partials(root: &Path, storage: &dyn Storage) -> Result<usize, Check
     };
     let mut removed = 0;
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(".checkpoint-") {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".checkpoint-")
+        {
             let path = entry.path();
             storage.remove_dir_all(&path).map_err(io(&path))?;
             removed += 1;

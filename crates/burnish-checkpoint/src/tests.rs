@@ -70,35 +70,60 @@ fn damaged_checkpoints_are_refused_naming_the_file() {
     let mut bytes = std::fs::read(&weights).unwrap();
     bytes[10] ^= 0x20;
     std::fs::write(&weights, &bytes).unwrap();
-    assert!(matches!(expect(&dir, "flipped byte", "weights.bin"), CheckpointError::Hash { .. }));
+    assert!(matches!(
+        expect(&dir, "flipped byte", "weights.bin"),
+        CheckpointError::Hash { .. }
+    ));
 
     let (weights, dir) = fresh();
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..100]).unwrap();
-    assert!(matches!(expect(&dir, "truncated", "weights.bin"), CheckpointError::Size { .. }));
+    assert!(matches!(
+        expect(&dir, "truncated", "weights.bin"),
+        CheckpointError::Size { .. }
+    ));
 
     let (weights, dir) = fresh();
     std::fs::remove_file(&weights).unwrap();
-    assert!(matches!(expect(&dir, "missing", "weights.bin"), CheckpointError::Missing { .. }));
+    assert!(matches!(
+        expect(&dir, "missing", "weights.bin"),
+        CheckpointError::Missing { .. }
+    ));
 
     let (_, dir) = fresh();
     let manifest = dir.join(MANIFEST);
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("\"size\": 256", "\"size\": 255")).unwrap();
-    assert!(matches!(expect(&dir, "edited size", "weights.bin"), CheckpointError::Size { .. }));
+    assert!(matches!(
+        expect(&dir, "edited size", "weights.bin"),
+        CheckpointError::Size { .. }
+    ));
 
     let (_, dir) = fresh();
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("\"format_version\": 1", "\"format_version\": 9")).unwrap();
-    assert!(matches!(expect(&dir, "new format", "manifest.json"), CheckpointError::Format { found: 9, .. }));
+    std::fs::write(
+        &manifest,
+        text.replace("\"format_version\": 1", "\"format_version\": 9"),
+    )
+    .unwrap();
+    assert!(matches!(
+        expect(&dir, "new format", "manifest.json"),
+        CheckpointError::Format { found: 9, .. }
+    ));
 
     let (_, dir) = fresh();
     std::fs::write(&manifest, b"{\"format_version\": 1, \"step\": ").unwrap();
-    assert!(matches!(expect(&dir, "cut manifest", "manifest.json"), CheckpointError::Manifest { .. }));
+    assert!(matches!(
+        expect(&dir, "cut manifest", "manifest.json"),
+        CheckpointError::Manifest { .. }
+    ));
 
     let (_, dir) = fresh();
     std::fs::remove_file(&manifest).unwrap();
-    assert!(matches!(expect(&dir, "no manifest", "manifest.json"), CheckpointError::Missing { .. }));
+    assert!(matches!(
+        expect(&dir, "no manifest", "manifest.json"),
+        CheckpointError::Missing { .. }
+    ));
 }
 
 #[test]
@@ -116,7 +141,12 @@ fn the_latest_valid_checkpoint_skips_broken_ones() {
     assert!(latest.refused[0].to_string().contains("checkpoint-30"));
     assert_eq!(clean_partials(root.path(), &FsStorage).unwrap(), 1);
     let empty = tempfile::tempdir().unwrap();
-    assert!(latest_valid(&empty.path().join("none")).unwrap().checkpoint.is_none());
+    assert!(
+        latest_valid(&empty.path().join("none"))
+            .unwrap()
+            .checkpoint
+            .is_none()
+    );
 }
 
 /// Fails the `fail_at`-th operation (file creation, write call, sync, rename, directory
@@ -220,7 +250,11 @@ fn a_failure_at_any_write_leaves_the_previous_checkpoint_intact() {
             load(&new).unwrap();
             std::fs::remove_dir_all(&new).unwrap();
         }
-        assert_eq!(clean_partials(root.path(), &FsStorage).unwrap(), 0, "fail_at {fail_at}");
+        assert_eq!(
+            clean_partials(root.path(), &FsStorage).unwrap(),
+            0,
+            "fail_at {fail_at}"
+        );
     }
     assert!(failures > 20, "{failures} failure points");
 }

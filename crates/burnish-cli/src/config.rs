@@ -425,17 +425,8 @@ impl RunConfig {
                 "needs [data] validation".into(),
             ));
         }
-        for (key, set) in [
-            ("save_every", t.save_every.is_some()),
-            ("keep_last", t.keep_last.is_some()),
-        ] {
-            if set {
-                return Err(err(
-                    "train",
-                    key,
-                    "checkpoints are not written by this version yet; `best/` and `final/` are".into(),
-                ));
-            }
+        if t.keep_last.is_some() && t.save_every.is_none() {
+            return Err(err("train", "keep_last", "needs save_every".into()));
         }
         if t.precision != Precision::Fp32 {
             return Err(err(

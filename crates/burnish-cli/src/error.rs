@@ -31,6 +31,9 @@ pub enum CliError {
         /// What does not fit.
         source: burnish_models::ModelError,
     },
+    /// A checkpoint could not be written or trusted.
+    #[error(transparent)]
+    Checkpoint(#[from] burnish_checkpoint::CheckpointError),
     /// Training failed.
     #[error(transparent)]
     Train(#[from] burnish_trainer::TrainError),

@@ -15,6 +15,7 @@
 //! # Ok::<(), burnish_cli::CliError>(())
 //! ```
 
+mod checkpoint;
 mod config;
 mod error;
 mod infer;
@@ -22,6 +23,7 @@ mod progress;
 mod task;
 mod train;
 
+pub use checkpoint::Resume;
 pub use config::{DataSection, ModelSection, RunConfig, Schedule, TrainSection};
 pub use error::CliError;
 pub use infer::{EvalOptions, evaluate, predict};

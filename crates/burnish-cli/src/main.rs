@@ -1,7 +1,7 @@
 //! `burnish`: fine-tune, evaluate and run Hugging Face models.
 //!
 //! ```text
-//! burnish train --config FILE.toml [--output-dir DIR] [--resume [CHECKPOINT]]
+//! burnish train --config FILE.toml [--output-dir DIR] [--resume [CHECKPOINT]] [--force]
 //! burnish eval --model DIR --data FILE.jsonl [--task TASK]
 //! burnish predict --model DIR --input FILE.jsonl --output FILE.jsonl [--task TASK]
 //! ```
@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burnish::backend::{Cpu, CpuTrain};
-use burnish_cli::{CliError, EvalOptions, RunConfig, TrainOptions, evaluate, predict, train};
+use burnish_cli::{
+    CliError, EvalOptions, Resume, RunConfig, TrainOptions, evaluate, predict, train,
+};
 use burnish_data::Task;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -58,6 +60,12 @@ enum Command {
         /// Resume from the latest checkpoint of the output directory, or from CHECKPOINT.
         #[arg(long, num_args = 0..=1, value_name = "CHECKPOINT")]
         resume: Option<Option<PathBuf>>,
+        /// Resume even when the configuration or the training data changed.
+        #[arg(long)]
+        force: bool,
+        /// End after this optimizer step, as a preemption would (for testing resumes).
+        #[arg(long, value_name = "STEP")]
+        stop_after: Option<u64>,
         /// No progress output.
         #[arg(long)]
         quiet: bool,
@@ -110,15 +118,18 @@ fn run(cli: Cli) -> Result<(), CliError> {
             config,
             output_dir,
             resume,
+            force,
+            stop_after,
             quiet,
         } => {
-            if resume.is_some() {
-                return Err(CliError::Usage(
-                    "--resume: checkpoints are not written by this version yet".into(),
-                ));
-            }
             let config = RunConfig::from_file(&config)?;
-            let options = TrainOptions { output_dir, quiet };
+            let options = TrainOptions {
+                output_dir,
+                quiet,
+                resume: resume.map(|dir| dir.map_or(Resume::Latest, Resume::From)),
+                force,
+                stop_after,
+            };
             let outcome = train::<CpuTrain>(&config, &options, &device)?;
             println!("final model: {}", outcome.final_dir.display());
             if let Some(best) = &outcome.best_dir {

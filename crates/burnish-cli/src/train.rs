@@ -11,7 +11,7 @@ use burnish_heads::{
     BertForSequenceClassification, BertForTokenClassification, LabelNames,
     RobertaForSequenceClassification, RobertaForTokenClassification,
 };
-use burnish_loader::{HfModelDir, export_dir};
+use burnish_loader::{HfModelDir, LoadOptions, Weights, export_dir, load_module};
 use burnish_optim::AdamWConfig;
 use burnish_schedule::Warmup;
 use burnish_trainer::{
@@ -20,6 +20,7 @@ use burnish_trainer::{
 };
 use serde_json::{Value, json};
 
+use crate::checkpoint::{Resume, Saver, config_hash, config_json, find, new_run_id};
 use crate::infer::{Setup, cache_metrics, labels_of};
 use crate::progress::Progress;
 use crate::task::{
@@ -34,6 +35,13 @@ pub struct TrainOptions {
     pub output_dir: Option<PathBuf>,
     /// No progress bar and no lines on stderr.
     pub quiet: bool,
+    /// Resume from a checkpoint (`--resume [DIR]`).
+    pub resume: Option<Resume>,
+    /// Resume even when the configuration or the data changed (`--force`).
+    pub force: bool,
+    /// End the run after this optimizer step, as a preemption would (after its
+    /// checkpoint, when one is due).
+    pub stop_after: Option<u64>,
 }
 
 /// What a run produced.
@@ -182,24 +190,37 @@ impl<B: Backend> TrainData for CacheData<'_, B> {
     }
 }
 
-/// The command's hooks: progress, and `best/` exported whenever the validation metric
-/// improves.
+/// The command's hooks: progress, `best/` exported whenever the validation metric
+/// improves, checkpoints, and the preemption stop.
 struct RunHooks<'a> {
     progress: Progress,
     hf: &'a HfModelDir,
     labels: LabelNames,
     best_dir: Option<PathBuf>,
+    saver: Saver<'a>,
+    best_now: bool,
+    stop_after: Option<u64>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B> + TaskModel<B>> Hooks<B, M> for RunHooks<'_> {
     fn after_step(
         &mut self,
-        _trainer: &Trainer<B, M>,
-        _state: &FitState,
+        trainer: &Trainer<B, M>,
+        state: &FitState,
         report: &StepReport,
     ) -> Result<Control, BoxError> {
         self.progress.step(report.step, report.loss, report.lr);
-        Ok(Control::Continue)
+        let best = std::mem::take(&mut self.best_now);
+        if let Some(every) = self.saver.save_every
+            && (report.step % every == 0 || best)
+        {
+            self.saver.save(trainer, state, best)?;
+        }
+        Ok(if self.stop_after == Some(report.step) {
+            Control::Stop
+        } else {
+            Control::Continue
+        })
     }
 
     fn on_eval(&mut self, trainer: &Trainer<B, M>, event: &EvalEvent) -> Result<Control, BoxError> {
@@ -207,6 +228,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + TaskModel<B>> Hooks<B, M> for Ru
             && let Some(dir) = &self.best_dir
         {
             export(trainer.model(), self.hf, &self.labels, dir)?;
+            self.best_now = true;
         }
         Ok(Control::Continue)
     }
@@ -325,12 +347,34 @@ where
         seed: Some(t.seed),
         ..TrainerConfig::default()
     };
+    let run_config = config_json(config);
+    let train_fingerprint = train_cache.meta().fingerprint.clone();
+    let resumed = match &options.resume {
+        Some(resume) => find(
+            resume,
+            &output_dir,
+            &run_config,
+            &train_fingerprint,
+            options.force,
+            &|line| progress.line(line),
+        )?,
+        None => None,
+    };
+    let model = match &resumed {
+        Some(r) => {
+            let dir = r.checkpoint.dir();
+            let weights = Weights::open_dir(dir)?;
+            load_module(model, &weights, hf.naming(), &LoadOptions::default(), dir)?.0
+        }
+        None => model,
+    };
     let eval_batch = t.eval_batch_size.unwrap_or(t.batch_size);
     let inner_device = device.clone();
     let evaluate = |m: &M::InnerModule, cache: &TokenCache| {
         cache_metrics::<B::InnerBackend, _>(m, cache, &setup, eval_batch, &inner_device)
     };
     let before = match (&valid_cache, t.eval_at_start) {
+        _ if resumed.is_some() => resumed.as_ref().and_then(|r| r.state.before.clone()),
         (Some(cache), true) => {
             let metrics = evaluate(&model.valid(), cache)?;
             progress.line(&format!("before training: {}", format_metrics(&metrics)));
@@ -369,11 +413,32 @@ where
     };
     let label_names = LabelNames(setup.labels.clone());
     let best_dir = valid_cache.as_ref().map(|_| output_dir.join("best"));
+    let saver = Saver {
+        root: output_dir.clone(),
+        save_every: t.save_every,
+        keep_last: t.keep_last,
+        hf,
+        labels: label_names.clone(),
+        config_hash: config_hash(&run_config),
+        config: run_config,
+        run_id: resumed
+            .as_ref()
+            .map_or_else(new_run_id, |r| r.state.run_id.clone()),
+        parent: resumed
+            .as_ref()
+            .map(|r| burnish_checkpoint::dir_name(r.state.step)),
+        best_step: resumed.as_ref().and_then(|r| r.state.fit.best.map(|b| b.1)),
+        train_fingerprint,
+        before: before.clone(),
+    };
     let mut hooks = RunHooks {
         progress: Progress::new(total_steps, options.quiet),
         hf,
         labels: label_names.clone(),
         best_dir: best_dir.clone(),
+        saver,
+        best_now: false,
+        stop_after: options.stop_after,
     };
     progress.line(&format!(
         "training {} parameters: {} examples, {epochs} epoch(s), {total_steps} optimizer steps of {} × {} examples",
@@ -383,9 +448,24 @@ where
         t.batch_size
     ));
     let mut trainer = Trainer::new(model, trainer_config)?;
+    let fit_state = match resumed {
+        Some(r) => {
+            let bytes = r.checkpoint.read("optimizer.safetensors")?;
+            let optim = burnish_optim::AdamWState::from_bytes(&bytes).map_err(|e| {
+                CliError::Usage(format!(
+                    "{}: {e}",
+                    r.checkpoint.path("optimizer.safetensors").display()
+                ))
+            })?;
+            trainer.restore(optim, r.state.step)?;
+            r.state.fit
+        }
+        None => FitState::default(),
+    };
     let started = Instant::now();
     let valid_ref = valid_cache.as_ref();
-    let summary = trainer.fit(
+    let summary = trainer.fit_from(
+        fit_state,
         &fit,
         &mut data,
         |m: &M, b: &DeviceBatch<B>| m.loss(m.logits(b), &b.labels),

@@ -24,14 +24,14 @@ pub const TOKENIZER_FILES: [&str; 8] = [
     "generation_config.json",
 ];
 
-struct Writer<'a, W: Write> {
-    out: &'a mut W,
+struct Writer<'a> {
+    out: &'a mut dyn Write,
     naming: Naming,
     stack: PathStack,
     error: Option<std::io::Error>,
 }
 
-impl<B: Backend, W: Write> ModuleVisitor<B> for Writer<'_, W> {
+impl<B: Backend> ModuleVisitor<B> for Writer<'_> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.stack.enter(name, container_type);
     }
@@ -77,6 +77,28 @@ pub fn save_module<B: Backend, M: Module<B>>(
     naming: Naming,
     path: &Path,
 ) -> Result<Vec<String>, LoadError> {
+    let tmp: PathBuf = path.with_extension("safetensors.tmp");
+    let file = File::create(&tmp).map_err(LoadError::io(&tmp))?;
+    let mut out = BufWriter::new(file);
+    let names = write_module(module, naming, &mut out).map_err(LoadError::io(&tmp))?;
+    let file = out.into_inner().map_err(|e| LoadError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(LoadError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(LoadError::io(path))?;
+    Ok(names)
+}
+
+/// [`save_module`] into any writer (a checkpoint file, a hash): the same bytes.
+///
+/// # Errors
+/// The writer's error.
+pub fn write_module<B: Backend, M: Module<B>>(
+    module: &M,
+    naming: Naming,
+    out: &mut dyn Write,
+) -> std::io::Result<Vec<String>> {
     let mut header = Map::new();
     header.insert("__metadata__".into(), json!({"format": "pt"}));
     let mut offset = 0u64;
@@ -96,37 +118,24 @@ pub fn save_module<B: Backend, M: Module<B>>(
         offset += bytes;
     }
     let mut header = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| LoadError::format(path, e.to_string()))?;
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     // The data section starts 8-byte aligned, as safetensors' own writer does.
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let tmp: PathBuf = path.with_extension("safetensors.tmp");
-    let file = File::create(&tmp).map_err(LoadError::io(&tmp))?;
-    let mut out = BufWriter::new(file);
-    out.write_all(&(header.len() as u64).to_le_bytes())
-        .and_then(|()| out.write_all(&header))
-        .map_err(LoadError::io(&tmp))?;
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(&header)?;
     let mut writer = Writer {
-        out: &mut out,
+        out,
         naming,
         stack: PathStack::new(),
         error: None,
     };
     module.visit(&mut writer);
-    if let Some(e) = writer.error {
-        return Err(LoadError::Io {
-            path: tmp,
-            source: e,
-        });
+    match writer.error {
+        Some(e) => Err(e),
+        None => Ok(names),
     }
-    let file = out.into_inner().map_err(|e| LoadError::Io {
-        path: tmp.clone(),
-        source: e.into_error(),
-    })?;
-    file.sync_all().map_err(LoadError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(LoadError::io(path))?;
-    Ok(names)
 }
 
 /// Writes a complete HF model directory: `model.safetensors`, `config.json` (the given

@@ -41,7 +41,7 @@ use burnish_models::{
 
 pub use chat::{ChatTemplate, Message};
 pub use error::LoadError;
-pub use export::{TOKENIZER_FILES, export_dir, save_module};
+pub use export::{TOKENIZER_FILES, export_dir, save_module, write_module};
 pub use load::{LoadOptions, LoadReport, load_module};
 pub use naming::Naming;
 pub use safetensors_file::{FloatDtype, SafetensorsFile, TensorEntry};

@@ -212,6 +212,31 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         &self.schedule
     }
 
+    /// The settings.
+    pub fn config(&self) -> &TrainerConfig {
+        &self.config
+    }
+
+    /// Puts the trainer back where a checkpoint left it: the optimizer state (checked
+    /// against the model) and the number of steps done, which is also the schedule
+    /// position and the dropout seed of the next step.
+    ///
+    /// # Errors
+    /// [`TrainError::Optim`] when the state does not fit the model.
+    pub fn restore(
+        &mut self,
+        state: burnish_optim::AdamWState,
+        steps_done: u64,
+    ) -> Result<(), TrainError> {
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is present between steps");
+        self.optim.load_state(state, model)?;
+        self.step = steps_done;
+        Ok(())
+    }
+
     /// One optimizer step over the micro-batches of one accumulation cycle. `loss` gives a
     /// micro-batch's summed loss and item count; the cycle's gradient is the gradient of
     /// the mean over *all* its items (the October 2024 transformers fix), whatever the
