@@ -212,7 +212,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + TaskModel<B>> Hooks<B, M> for Ru
         self.progress.step(report.step, report.loss, report.lr);
         let best = std::mem::take(&mut self.best_now);
         if let Some(every) = self.saver.save_every
-            && (report.step % every == 0 || best)
+            && (report.step.is_multiple_of(every) || best)
         {
             self.saver.save(trainer, state, best)?;
         }

@@ -20,6 +20,7 @@ fn run(name: &str, out: &Path) -> TrainOutcome {
     let options = TrainOptions {
         output_dir: Some(out.to_owned()),
         quiet: true,
+        ..TrainOptions::default()
     };
     train::<CpuTrain>(&config, &options, &Default::default()).unwrap()
 }

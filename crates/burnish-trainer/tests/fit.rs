@@ -235,7 +235,7 @@ fn the_state_tracks_position_and_best_without_early_stopping() {
         .map(|e| e.metrics["eval_loss"])
         .fold(f64::INFINITY, f64::min);
     assert_eq!(best.0, lowest);
-    assert!(BestMetric::named("eval_loss").greater_is_better == false);
+    assert!(!BestMetric::named("eval_loss").greater_is_better);
     assert!(BestMetric::named("f1").greater_is_better);
 
     // Early stopping without a best metric is a configuration error.
