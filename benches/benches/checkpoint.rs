@@ -21,7 +21,9 @@ fn checkpoint(c: &mut Criterion) {
     let ModelConfig::Bert(config) = ModelConfig::from_json(MINILM).expect("config") else {
         unreachable!("a BERT config")
     };
-    let model = config.init::<NdArray>(true, &Default::default()).expect("model");
+    let model = config
+        .init::<NdArray>(true, &Default::default())
+        .expect("model");
     let mut weights = Vec::new();
     write_module(&model, Naming::Bert, &mut weights).expect("in memory");
     // The moments are as large as the weights, twice over.

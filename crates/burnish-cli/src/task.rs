@@ -122,7 +122,20 @@ impl<B: Backend> TaskModel<B> for LlamaForCausalLm<B> {
     }
 
     fn export_config(&self, base: &Value, _labels: &LabelNames) -> Value {
-        base.clone()
+        let mut config = base.clone();
+        // Some checkpoints (converted ones) lack `architectures`; transformers' Auto classes
+        // and `burnish eval` read the task from it.
+        if let Some(fields) = config.as_object_mut()
+            && !fields.contains_key("architectures")
+        {
+            let class = match fields.get("model_type").and_then(Value::as_str) {
+                Some("mistral") => "MistralForCausalLM",
+                Some("qwen2") => "Qwen2ForCausalLM",
+                _ => "LlamaForCausalLM",
+            };
+            fields.insert("architectures".into(), serde_json::json!([class]));
+        }
+        config
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burnish_data::{BadRows, Task, TokenCache, batch_order};
+use burnish_data::{BadRows, Task, TokenCache, sample_order};
 use burnish_heads::{
     BertForSequenceClassification, BertForTokenClassification, LabelNames,
     RobertaForSequenceClassification, RobertaForTokenClassification,
@@ -152,13 +152,14 @@ struct CacheData<'a, B: Backend> {
     lengths: Option<Vec<u32>>,
     pad_id: u32,
     device: B::Device,
-    plan: Option<(usize, Vec<Vec<usize>>)>,
+    plan: Option<(usize, Vec<usize>)>,
 }
 
 impl<B: Backend> CacheData<'_, B> {
-    fn plan(&mut self, epoch: usize) -> &[Vec<usize>] {
+    /// The example order of `epoch`, computed once per epoch.
+    fn plan(&mut self, epoch: usize) -> &[usize] {
         if self.plan.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let batches = batch_order(
+            let order = sample_order(
                 self.cache.len(),
                 self.batch_size,
                 self.seed,
@@ -166,9 +167,9 @@ impl<B: Backend> CacheData<'_, B> {
                 self.shuffle,
                 self.lengths.as_deref(),
             );
-            self.plan = Some((epoch, batches));
+            self.plan = Some((epoch, order));
         }
-        self.plan.as_ref().map_or(&[], |(_, b)| b.as_slice())
+        self.plan.as_ref().map_or(&[], |(_, o)| o.as_slice())
     }
 }
 
@@ -176,15 +177,17 @@ impl<B: Backend> TrainData for CacheData<'_, B> {
     type Batch = DeviceBatch<B>;
 
     fn epoch_len(&mut self, epoch: usize) -> Result<usize, BoxError> {
-        Ok(self.plan(epoch).len())
+        Ok(self.plan(epoch).len().div_ceil(self.batch_size))
     }
 
     fn batch(&mut self, epoch: usize, index: usize) -> Result<DeviceBatch<B>, BoxError> {
+        let size = self.batch_size;
         let indices = self
             .plan(epoch)
-            .get(index)
-            .cloned()
-            .ok_or_else(|| format!("batch {index} of epoch {epoch} does not exist"))?;
+            .chunks(size)
+            .nth(index)
+            .ok_or_else(|| format!("batch {index} of epoch {epoch} does not exist"))?
+            .to_vec();
         let batch = self.cache.batch(&indices, self.pad_id)?;
         Ok(DeviceBatch::new(&batch, &self.device))
     }

@@ -14,7 +14,7 @@ mod sampler;
 mod task;
 
 pub use cache::{Batch, CacheMeta, Record, TokenCache};
-pub use sampler::{batch_order, grouped_order};
+pub use sampler::{grouped_order, sample_order};
 pub use task::{RowEncoder, Task, TokenizedExample};
 
 use std::collections::HashMap;

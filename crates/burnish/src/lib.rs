@@ -9,6 +9,13 @@
 //! | [`optim`] | `burnish-optim` | AdamW as torch computes it, weight-decay groups by name |
 //! | [`grad`] | `burnish-grad` | global-norm clipping, accumulation normalized per cycle |
 //! | [`amp`] | `burnish-amp` | dynamic loss scaler, precision policy |
+//! | [`params`] | `burnish-params` | dotted parameter paths of burn modules |
+//! | [`models`] | `burnish-models` | BERT/RoBERTa encoders, Llama/Mistral/Qwen2 decoders |
+//! | [`loader`] | `burnish-loader` | Hugging Face directories in and out, tokenizer, chat template |
+//! | [`heads`] | `burnish-heads` | task heads, losses, generation |
+//! | [`data`] | `burnish-data` | streamed JSONL, token cache, seeded batching |
+//! | [`trainer`] | `burnish-trainer` | the step and the resumable fit loop, metrics |
+//! | [`checkpoint`] | `burnish-checkpoint` | atomic, verified checkpoint directories |
 //! | [`backend`] | burn | the backends the libraries run on |
 //!
 //! ```
@@ -20,9 +27,16 @@
 //! ```
 
 pub use burnish_amp as amp;
+pub use burnish_checkpoint as checkpoint;
+pub use burnish_data as data;
 pub use burnish_grad as grad;
+pub use burnish_heads as heads;
+pub use burnish_loader as loader;
+pub use burnish_models as models;
 pub use burnish_optim as optim;
+pub use burnish_params as params;
 pub use burnish_schedule as schedule;
+pub use burnish_trainer as trainer;
 
 /// Backends: every burnish library is generic over `B: Backend`; these are the concrete
 /// ones a program picks from.
