@@ -4,8 +4,6 @@
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
 
-use std::io::Write;
-
 use burn_ndarray::NdArray;
 use burnish_checkpoint::{FsStorage, ManifestInfo, load, save};
 use burnish_loader::{Naming, write_module};
