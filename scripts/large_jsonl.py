@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Writes a large sentiment JSONL (default 1 GiB) in the toy vocabulary of
-tests/assets/toy-bert, to show that `burnish train` streams a training file larger than it
+"""Writes a large sentiment JSONL (default 1 GiB of review-length rows, ~1 KB each) in the
+toy vocabulary of tests/assets/toy-bert, to show that `burnish train` streams a training file larger than it
 holds in memory: one pass to tokenize into the on-disk cache, then epochs read batches by
 position. Deterministic (seeded).
 
@@ -21,14 +21,17 @@ def main():
     p.add_argument("out")
     p.add_argument("--bytes", type=int, default=1 << 30)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--min-words", type=int, default=150, help="words per row, at least")
+    p.add_argument("--max-words", type=int, default=250, help="words per row, at most")
     args = p.parse_args()
     rng = random.Random(args.seed)
     written, rows = 0, 0
     with open(args.out, "w") as f:
         while written < args.bytes:
             label = rng.randrange(2)
-            words = [rng.choice(FILLER) for _ in range(rng.randrange(4, 24))]
-            words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+            words = [rng.choice(FILLER) for _ in range(rng.randrange(args.min_words, args.max_words))]
+            # The telling word comes early, within the tokens training keeps (max_length 32).
+            words.insert(rng.randrange(min(len(words) + 1, 20)), rng.choice(POSITIVE if label else NEGATIVE))
             line = json.dumps({"text": " ".join(words), "label": label}) + "\n"
             f.write(line)
             written += len(line)
