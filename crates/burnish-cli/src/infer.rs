@@ -8,18 +8,13 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 use burnish_data::jsonl::{JsonlRows, read_row_at};
 use burnish_data::{BadRows, RowEncoder, Task, TokenCache};
-use burnish_heads::{
-    BertForSequenceClassification, BertForTokenClassification, GenerationConfig,
-    RobertaForSequenceClassification, RobertaForTokenClassification, generate,
-};
+use burnish_heads::{GenerationConfig, generate};
 use burnish_loader::{ChatTemplate, HfModelDir, HfTokenizer, Message, TokenizerConfig};
 use burnish_trainer::metrics::{accuracy, entity_scores, macro_f1, perplexity};
 use serde_json::{Value, json};
 
 use crate::CliError;
-use crate::task::{
-    DeviceBatch, Kind, SINGLE, TaskModel, bert_config, load_causal, load_encoder_head,
-};
+use crate::task::{DeviceBatch, TaskModel, load_causal, with_task_model};
 
 /// Tokenizer, template and labels of a model directory for a task.
 pub(crate) struct Setup {
@@ -233,46 +228,6 @@ fn task_of(hf: &HfModelDir) -> Result<Task, CliError> {
     }
 }
 
-/// Loads the task model of a fine-tuned directory (strictly: the head must be in the
-/// checkpoint) as `$m` and evaluates `$body` with it.
-macro_rules! with_task_model {
-    ($hf:expr, $task:expr, $labels:expr, $device:expr, |$m:ident| $body:expr) => {{
-        let hf: &HfModelDir = $hf;
-        let n: usize = $labels;
-        let device = $device;
-        match Kind::of(hf, $task)? {
-            Kind::BertSequence => {
-                let c = bert_config(hf, None)?;
-                let make = |b| BertForSequenceClassification::new(b, &c, n, SINGLE, device);
-                let ($m, _) = load_encoder_head::<B, _>(hf, &c, true, make, true, device)?;
-                $body
-            }
-            Kind::RobertaSequence => {
-                let c = bert_config(hf, None)?;
-                let make = |b| RobertaForSequenceClassification::new(b, &c, n, SINGLE, device);
-                let ($m, _) = load_encoder_head::<B, _>(hf, &c, false, make, true, device)?;
-                $body
-            }
-            Kind::BertToken => {
-                let c = bert_config(hf, None)?;
-                let make = |b| BertForTokenClassification::new(b, &c, n, device);
-                let ($m, _) = load_encoder_head::<B, _>(hf, &c, false, make, true, device)?;
-                $body
-            }
-            Kind::RobertaToken => {
-                let c = bert_config(hf, None)?;
-                let make = |b| RobertaForTokenClassification::new(b, &c, n, device);
-                let ($m, _) = load_encoder_head::<B, _>(hf, &c, false, make, true, device)?;
-                $body
-            }
-            Kind::Causal => {
-                let ($m, _) = load_causal::<B>(hf, device)?;
-                $body
-            }
-        }
-    }};
-}
-
 fn open_for(model_dir: &Path, options: &EvalOptions) -> Result<(HfModelDir, Setup), CliError> {
     let hf = HfModelDir::open(model_dir)?;
     let task = match options.task {
@@ -314,9 +269,17 @@ pub fn evaluate<B: Backend>(
         bad_rows(options.skip_bad_rows),
         scratch.path(),
     )?;
-    with_task_model!(&hf, setup.task, setup.labels.len(), device, |model| {
-        cache_metrics::<B, _>(&model, &cache, &setup, options.batch_size, device)
-    })
+    // A fine-tuned directory holds its head: loaded strictly.
+    with_task_model!(
+        B,
+        &hf,
+        setup.task,
+        setup.labels.len(),
+        None,
+        true,
+        device,
+        |loaded| cache_metrics::<B, _>(&loaded.0, &cache, &setup, options.batch_size, device)
+    )
 }
 
 /// Writes one JSON line per row of `input` to `output`: `label` and `logits` (sequence
@@ -340,9 +303,16 @@ pub fn predict<B: Backend>(
         let (model, _) = load_causal::<B>(&hf, device)?;
         generate_all(&model, &setup, input, options, &mut emit)?
     } else {
-        with_task_model!(&hf, setup.task, setup.labels.len(), device, |model| {
-            predict_with::<B, _>(&model, &setup, input, options, device, &mut emit)
-        })?
+        with_task_model!(
+            B,
+            &hf,
+            setup.task,
+            setup.labels.len(),
+            None,
+            true,
+            device,
+            |loaded| predict_with::<B, _>(&loaded.0, &setup, input, options, device, &mut emit)
+        )?
     };
     out.flush().map_err(CliError::io(output))?;
     Ok(written)

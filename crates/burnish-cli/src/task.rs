@@ -244,3 +244,57 @@ pub(crate) fn load_causal<B: Backend>(
 
 /// The single-label problem type every classifier of the command uses.
 pub(crate) const SINGLE: ProblemType = ProblemType::SingleLabelClassification;
+
+/// Builds the task model of `task` on the directory `hf` (`n` labels, encoder dropout
+/// `dropout`), loads the checkpoint into it (`strict`: the head must be there too), binds
+/// `(model, HeadReport)` to `$loaded` and evaluates `$body`: one monomorphic body per task
+/// model, chosen at run time.
+macro_rules! with_task_model {
+    ($b:ty, $hf:expr, $task:expr, $n:expr, $dropout:expr, $strict:expr, $device:expr, |$loaded:ident| $body:expr) => {{
+        use burnish_heads::{
+            BertForSequenceClassification, BertForTokenClassification,
+            RobertaForSequenceClassification, RobertaForTokenClassification,
+        };
+        use $crate::task::{Kind, SINGLE, bert_config, load_causal, load_encoder_head};
+        let hf: &burnish_loader::HfModelDir = $hf;
+        let (n, dropout, strict, device): (usize, Option<f64>, bool, _) =
+            ($n, $dropout, $strict, $device);
+        match Kind::of(hf, $task)? {
+            Kind::BertSequence => {
+                let c = bert_config(hf, dropout)?;
+                let make = |b| BertForSequenceClassification::new(b, &c, n, SINGLE, device);
+                let $loaded = load_encoder_head::<$b, _>(hf, &c, true, make, strict, device)?;
+                $body
+            }
+            Kind::RobertaSequence => {
+                let c = bert_config(hf, dropout)?;
+                let make = |b| RobertaForSequenceClassification::new(b, &c, n, SINGLE, device);
+                let $loaded = load_encoder_head::<$b, _>(hf, &c, false, make, strict, device)?;
+                $body
+            }
+            Kind::BertToken => {
+                let c = bert_config(hf, dropout)?;
+                let make = |b| BertForTokenClassification::new(b, &c, n, device);
+                let $loaded = load_encoder_head::<$b, _>(hf, &c, false, make, strict, device)?;
+                $body
+            }
+            Kind::RobertaToken => {
+                let c = bert_config(hf, dropout)?;
+                let make = |b| RobertaForTokenClassification::new(b, &c, n, device);
+                let $loaded = load_encoder_head::<$b, _>(hf, &c, false, make, strict, device)?;
+                $body
+            }
+            Kind::Causal => {
+                if dropout.is_some_and(|p| p > 0.0) {
+                    return Err(CliError::Usage(
+                        "[model] dropout: the Llama family trains without dropout in burnish"
+                            .into(),
+                    ));
+                }
+                let $loaded = load_causal::<$b>(hf, device)?;
+                $body
+            }
+        }
+    }};
+}
+pub(crate) use with_task_model;

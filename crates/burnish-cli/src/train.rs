@@ -7,10 +7,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burnish_data::{BadRows, Task, TokenCache, sample_order};
-use burnish_heads::{
-    BertForSequenceClassification, BertForTokenClassification, LabelNames,
-    RobertaForSequenceClassification, RobertaForTokenClassification,
-};
+use burnish_heads::LabelNames;
 use burnish_loader::{HfModelDir, LoadOptions, Weights, export_dir, load_module};
 use burnish_optim::AdamWConfig;
 use burnish_schedule::Warmup;
@@ -23,9 +20,7 @@ use serde_json::{Value, json};
 use crate::checkpoint::{Resume, Saver, config_hash, config_json, find, new_run_id};
 use crate::infer::{Setup, cache_metrics, labels_of};
 use crate::progress::Progress;
-use crate::task::{
-    DeviceBatch, HeadReport, Kind, SINGLE, TaskModel, bert_config, load_causal, load_encoder_head,
-};
+use crate::task::{DeviceBatch, HeadReport, TaskModel, with_task_model};
 use crate::{CliError, RunConfig};
 
 /// Command-line overrides of a run.
@@ -77,47 +72,20 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainOutcome, CliError> {
     let hf = HfModelDir::open(&config.model.path)?;
-    let kind = Kind::of(&hf, config.model.task)?;
     let labels = label_names(config, &hf)?;
     let n = labels.len();
     // Head initialization draws from the backend generator: seed it for a reproducible run.
     B::seed(device, config.train.seed);
-    let dropout = config.model.dropout;
-    match kind {
-        Kind::BertSequence => {
-            let c = bert_config(&hf, dropout)?;
-            let make = |b| BertForSequenceClassification::new(b, &c, n, SINGLE, device);
-            let loaded = load_encoder_head::<B, _>(&hf, &c, true, make, false, device)?;
-            run(config, options, &hf, loaded, labels, device)
-        }
-        Kind::RobertaSequence => {
-            let c = bert_config(&hf, dropout)?;
-            let make = |b| RobertaForSequenceClassification::new(b, &c, n, SINGLE, device);
-            let loaded = load_encoder_head::<B, _>(&hf, &c, false, make, false, device)?;
-            run(config, options, &hf, loaded, labels, device)
-        }
-        Kind::BertToken => {
-            let c = bert_config(&hf, dropout)?;
-            let make = |b| BertForTokenClassification::new(b, &c, n, device);
-            let loaded = load_encoder_head::<B, _>(&hf, &c, false, make, false, device)?;
-            run(config, options, &hf, loaded, labels, device)
-        }
-        Kind::RobertaToken => {
-            let c = bert_config(&hf, dropout)?;
-            let make = |b| RobertaForTokenClassification::new(b, &c, n, device);
-            let loaded = load_encoder_head::<B, _>(&hf, &c, false, make, false, device)?;
-            run(config, options, &hf, loaded, labels, device)
-        }
-        Kind::Causal => {
-            if dropout.is_some_and(|p| p > 0.0) {
-                return Err(CliError::Usage(
-                    "[model] dropout: the Llama family trains without dropout in burnish".into(),
-                ));
-            }
-            let loaded = load_causal::<B>(&hf, device)?;
-            run(config, options, &hf, loaded, labels, device)
-        }
-    }
+    with_task_model!(
+        B,
+        &hf,
+        config.model.task,
+        n,
+        config.model.dropout,
+        false,
+        device,
+        |loaded| run(config, options, &hf, loaded, labels, device)
+    )
 }
 
 /// Label names: `[model] labels`, else `LABEL_<i>` for `num_labels`, else the checkpoint's
