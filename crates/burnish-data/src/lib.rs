@@ -188,18 +188,8 @@ pub fn read_classification(
         .map(|(i, n)| (n.as_str(), i as i64))
         .collect();
     let (examples, skipped) = read_rows(path, on_bad, |v| {
-        let text = v
-            .get("text")
-            .and_then(Value::as_str)
-            .ok_or("missing string field `text`")?;
-        if text.trim().is_empty() {
-            return Err("empty `text`".into());
-        }
-        let label = v.get("label").ok_or("missing field `label`")?;
-        Ok(TextExample {
-            text: text.to_owned(),
-            label: label_id(label, &names, &index)?,
-        })
+        let (text, label) = task::parse_text(v, &names, &index, true)?;
+        Ok(TextExample { text, label })
     })?;
     let names = if names.is_empty() {
         let max = examples.iter().map(|e| e.label).max().unwrap_or(0);
@@ -228,34 +218,11 @@ pub fn read_tagging(
         .enumerate()
         .map(|(i, n)| (n.as_str(), i as i64))
         .collect();
-    let strings = |v: &Value, field: &str| -> Result<Vec<Value>, String> {
-        v.get(field)
-            .and_then(Value::as_array)
-            .cloned()
-            .ok_or_else(|| format!("missing array field `{field}`"))
-    };
     let (examples, skipped) = read_rows(path, on_bad, |v| {
-        let tokens: Vec<String> = strings(v, "tokens")?
-            .iter()
-            .map(|t| t.as_str().map(str::to_owned).ok_or("non-string token"))
-            .collect::<Result<_, _>>()?;
-        if tokens.is_empty() {
-            return Err("empty `tokens`".into());
-        }
-        let tag_ids = strings(v, "tags")?
-            .iter()
-            .map(|t| label_id(t, tags, &index))
-            .collect::<Result<Vec<_>, _>>()?;
-        if tag_ids.len() != tokens.len() {
-            return Err(format!(
-                "{} tags for {} tokens",
-                tag_ids.len(),
-                tokens.len()
-            ));
-        }
+        let (tokens, tags) = task::parse_words(v, tags, &index, true)?;
         Ok(TaggedExample {
             tokens,
-            tags: tag_ids,
+            tags: tags.unwrap_or_default(),
         })
     })?;
     Ok(Dataset {

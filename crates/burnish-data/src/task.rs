@@ -70,6 +70,58 @@ enum Parsed {
     PromptResponse(String, String, bool),
 }
 
+/// A `{text, label}` row: the text and the class id (−100 when the row has none and
+/// labels are not required).
+pub(crate) fn parse_text(
+    v: &Value,
+    labels: &[String],
+    index: &HashMap<&str, i64>,
+    require_labels: bool,
+) -> Result<(String, i64), String> {
+    let text = string_field(v, "text")?;
+    if text.trim().is_empty() {
+        return Err("empty `text`".into());
+    }
+    let label = match v.get("label") {
+        Some(l) => label_id(l, labels, index)?,
+        None if require_labels => return Err("missing field `label`".into()),
+        None => IGNORE_INDEX,
+    };
+    Ok((text.to_owned(), label))
+}
+
+/// A `{tokens, tags}` row: the words and their tag ids (`None` when the row has no tags
+/// and they are not required).
+pub(crate) fn parse_words(
+    v: &Value,
+    labels: &[String],
+    index: &HashMap<&str, i64>,
+    require_labels: bool,
+) -> Result<(Vec<String>, Option<Vec<i64>>), String> {
+    let words: Vec<String> = v
+        .get("tokens")
+        .and_then(Value::as_array)
+        .ok_or("missing array field `tokens`")?
+        .iter()
+        .map(|t| t.as_str().map(str::to_owned).ok_or("non-string token"))
+        .collect::<Result<_, _>>()?;
+    if words.is_empty() {
+        return Err("empty `tokens`".into());
+    }
+    let tags = match v.get("tags").and_then(Value::as_array) {
+        Some(tags) => tags
+            .iter()
+            .map(|t| label_id(t, labels, index))
+            .collect::<Result<Vec<_>, _>>()?,
+        None if require_labels => return Err("missing array field `tags`".into()),
+        None => return Ok((words, None)),
+    };
+    if tags.len() != words.len() {
+        return Err(format!("{} tags for {} tokens", tags.len(), words.len()));
+    }
+    Ok((words, Some(tags)))
+}
+
 fn string_field<'v>(v: &'v Value, field: &str) -> Result<&'v str, String> {
     v.get(field)
         .and_then(Value::as_str)
@@ -80,43 +132,14 @@ impl RowEncoder<'_> {
     fn parse(&self, v: &Value, index: &HashMap<&str, i64>) -> Result<Parsed, String> {
         match self.task {
             Task::SequenceClassification => {
-                let text = string_field(v, "text")?;
-                if text.trim().is_empty() {
-                    return Err("empty `text`".into());
-                }
-                let label = match v.get("label") {
-                    Some(l) => label_id(l, self.labels, index)?,
-                    None if self.require_labels => return Err("missing field `label`".into()),
-                    None => IGNORE_INDEX,
-                };
-                Ok(Parsed::Text(text.to_owned(), label))
+                let (text, label) = parse_text(v, self.labels, index, self.require_labels)?;
+                Ok(Parsed::Text(text, label))
             }
             Task::TokenClassification => {
-                let tokens: Vec<String> = v
-                    .get("tokens")
-                    .and_then(Value::as_array)
-                    .ok_or("missing array field `tokens`")?
-                    .iter()
-                    .map(|t| t.as_str().map(str::to_owned).ok_or("non-string token"))
-                    .collect::<Result<_, _>>()?;
-                if tokens.is_empty() {
-                    return Err("empty `tokens`".into());
-                }
-                let tags = match v.get("tags").and_then(Value::as_array) {
-                    Some(tags) => tags
-                        .iter()
-                        .map(|t| label_id(t, self.labels, index))
-                        .collect::<Result<Vec<_>, _>>()?,
-                    None if self.require_labels => {
-                        return Err("missing array field `tags`".into());
-                    }
-                    // Unlabeled rows (prediction) still mark each word's first sub-word.
-                    None => vec![0; tokens.len()],
-                };
-                if tags.len() != tokens.len() {
-                    return Err(format!("{} tags for {} tokens", tags.len(), tokens.len()));
-                }
-                Ok(Parsed::Words(tokens, tags))
+                // Unlabeled rows (prediction) still mark each word's first sub-word.
+                let (words, tags) = parse_words(v, self.labels, index, self.require_labels)?;
+                let tags = tags.unwrap_or_else(|| vec![0; words.len()]);
+                Ok(Parsed::Words(words, tags))
             }
             Task::CausalLm => self.parse_causal(v),
         }
