@@ -315,6 +315,11 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             // The position moves to the next epoch inside the loop, before `after_step`,
             // so a checkpoint taken there resumes at the right place.
             while state.epoch == epoch {
+                // A run resumed from its last step has nothing left to do.
+                if config.max_steps.is_some_and(|max| self.steps_done() >= max) {
+                    stopped_by = "max_steps";
+                    break 'epochs;
+                }
                 if hooks.before_step(self, &state) == Control::Stop {
                     stopped_by = "hook";
                     break 'epochs;

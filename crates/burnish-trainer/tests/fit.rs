@@ -252,3 +252,27 @@ fn the_state_tracks_position_and_best_without_early_stopping() {
         .unwrap_err();
     assert!(err.to_string().contains("best metric"), "{err}");
 }
+
+#[test]
+fn a_run_resumed_at_max_steps_takes_no_further_step() {
+    let config = FitConfig {
+        epochs: 5,
+        max_steps: Some(3),
+        ..Default::default()
+    };
+    let none = |_: &Linear<NdArray>| Ok(BTreeMap::new());
+    let mut t = trainer();
+    let summary = t
+        .fit(&config, &mut batches(5), loss, none, &mut NoHooks)
+        .unwrap();
+    assert_eq!((summary.steps, summary.stopped_by), (3, "max_steps"));
+    let state = FitState {
+        epoch: 0,
+        batches_done: 3,
+        ..FitState::default()
+    };
+    let again = t
+        .fit_from(state, &config, &mut batches(5), loss, none, &mut NoHooks)
+        .unwrap();
+    assert_eq!((again.steps, again.stopped_by), (3, "max_steps"));
+}
