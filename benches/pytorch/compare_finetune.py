@@ -48,7 +48,8 @@ eval_at_start = false
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     out = pathlib.Path(work) / "burnish-out"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([args.burnish, "train", "--config", str(path), "--output-dir", str(out), "--quiet"],
+    subprocess.run([args.burnish, "--backend", args.backend, "train", "--config", str(path),
+                    "--output-dir", str(out), "--quiet"],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     results = json.loads((out / "results.json").read_text())
@@ -96,6 +97,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backend", default="ndarray", help="burnish's CPU backend: ndarray or flex")
     args = p.parse_args()
     texts = [json.loads(l) for l in open(pathlib.Path(args.data) / "train.jsonl")]
     texts = texts[:args.steps * args.batch_size]
@@ -105,12 +107,12 @@ def main():
         b_seconds, b_rss = run_burnish(args, work)
     t_seconds, t_rss, tokens = run_torch(args, texts)
     samples = args.steps * args.batch_size
-    rows = [("burnish", b_seconds, b_rss), ("pytorch", t_seconds, t_rss)]
+    rows = [(f"burnish ({args.backend})", b_seconds, b_rss), ("pytorch", t_seconds, t_rss)]
     print(f"{args.steps} steps x {args.batch_size} examples, max_length {args.max_length}, "
           f"{args.threads} threads, {tokens} real tokens")
-    print(f"{'':8} {'samples/s':>10} {'tokens/s':>10} {'peak RSS MB':>12}")
+    print(f"{'':18} {'samples/s':>10} {'tokens/s':>10} {'peak RSS MB':>12}")
     for name, seconds, rss in rows:
-        print(f"{name:8} {samples / seconds:10.2f} {tokens / seconds:10.0f} {rss:12.0f}")
+        print(f"{name:18} {samples / seconds:10.2f} {tokens / seconds:10.0f} {rss:12.0f}")
     print(f"burnish/pytorch: throughput x{t_seconds / b_seconds:.2f}, peak RSS x{b_rss / t_rss:.2f}")
 
 

@@ -12,7 +12,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burnish::backend::{Cpu, CpuTrain};
+use burn::tensor::backend::AutodiffBackend;
+use burnish::backend::CpuTrain;
 use burnish_cli::{
     CliError, EvalOptions, Resume, RunConfig, TrainOptions, evaluate, predict, train,
 };
@@ -26,8 +27,18 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Full-parameter fine-tuning of Hugging Face transformers on burn"
 )]
 struct Cli {
+    /// The compute backend (CPU): burn-ndarray, or burn-flex when built with `flex`.
+    #[arg(long, value_enum, global = true, default_value = "ndarray")]
+    backend: BackendArg,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Ndarray,
+    #[cfg(feature = "flex")]
+    Flex,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -112,8 +123,16 @@ enum Command {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    let device = Default::default();
-    match cli.command {
+    match cli.backend {
+        BackendArg::Ndarray => run_on::<CpuTrain>(cli.command),
+        #[cfg(feature = "flex")]
+        BackendArg::Flex => run_on::<burnish::backend::FlexTrain>(cli.command),
+    }
+}
+
+fn run_on<B: AutodiffBackend>(command: Command) -> Result<(), CliError> {
+    let device = B::Device::default();
+    match command {
         Command::Train {
             config,
             output_dir,
@@ -130,7 +149,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 force,
                 stop_after,
             };
-            let outcome = train::<CpuTrain>(&config, &options, &device)?;
+            let outcome = train::<B>(&config, &options, &device)?;
             println!("final model: {}", outcome.final_dir.display());
             if let Some(best) = &outcome.best_dir {
                 println!("best model: {}", best.display());
@@ -154,7 +173,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 batch_size,
                 ..EvalOptions::default()
             };
-            let metrics = evaluate::<Cpu>(&model, &data, &options, &device)?;
+            let metrics = evaluate::<B::InnerBackend>(&model, &data, &options, &device)?;
             println!("{}", serde_json::to_string(&metrics).unwrap_or_default());
             Ok(())
         }
@@ -172,7 +191,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 max_new_tokens,
                 ..EvalOptions::default()
             };
-            let n = predict::<Cpu>(&model, &input, &output, &options, &device)?;
+            let n = predict::<B::InnerBackend>(&model, &input, &output, &options, &device)?;
             eprintln!("{n} predictions written to {}", output.display());
             Ok(())
         }

@@ -51,6 +51,14 @@ pub mod backend {
     #[cfg(feature = "ndarray")]
     pub type CpuTrain = Autodiff<Cpu>;
 
+    /// burn-flex (f32 compute, f16/bf16 supported), a pure-Rust CPU backend.
+    #[cfg(feature = "flex")]
+    pub type Flex = burn_flex::Flex<f32, i32>;
+
+    /// [`Flex`] with automatic differentiation, for training.
+    #[cfg(feature = "flex")]
+    pub type FlexTrain = Autodiff<Flex>;
+
     /// The CUDA backend (burn-cuda, f32); needs the CUDA driver at run time only.
     #[cfg(feature = "cuda")]
     pub type Cuda = burn_cuda::Cuda<f32, i32>;
