@@ -558,9 +558,21 @@ impl TokenCache {
 mod tests {
     use std::path::PathBuf;
 
-    use burnish_loader::{HfModelDir, TokenizerConfig};
+    use burnish_loader::{HfModelDir, HfTokenizer, TokenizerConfig};
 
     use super::*;
+
+    /// An encoder of labeled rows without chat template or EOS.
+    fn labeled<'a>(task: Task, tokenizer: &'a HfTokenizer, labels: &'a [String]) -> RowEncoder<'a> {
+        RowEncoder {
+            task,
+            tokenizer,
+            labels,
+            chat_template: None,
+            eos_id: None,
+            require_labels: true,
+        }
+    }
 
     fn assets(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -573,14 +585,7 @@ mod tests {
         let model = HfModelDir::open(&assets("toy-bert")).unwrap();
         let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
         let labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"].map(String::from);
-        let encoder = RowEncoder {
-            task: Task::TokenClassification,
-            tokenizer: &tokenizer,
-            labels: &labels,
-            chat_template: None,
-            eos_id: None,
-            require_labels: true,
-        };
+        let encoder = labeled(Task::TokenClassification, &tokenizer, &labels);
         let root = tempfile::tempdir().unwrap();
         let source = assets("data/toy-ner/train.jsonl");
         let (cache, built) =
@@ -627,14 +632,7 @@ mod tests {
         let model = HfModelDir::open(&assets("toy-bert")).unwrap();
         let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
         let labels = ["negative", "positive"].map(String::from);
-        let encoder = RowEncoder {
-            task: Task::SequenceClassification,
-            tokenizer: &tokenizer,
-            labels: &labels,
-            chat_template: None,
-            eos_id: None,
-            require_labels: true,
-        };
+        let encoder = labeled(Task::SequenceClassification, &tokenizer, &labels);
         let root = tempfile::tempdir().unwrap();
         let source = assets("data/toy-sentiment/validation.jsonl");
         let (cache, _) =
@@ -667,14 +665,7 @@ mod tests {
         let model = HfModelDir::open(&assets("toy-bert")).unwrap();
         let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
         let labels = ["negative", "positive"].map(String::from);
-        let encoder = RowEncoder {
-            task: Task::SequenceClassification,
-            tokenizer: &tokenizer,
-            labels: &labels,
-            chat_template: None,
-            eos_id: None,
-            require_labels: true,
-        };
+        let encoder = labeled(Task::SequenceClassification, &tokenizer, &labels);
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("d.jsonl");
         std::fs::write(

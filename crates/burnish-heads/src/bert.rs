@@ -93,6 +93,12 @@ pub(crate) fn sequence_config(base: &Value, labels: &LabelNames, problem: Proble
     config
 }
 
+/// Cross-entropy of per-token logits `[batch, seq, labels]` against row-major labels.
+pub(crate) fn token_loss<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
+    let [b, s, k] = logits.dims();
+    cross_entropy(logits.reshape([b * s, k]), labels)
+}
+
 /// Checks a head's label count against its problem type.
 pub(crate) fn check_labels(num_labels: usize, problem: ProblemType) -> Result<(), ModelError> {
     if num_labels == 0 || (problem == ProblemType::Regression && num_labels != 1) {
@@ -289,8 +295,7 @@ impl<B: Backend> BertForTokenClassification<B> {
 
     /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.
     pub fn loss(&self, logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
-        let [b, s, k] = logits.dims();
-        cross_entropy(logits.reshape([b * s, k]), labels)
+        token_loss(logits, labels)
     }
 
     /// `config.json` fields transformers needs to load this head: `architectures`,

@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use crate::bert::{
     LabelNames, ProblemType, SequenceLabels, check_labels, dropout_of, head_config, new_head,
-    sequence_config, sequence_loss,
+    sequence_config, sequence_loss, token_loss,
 };
-use crate::loss::{LossParts, cross_entropy};
+use crate::loss::LossParts;
 
 /// `dropout → dense → tanh → dropout → out_proj` on the first token (HF
 /// `RobertaClassificationHead`).
@@ -150,8 +150,7 @@ impl<B: Backend> RobertaForTokenClassification<B> {
 
     /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.
     pub fn loss(&self, logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
-        let [b, s, k] = logits.dims();
-        cross_entropy(logits.reshape([b * s, k]), labels)
+        token_loss(logits, labels)
     }
 
     /// `config.json` fields transformers needs to load this head.

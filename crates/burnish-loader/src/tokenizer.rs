@@ -194,14 +194,7 @@ impl HfTokenizer {
         &self,
         sentences: &[Vec<&str>],
     ) -> Result<(Encoded, Vec<WordIds>), LoadError> {
-        let inputs: Vec<EncodeInput> = sentences
-            .iter()
-            .map(|words| EncodeInput::Single(InputSequence::from(words.clone())))
-            .collect();
-        let encodings = self
-            .inner
-            .encode_batch(inputs, self.config.add_special_tokens)
-            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        let encodings = self.encode_words(sentences)?;
         let word_ids = encodings
             .iter()
             .map(|e| e.get_word_ids().to_vec())
@@ -236,15 +229,21 @@ impl HfTokenizer {
         &self,
         sentences: &[Vec<&str>],
     ) -> Result<Vec<(Vec<u32>, WordIds)>, LoadError> {
+        Ok(self.encode_words(sentences)?.iter().map(unpadded).collect())
+    }
+
+    /// Pre-split sentences through the tokenizer, in parallel, padded per the config.
+    fn encode_words(
+        &self,
+        sentences: &[Vec<&str>],
+    ) -> Result<Vec<tokenizers::Encoding>, LoadError> {
         let inputs: Vec<EncodeInput> = sentences
             .iter()
             .map(|words| EncodeInput::Single(InputSequence::from(words.clone())))
             .collect();
-        let encodings = self
-            .inner
+        self.inner
             .encode_batch(inputs, self.config.add_special_tokens)
-            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
-        Ok(encodings.iter().map(unpadded).collect())
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))
     }
 
     /// The path of `tokenizer.json`.
