@@ -48,6 +48,10 @@ fn load<M: Module<B>>(hf: &HfModelDir, model: M) -> M {
     model
 }
 
+fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
 #[test]
 fn heads_match_transformers() {
     let fixture: Fixture = fixture("heads.json");
@@ -80,11 +84,7 @@ fn heads_match_transformers() {
                     &device,
                 )
                 .unwrap();
-                load(&hf, head)
-                    .forward(ids, Some(mask), None)
-                    .into_data()
-                    .to_vec()
-                    .unwrap()
+                values(load(&hf, head).forward(ids, Some(mask), None))
             }
             "bert-tiny-tokcls" => {
                 let head = BertForTokenClassification::new(
@@ -94,11 +94,7 @@ fn heads_match_transformers() {
                     &device,
                 )
                 .unwrap();
-                load(&hf, head)
-                    .forward(ids, Some(mask), None)
-                    .into_data()
-                    .to_vec()
-                    .unwrap()
+                values(load(&hf, head).forward(ids, Some(mask), None))
             }
             "roberta-tiny-seqcls" => {
                 let head = RobertaForSequenceClassification::new(
@@ -109,11 +105,7 @@ fn heads_match_transformers() {
                     &device,
                 )
                 .unwrap();
-                load(&hf, head)
-                    .forward(ids, Some(mask), None)
-                    .into_data()
-                    .to_vec()
-                    .unwrap()
+                values(load(&hf, head).forward(ids, Some(mask), None))
             }
             "roberta-tiny-tokcls" => {
                 let head = RobertaForTokenClassification::new(
@@ -123,11 +115,7 @@ fn heads_match_transformers() {
                     &device,
                 )
                 .unwrap();
-                load(&hf, head)
-                    .forward(ids, Some(mask), None)
-                    .into_data()
-                    .to_vec()
-                    .unwrap()
+                values(load(&hf, head).forward(ids, Some(mask), None))
             }
             other => panic!("unknown case {other}"),
         };

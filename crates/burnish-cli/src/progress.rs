@@ -15,10 +15,19 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// A bar over `total` steps on a terminal; plain lines when stderr is not one;
-    /// nothing with `quiet`.
-    pub(crate) fn new(total: u64, quiet: bool) -> Self {
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+    /// Plain lines on stderr until [`start`](Self::start); nothing with `quiet`.
+    pub(crate) fn new(quiet: bool) -> Self {
+        Progress {
+            bar: None,
+            quiet,
+            total: 0,
+        }
+    }
+
+    /// From now on, a bar over `total` steps when stderr is a terminal.
+    pub(crate) fn start(&mut self, total: u64) {
+        self.total = total;
+        self.bar = (!self.quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             let style = ProgressStyle::with_template(
                 "{spinner} step {pos}/{len} [{bar:30}] {elapsed_precise}<{eta_precise} {msg}",
@@ -29,7 +38,6 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
-        Progress { bar, quiet, total }
     }
 
     /// A line above the bar (or on stderr).
@@ -89,9 +97,9 @@ impl Progress {
         }
     }
 
-    /// Removes the bar.
-    pub(crate) fn finish(&self) {
-        if let Some(bar) = &self.bar {
+    /// Removes the bar; later lines are plain again.
+    pub(crate) fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
     }

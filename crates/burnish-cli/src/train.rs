@@ -242,7 +242,7 @@ where
             )
         })?;
     std::fs::create_dir_all(&output_dir).map_err(CliError::io(&output_dir))?;
-    let progress = Progress::new(0, options.quiet);
+    let mut progress = Progress::new(options.quiet);
     if !head.new_parameters.is_empty() {
         progress.line(&format!(
             "new head parameters, N(0, initializer_range): {}",
@@ -402,8 +402,9 @@ where
         train_fingerprint,
         before: before.clone(),
     };
+    progress.start(total_steps);
     let mut hooks = RunHooks {
-        progress: Progress::new(total_steps, options.quiet),
+        progress,
         hf,
         labels: label_names.clone(),
         best_dir: best_dir.clone(),
@@ -411,7 +412,7 @@ where
         best_now: false,
         stop_after: options.stop_after,
     };
-    progress.line(&format!(
+    hooks.progress.line(&format!(
         "training {} parameters: {} examples, {epochs} epoch(s), {total_steps} optimizer steps of {} × {} examples",
         model.num_params(),
         train_cache.len(),
@@ -463,10 +464,12 @@ where
         .map(|c| evaluate(&inner, c))
         .transpose()?;
     if let Some(m) = &after {
-        progress.line(&format!("after training: {}", format_metrics(m)));
+        hooks
+            .progress
+            .line(&format!("after training: {}", format_metrics(m)));
     }
     if let Some(m) = &test {
-        progress.line(&format!("test: {}", format_metrics(m)));
+        hooks.progress.line(&format!("test: {}", format_metrics(m)));
     }
     let results = json!({
         "steps": summary.steps, "stopped_by": summary.stopped_by, "train_examples": train_cache.len(),
