@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::DType;
+use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
 /// Compute precision of a training run. Master weights, the gradients the optimizer sees
@@ -33,17 +33,17 @@ pub enum Precision {
 
 impl Precision {
     /// The dtype forward and backward compute in.
-    pub fn compute_dtype(self) -> DType {
+    pub fn compute_dtype(self) -> FloatDType {
         match self {
-            Precision::Fp32 => DType::F32,
-            Precision::Bf16 => DType::BF16,
-            Precision::Fp16 => DType::F16,
+            Precision::Fp32 => FloatDType::F32,
+            Precision::Bf16 => FloatDType::BF16,
+            Precision::Fp16 => FloatDType::F16,
         }
     }
 
     /// The dtype of master weights, optimizer-facing gradients and optimizer moments.
-    pub fn master_dtype(self) -> DType {
-        DType::F32
+    pub fn master_dtype(self) -> FloatDType {
+        FloatDType::F32
     }
 
     /// Whether this mode needs a [`LossScaler`](crate::LossScaler) (only fp16).
@@ -96,7 +96,7 @@ mod tests {
             let json = serde_json::to_string(&p).unwrap();
             assert_eq!(json, format!("\"{p}\""));
             assert_eq!(serde_json::from_str::<Precision>(&json).unwrap(), p);
-            assert_eq!(p.master_dtype(), DType::F32);
+            assert_eq!(p.master_dtype(), FloatDType::F32);
         }
         assert!("fp8".parse::<Precision>().is_err());
     }

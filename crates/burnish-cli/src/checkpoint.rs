@@ -45,6 +45,9 @@ pub(crate) struct SavedState {
     pub(crate) run_id: String,
     pub(crate) train_fingerprint: String,
     pub(crate) before: Option<std::collections::BTreeMap<String, f64>>,
+    /// The fp16 loss scaler (scale, growth tracker, skips); absent in other precisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) scaler: Option<burnish::amp::ScalerState>,
 }
 
 /// Keys that may change between a checkpoint and its resumption without changing what the
@@ -213,6 +216,7 @@ impl Saver<'_> {
             run_id: self.run_id.clone(),
             train_fingerprint: self.train_fingerprint.clone(),
             before: self.before.clone(),
+            scaler: trainer.scaler_state(),
         };
         let info = ManifestInfo {
             step,

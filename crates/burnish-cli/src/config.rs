@@ -428,16 +428,6 @@ impl RunConfig {
         if t.keep_last.is_some() && t.save_every.is_none() {
             return Err(err("train", "keep_last", "needs save_every".into()));
         }
-        if t.precision != Precision::Fp32 {
-            return Err(err(
-                "train",
-                "precision",
-                format!(
-                    "{} training is not available in this build yet; use \"fp32\"",
-                    t.precision
-                ),
-            ));
-        }
         Ok(())
     }
 
@@ -521,8 +511,8 @@ mod tests {
         );
         let e = check("[train]\nwarmup_steps = 10\nwarmup_ratio = 0.1\n").unwrap_err();
         assert!(e.contains("not both"), "{e}");
-        let e = check("[train]\nprecision = \"fp16\"\n").unwrap_err();
-        assert!(e.contains("[train] precision"), "{e}");
+        let c = check("[train]\nprecision = \"bf16\"\n").unwrap();
+        assert_eq!(c.train.precision, Precision::Bf16);
         let e = check("[train]\nprecision = \"fp8\"\n").unwrap_err();
         assert!(e.contains("[train] precision"), "{e}");
         std::fs::write(&file, MINIMAL.replace("t.jsonl", "missing.jsonl")).unwrap();

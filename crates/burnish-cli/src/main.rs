@@ -27,8 +27,12 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Full-parameter fine-tuning of Hugging Face transformers on burn"
 )]
 struct Cli {
-    /// The compute backend (CPU): burn-ndarray, or burn-flex when built with `flex`.
-    #[arg(long, value_enum, global = true, default_value = "ndarray")]
+    /// Where to compute: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature).
+    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
+    device: DeviceArg,
+    /// The CPU backend: burn-flex (the default when built with the `flex` feature: faster,
+    /// and it has bf16/fp16) or burn-ndarray (float32 only).
+    #[arg(long, value_enum, global = true, default_value = DEFAULT_BACKEND)]
     backend: BackendArg,
     #[command(subcommand)]
     command: Command,
@@ -39,6 +43,29 @@ enum BackendArg {
     Ndarray,
     #[cfg(feature = "flex")]
     Flex,
+}
+
+#[cfg(feature = "flex")]
+const DEFAULT_BACKEND: &str = "flex";
+#[cfg(not(feature = "flex"))]
+const DEFAULT_BACKEND: &str = "ndarray";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DeviceArg {
+    Cpu,
+    Cuda(usize),
+}
+
+fn parse_device(text: &str) -> Result<DeviceArg, String> {
+    match text.split_once(':') {
+        None if text == "cpu" => Ok(DeviceArg::Cpu),
+        None if text == "cuda" => Ok(DeviceArg::Cuda(0)),
+        Some(("cuda", index)) => index
+            .parse()
+            .map(DeviceArg::Cuda)
+            .map_err(|_| format!("`{index}` is not a device index (cuda:0, cuda:1, ...)")),
+        _ => Err(format!("`{text}`: expected cpu, cuda or cuda:N")),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,15 +150,61 @@ enum Command {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    match cli.backend {
-        BackendArg::Ndarray => run_on::<CpuTrain>(cli.command),
+    match (cli.device, cli.backend) {
+        (DeviceArg::Cpu, BackendArg::Ndarray) => run_on::<CpuTrain>(cli.command, &default()),
         #[cfg(feature = "flex")]
-        BackendArg::Flex => run_on::<burnish::backend::FlexTrain>(cli.command),
+        (DeviceArg::Cpu, BackendArg::Flex) => {
+            run_on::<burnish::backend::FlexTrain>(cli.command, &default())
+        }
+        #[cfg(feature = "cuda")]
+        (DeviceArg::Cuda(index), _) => {
+            let device = burnish::backend::CudaDevice::new(index);
+            probe::<burnish::backend::Cuda>(&device, index)?;
+            run_on::<burnish::backend::CudaTrain>(cli.command, &device)
+        }
+        #[cfg(not(feature = "cuda"))]
+        (DeviceArg::Cuda(_), _) => Err(CliError::Usage(
+            "--device cuda: this burnish was built without CUDA; build it with \
+             `cargo build --release -p burnish-cli --features cuda`"
+                .into(),
+        )),
     }
 }
 
-fn run_on<B: AutodiffBackend>(command: Command) -> Result<(), CliError> {
-    let device = B::Device::default();
+fn default<D: Default>() -> D {
+    D::default()
+}
+
+/// Runs one tiny operation on the CUDA device, turning the panic burn raises when there is
+/// no driver or no such device into an error message.
+#[cfg(feature = "cuda")]
+fn probe<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    index: usize,
+) -> Result<(), CliError> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        burn::tensor::Tensor::<B, 1>::ones([1], device)
+            .sum()
+            .into_scalar()
+    }));
+    std::panic::set_hook(quiet);
+    outcome.map(|_| ()).map_err(|payload| {
+        let reason = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown error");
+        CliError::Usage(format!(
+            "--device cuda:{index}: the CUDA device cannot be used (is the NVIDIA driver \
+             installed, and is there a GPU {index}?): {reason}"
+        ))
+    })
+}
+
+fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<(), CliError> {
+    let device = device.clone();
     match command {
         Command::Train {
             config,

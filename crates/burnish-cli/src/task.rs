@@ -10,7 +10,7 @@ use burnish_heads::{
 };
 use burnish_loader::{HfModelDir, LoadOptions, load_module};
 use burnish_models::{
-    BertConfig, BertFlavor, BertModel, LlamaForCausalLm, ModelConfig, ModelError,
+    Autocast, BertConfig, BertFlavor, BertModel, LlamaForCausalLm, ModelConfig, ModelError,
 };
 use serde_json::Value;
 
@@ -43,8 +43,9 @@ impl<B: Backend> DeviceBatch<B> {
     }
 }
 
-/// What the training loop, evaluation and prediction need of a task model.
-pub trait TaskModel<B: Backend>: Module<B> {
+/// What the training loop, evaluation and prediction need of a task model (which also
+/// computes in half precision on request, [`Autocast`]).
+pub trait TaskModel<B: Backend>: Module<B> + Autocast {
     /// Logits `[batch, positions, outputs]`; sequence classification has one position.
     fn logits(&self, batch: &DeviceBatch<B>) -> Tensor<B, 3>;
 

@@ -243,6 +243,15 @@ where
         })?;
     std::fs::create_dir_all(&output_dir).map_err(CliError::io(&output_dir))?;
     let mut progress = Progress::new(options.quiet);
+    let compute = t.precision.compute_dtype();
+    if !B::supports_dtype(device, compute.into()) {
+        return Err(CliError::Usage(format!(
+            "[train] precision: {} needs a backend with {compute:?} tensors (--backend flex \
+             or --device cuda); burn-ndarray computes in float32 only",
+            t.precision
+        )));
+    }
+    let model = model.with_compute_dtype(compute);
     if !head.new_parameters.is_empty() {
         progress.line(&format!(
             "new head parameters, N(0, initializer_range): {}",
@@ -316,6 +325,7 @@ where
         total_steps,
         max_grad_norm: (t.max_grad_norm > 0.0).then_some(t.max_grad_norm),
         seed: Some(t.seed),
+        precision: t.precision,
         ..TrainerConfig::default()
     };
     let run_config = config_json(config);
@@ -429,7 +439,7 @@ where
                     r.checkpoint.path("optimizer.safetensors").display()
                 ))
             })?;
-            trainer.restore(optim, r.state.step)?;
+            trainer.restore(optim, r.state.step, r.state.scaler)?;
             r.state.fit
         }
         None => FitState::default(),

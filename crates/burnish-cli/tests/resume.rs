@@ -14,12 +14,17 @@ fn assets() -> PathBuf {
 
 /// The toy sentiment run with checkpoints every 2 steps, accumulation 2, early stopping.
 fn config(dir: &Path) -> PathBuf {
+    config_with(dir, "")
+}
+
+/// [`config`] with more `[train]` lines.
+fn config_with(dir: &Path, train: &str) -> PathBuf {
     let text = std::fs::read_to_string(assets().join("configs/toy-sentiment.toml"))
         .unwrap()
         .replace("\"../", &format!("\"{}/", assets().display()))
         .replace(
             "log_every = 4",
-            "log_every = 1\nsave_every = 2\nkeep_last = 2\ngrad_accum = 2\nearly_stopping_patience = 20",
+            &format!("log_every = 1\nsave_every = 2\nkeep_last = 2\ngrad_accum = 2\nearly_stopping_patience = 20\n{train}"),
         );
     let path = dir.join("run.toml");
     std::fs::write(&path, text).unwrap();
@@ -149,6 +154,34 @@ fn a_stopped_run_resumes_byte_identical_and_changed_configs_are_refused() {
         stderr.contains("checkpoint-32/model.safetensors") && stderr.contains("SHA-256"),
         "{stderr}"
     );
+}
+
+#[test]
+fn an_fp16_run_resumes_byte_identical_with_its_loss_scaler() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "precision = \"fp16\"");
+    let (model, log, _, _) = reference(dir.path(), &config);
+    let straight = std::fs::read_to_string(dir.path().join("straight/metrics.jsonl")).unwrap();
+    assert!(straight.contains("\"loss_scale\""), "fp16 logs its scale");
+    let out = dir.path().join("stopped");
+    let first = burnish(&config, &out, &["--stop-after", "13", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(first.status.success());
+    let state = std::fs::read_to_string(out.join("checkpoint-12/trainer_state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    assert!(state["scaler"]["scale"].as_f64().unwrap() > 0.0, "{state}");
+    let second = burnish(&config, &out, &["--resume"]).output().unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("final/model.safetensors")).unwrap(),
+        model
+    );
+    assert_eq!(losses(&out), log);
 }
 
 #[test]

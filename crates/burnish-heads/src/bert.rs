@@ -4,8 +4,9 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
-use burnish_models::{BertConfig, BertModel, ModelError, linear};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
+use burnish_models::ops::linear_in;
+use burnish_models::{Autocast, BertConfig, BertModel, ModelError, linear};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -170,6 +171,36 @@ pub(crate) fn new_head<B: Backend>(
     head
 }
 
+/// An output layer computed in the compute dtype, its logits returned in float32 for the
+/// loss (as transformers' losses upcast them).
+pub(crate) fn logits<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+    cx: FloatDType,
+) -> Tensor<B, D> {
+    linear_in(layer, x, cx).cast(FloatDType::F32)
+}
+
+/// Implements [`Autocast`] for a head by passing the dtype to its encoder field.
+macro_rules! autocast_through {
+    ($head:ident . $field:ident) => {
+        impl<B: Backend> burnish_models::Autocast for $head<B> {
+            fn with_compute_dtype(mut self, dtype: burn::tensor::FloatDType) -> Self {
+                self.$field = self.$field.with_compute_dtype(dtype);
+                self
+            }
+
+            fn compute_dtype(&self) -> burn::tensor::FloatDType {
+                self.$field.compute_dtype()
+            }
+        }
+    };
+}
+pub(crate) use autocast_through;
+
+autocast_through!(BertForSequenceClassification.bert);
+autocast_through!(BertForTokenClassification.bert);
+
 /// A BERT-family encoder with a sequence classification head.
 #[derive(Module, Debug)]
 pub struct BertForSequenceClassification<B: Backend> {
@@ -226,7 +257,11 @@ impl<B: Backend> BertForSequenceClassification<B> {
             let [b, _, h] = out.last_hidden_state.dims();
             out.last_hidden_state.slice([0..b, 0..1]).reshape([b, h])
         });
-        self.classifier.forward(self.dropout.forward(pooled))
+        logits(
+            &self.classifier,
+            self.dropout.forward(pooled),
+            self.bert.compute_dtype(),
+        )
     }
 
     /// The loss of `logits` against `labels`, per the problem type.
@@ -289,8 +324,11 @@ impl<B: Backend> BertForTokenClassification<B> {
         token_type_ids: Option<Tensor<B, 2, Int>>,
     ) -> Tensor<B, 3> {
         let out = self.bert.forward(input_ids, attention_mask, token_type_ids);
-        self.classifier
-            .forward(self.dropout.forward(out.last_hidden_state))
+        logits(
+            &self.classifier,
+            self.dropout.forward(out.last_hidden_state),
+            self.bert.compute_dtype(),
+        )
     }
 
     /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.

@@ -7,12 +7,13 @@ use burn::module::Module;
 use burn::nn::{Dropout, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use burnish_models::{BertConfig, BertModel, ModelError};
+use burnish_models::ops::linear_in;
+use burnish_models::{Autocast, BertConfig, BertModel, ModelError};
 use serde_json::Value;
 
 use crate::bert::{
-    LabelNames, ProblemType, SequenceLabels, check_labels, dropout_of, head_config, new_head,
-    sequence_config, sequence_loss, token_loss,
+    LabelNames, ProblemType, SequenceLabels, autocast_through, check_labels, dropout_of,
+    head_config, logits, new_head, sequence_config, sequence_loss, token_loss,
 };
 use crate::loss::LossParts;
 
@@ -26,6 +27,9 @@ pub struct RobertaClassificationHead<B: Backend> {
     /// `Linear(hidden, num_labels)`.
     pub out_proj: Linear<B>,
 }
+
+autocast_through!(RobertaForSequenceClassification.roberta);
+autocast_through!(RobertaForTokenClassification.roberta);
 
 /// A RoBERTa encoder with a sequence classification head.
 #[derive(Module, Debug)]
@@ -83,8 +87,9 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
         let [b, _, h] = hidden.dims();
         let first = hidden.slice([0..b, 0..1]).reshape([b, h]);
         let head = &self.classifier;
-        let x = head.dense.forward(head.dropout.forward(first)).tanh();
-        head.out_proj.forward(head.dropout.forward(x))
+        let cx = self.roberta.compute_dtype();
+        let x = linear_in(&head.dense, head.dropout.forward(first), cx).tanh();
+        logits(&head.out_proj, head.dropout.forward(x), cx)
     }
 
     /// The loss of `logits` against `labels`, per the problem type.
@@ -144,8 +149,11 @@ impl<B: Backend> RobertaForTokenClassification<B> {
         let out = self
             .roberta
             .forward(input_ids, attention_mask, token_type_ids);
-        self.classifier
-            .forward(self.dropout.forward(out.last_hidden_state))
+        logits(
+            &self.classifier,
+            self.dropout.forward(out.last_hidden_state),
+            self.roberta.compute_dtype(),
+        )
     }
 
     /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.

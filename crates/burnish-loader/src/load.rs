@@ -102,17 +102,27 @@ impl Loader<'_> {
             self.report.non_finite.push((name.clone(), bad));
         }
         *self.report.dtypes.entry(entry.dtype.clone()).or_default() += 1;
-        let tensor =
-            Tensor::<B, D>::from_data(TensorData::new(values, entry.shape), &param.lazy_device());
-        let tensor = if transposed {
-            tensor.transpose()
+        // Transposed here rather than with `Tensor::transpose`: a strided view would make
+        // the first steps' matmuls run on another memory layout than a resumed run's (and
+        // burn-flex's results depend on the layout in the last bits).
+        let values = if transposed {
+            transpose(&values, entry.shape[0], entry.shape[1])
         } else {
-            tensor
+            values
         };
+        let tensor =
+            Tensor::<B, D>::from_data(TensorData::new(values, info.shape), &param.lazy_device());
         self.used.insert(name.clone());
         self.report.loaded.push(name);
         Ok(Some(tensor))
     }
+}
+
+/// The `[cols, rows]` transpose of a row-major `[rows, cols]` matrix.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| values[r * cols + c]))
+        .collect()
 }
 
 impl<B: Backend> ModuleMapper<B> for Loader<'_> {

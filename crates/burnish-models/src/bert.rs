@@ -4,12 +4,12 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
-use crate::ModelError;
 use crate::config::{Activation, BertConfig, BertFlavor};
 use crate::layers::{embedding, layer_norm, linear};
-use crate::ops::{activate, attention};
+use crate::ops::{activate, attention, layer_norm_f32, linear_in};
+use crate::{Autocast, ModelError};
 
 /// Word, position and token-type embeddings, summed, normalized and dropped out.
 #[derive(Module, Debug)]
@@ -103,6 +103,9 @@ pub struct BertModel<B: Backend> {
     pub encoder: BertEncoder<B>,
     /// Pooler (absent when built without one).
     pub pooler: Option<BertPooler<B>>,
+    /// The dtype matmuls compute in (see [`BertModel::with_compute_dtype`]).
+    #[module(skip)]
+    compute: FloatDType,
 }
 
 /// What [`BertModel::forward`] returns.
@@ -173,6 +176,7 @@ impl BertConfig {
             pooler: with_pooler.then(|| BertPooler {
                 dense: linear(h, h, true, std, device),
             }),
+            compute: FloatDType::F32,
         })
     }
 }
@@ -202,18 +206,23 @@ impl<B: Backend> BertEmbeddings<B> {
             .forward(input_ids)
             .add(self.token_type_embeddings.forward(token_types))
             .add(self.position_embeddings.forward(positions));
-        self.dropout.forward(self.layer_norm.forward(x))
+        self.dropout.forward(layer_norm_f32(&self.layer_norm, x))
     }
 }
 
 impl<B: Backend> BertSelfAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        cx: FloatDType,
+    ) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
         let d = hidden / self.heads;
         let split = |t: Tensor<B, 3>| t.reshape([batch, seq, self.heads, d]).swap_dims(1, 2);
-        let q = split(self.query.forward(x.clone()));
-        let k = split(self.key.forward(x.clone()));
-        let v = split(self.value.forward(x));
+        let q = split(linear_in(&self.query, x.clone(), cx));
+        let k = split(linear_in(&self.key, x.clone(), cx));
+        let v = split(linear_in(&self.value, x, cx));
         attention(q, k, v, mask, &self.dropout)
             .swap_dims(1, 2)
             .reshape([batch, seq, hidden])
@@ -221,18 +230,27 @@ impl<B: Backend> BertSelfAttention<B> {
 }
 
 impl<B: Backend> BertResidual<B> {
-    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.dropout.forward(self.dense.forward(x));
-        self.layer_norm.forward(x.add(residual))
+    /// The residual stream stays float32: the projection is cast up before the sum.
+    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>, cx: FloatDType) -> Tensor<B, 3> {
+        let x = self.dropout.forward(linear_in(&self.dense, x, cx));
+        layer_norm_f32(&self.layer_norm, x.cast(FloatDType::F32).add(residual))
     }
 }
 
 impl<B: Backend> BertLayer<B> {
-    fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 4, Bool>>) -> Tensor<B, 3> {
-        let attn = self.attention.self_attn.forward(x.clone(), mask);
-        let x = self.attention.output.forward(attn, x);
-        let inner = activate(self.activation, self.intermediate.dense.forward(x.clone()));
-        self.output.forward(inner, x)
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: Option<Tensor<B, 4, Bool>>,
+        cx: FloatDType,
+    ) -> Tensor<B, 3> {
+        let attn = self.attention.self_attn.forward(x.clone(), mask, cx);
+        let x = self.attention.output.forward(attn, x, cx);
+        let inner = activate(
+            self.activation,
+            linear_in(&self.intermediate.dense, x.clone(), cx),
+        );
+        self.output.forward(inner, x, cx)
     }
 }
 
@@ -249,12 +267,14 @@ impl<B: Backend> BertModel<B> {
         let mask = attention_mask.map(|m| m.equal_elem(0).reshape([batch, 1, 1, seq]));
         let mut x = self.embeddings.forward(input_ids, token_type_ids);
         for layer in &self.encoder.layer {
-            x = layer.forward(x, mask.clone());
+            x = layer.forward(x, mask.clone(), self.compute);
         }
         let pooler_output = self.pooler.as_ref().map(|p| {
             let [_, _, hidden] = x.dims();
             let first = x.clone().slice([0..batch, 0..1]).reshape([batch, hidden]);
-            p.dense.forward(first).tanh()
+            linear_in(&p.dense, first, self.compute)
+                .tanh()
+                .cast(FloatDType::F32)
         });
         BertOutput {
             last_hidden_state: x,
@@ -265,5 +285,17 @@ impl<B: Backend> BertModel<B> {
     /// Number of encoder layers.
     pub fn num_layers(&self) -> usize {
         self.encoder.layer.len()
+    }
+}
+
+/// Embeddings, LayerNorm, softmax and the residual stream stay float32.
+impl<B: Backend> Autocast for BertModel<B> {
+    fn with_compute_dtype(mut self, dtype: FloatDType) -> Self {
+        self.compute = dtype;
+        self
+    }
+
+    fn compute_dtype(&self) -> FloatDType {
+        self.compute
     }
 }

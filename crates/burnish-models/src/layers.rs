@@ -55,8 +55,10 @@ impl<B: Backend> RmsNorm<B> {
         }
     }
 
-    /// Normalizes over the last dimension.
+    /// Normalizes over the last dimension in float32 and returns float32.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // Statistics in float32 whatever the input dtype, as transformers' LlamaRMSNorm.
+        let x = x.cast(burn::tensor::FloatDType::F32);
         let variance = x.clone().square().mean_dim(D - 1);
         let normed = x.mul(variance.add_scalar(self.eps).sqrt().recip());
         normed.mul(self.weight.val().unsqueeze())

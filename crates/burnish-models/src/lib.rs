@@ -35,6 +35,8 @@
 //! # Ok::<(), burnish_models::ModelError>(())
 //! ```
 
+use burn::tensor::FloatDType;
+
 mod bert;
 mod config;
 mod layers;
@@ -51,6 +53,34 @@ pub use llama::{
     KvCache, LlamaAttention, LlamaForCausalLm, LlamaLayer, LlamaMlp, LlamaModel,
     positions_from_mask,
 };
+
+/// Mixed-precision compute, as `torch.autocast`: parameters stay float32 (the master
+/// weights); each matmul casts its operands to the compute dtype (a differentiable cast, so
+/// gradients arrive in float32), while norms, softmax and the loss's input run in float32.
+///
+/// ```
+/// use burn::tensor::FloatDType;
+/// use burnish_models::{Autocast, BertConfig};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let config: BertConfig = serde_json::from_str(
+///     r#"{"model_type": "bert", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+///         "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16}"#,
+/// )?;
+/// let model = config
+///     .init::<burn_ndarray::NdArray>(true, &Default::default())?
+///     .with_compute_dtype(FloatDType::BF16);
+/// assert_eq!(model.compute_dtype(), FloatDType::BF16);
+/// # Ok(()) }
+/// ```
+pub trait Autocast: Sized {
+    /// The same model computing its matmuls in `dtype` (`F32`, the default, is plain
+    /// float32).
+    #[must_use]
+    fn with_compute_dtype(self, dtype: FloatDType) -> Self;
+
+    /// The dtype matmuls compute in.
+    fn compute_dtype(&self) -> FloatDType;
+}
 
 /// Errors of burnish-models: configurations that cannot be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

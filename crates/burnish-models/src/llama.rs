@@ -5,12 +5,12 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 
-use crate::ModelError;
 use crate::config::{Activation, LlamaConfig};
 use crate::layers::{RmsNorm, embedding, linear};
-use crate::ops::{activate, attention, repeat_kv};
+use crate::ops::{activate, attention, linear_in, repeat_kv};
+use crate::{Autocast, ModelError};
 
 /// Attention projections of one layer (HF `self_attn`).
 #[derive(Module, Debug)]
@@ -66,6 +66,9 @@ pub struct LlamaModel<B: Backend> {
     pub norm: RmsNorm<B>,
     rope_theta: f64,
     window: Option<usize>,
+    /// The dtype matmuls compute in (see [`LlamaForCausalLm::with_compute_dtype`]).
+    #[module(skip)]
+    compute: FloatDType,
 }
 
 /// A decoder with its language-model head (HF `LlamaForCausalLM`); with tied embeddings
@@ -148,6 +151,7 @@ impl LlamaConfig {
                 norm: RmsNorm::new(h, self.rms_norm_eps, device),
                 rope_theta: self.rope_theta(),
                 window: self.attention_window(),
+                compute: FloatDType::F32,
             },
             lm_head: (!self.tie_word_embeddings)
                 .then(|| linear(h, self.vocab_size, false, std, device)),
@@ -188,9 +192,11 @@ fn rotary_tables<B: Backend>(
     )
 }
 
-/// `x·cos + rotate_half(x)·sin`, with `rotate_half([a, b]) = [−b, a]` over the two halves.
+/// `x·cos + rotate_half(x)·sin`, with `rotate_half([a, b]) = [−b, a]` over the two halves;
+/// the float32 tables are cast to `x`'s dtype first, as transformers does.
 fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, s, d] = x.dims();
+    let (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
     let first = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
     let second = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
     let rotated = Tensor::cat(vec![second.neg(), first], 3);
@@ -204,13 +210,14 @@ impl<B: Backend> LlamaAttention<B> {
         rotary: &(Tensor<B, 4>, Tensor<B, 4>),
         mask: Tensor<B, 4, Bool>,
         cache: Option<&mut (Tensor<B, 4>, Tensor<B, 4>)>,
+        cx: FloatDType,
     ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
         let [batch, seq, _] = x.dims();
         let split =
             |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), self.heads);
-        let k = split(self.k_proj.forward(x.clone()), self.kv_heads);
-        let v = split(self.v_proj.forward(x), self.kv_heads);
+        let q = split(linear_in(&self.q_proj, x.clone(), cx), self.heads);
+        let k = split(linear_in(&self.k_proj, x.clone(), cx), self.kv_heads);
+        let v = split(linear_in(&self.v_proj, x, cx), self.kv_heads);
         let q = apply_rotary(q, rotary.0.clone(), rotary.1.clone());
         let k = apply_rotary(k, rotary.0.clone(), rotary.1.clone());
         let (k, v) = match cache {
@@ -231,7 +238,7 @@ impl<B: Backend> LlamaAttention<B> {
         let out = out
             .swap_dims(1, 2)
             .reshape([batch, seq, self.heads * self.head_dim]);
-        (self.o_proj.forward(out), (k, v))
+        (linear_in(&self.o_proj, out, cx), (k, v))
     }
 }
 
@@ -322,6 +329,7 @@ impl<B: Backend> LlamaModel<B> {
             .expand([batch, 1, seq, total])
             .bool_or(padding.expand([batch, 1, seq, total]));
 
+        let cx = self.compute;
         let mut x = self.embed_tokens.forward(input_ids);
         let mut new_cache = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -331,13 +339,15 @@ impl<B: Backend> LlamaModel<B> {
                 &rotary,
                 mask.clone(),
                 layer_cache,
+                cx,
             );
-            x = x.add(attn);
+            // The residual stream stays float32; sub-layer outputs are cast up to join it.
+            x = x.add(attn.cast(FloatDType::F32));
             let h = layer.post_attention_layernorm.forward(x.clone());
             let mlp = &layer.mlp;
-            let gated = activate(mlp.activation, mlp.gate_proj.forward(h.clone()))
-                .mul(mlp.up_proj.forward(h));
-            x = x.add(mlp.down_proj.forward(gated));
+            let gated = activate(mlp.activation, linear_in(&mlp.gate_proj, h.clone(), cx))
+                .mul(linear_in(&mlp.up_proj, h, cx));
+            x = x.add(linear_in(&mlp.down_proj, gated, cx).cast(FloatDType::F32));
             new_cache.push(kv);
         }
         if let Some(c) = cache {
@@ -362,24 +372,40 @@ impl<B: Backend> LlamaForCausalLm<B> {
     }
 
     /// Projects hidden states to vocabulary logits (through the tied embedding when there
-    /// is no `lm_head`).
+    /// is no `lm_head`). The projection runs in the compute dtype; the logits are float32,
+    /// as transformers upcasts them for the loss.
     pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
+        let cx = self.model.compute;
+        let logits = match &self.lm_head {
+            Some(head) => linear_in(head, hidden, cx),
             None => {
                 let [b, s, h] = hidden.dims();
-                let weight = self.model.embed_tokens.weight.val();
+                let weight = self.model.embed_tokens.weight.val().cast(cx);
                 let vocab = weight.dims()[0];
                 hidden
+                    .cast(cx)
                     .reshape([b * s, h])
                     .matmul(weight.transpose())
                     .reshape([b, s, vocab])
             }
-        }
+        };
+        logits.cast(FloatDType::F32)
     }
 
     /// Whether the output projection is the input embedding.
     pub fn is_tied(&self) -> bool {
         self.lm_head.is_none()
+    }
+}
+
+/// Embeddings, RMSNorm, softmax, the residual stream and the logits stay float32.
+impl<B: Backend> Autocast for LlamaForCausalLm<B> {
+    fn with_compute_dtype(mut self, dtype: FloatDType) -> Self {
+        self.model.compute = dtype;
+        self
+    }
+
+    fn compute_dtype(&self) -> FloatDType {
+        self.model.compute
     }
 }

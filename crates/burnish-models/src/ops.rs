@@ -1,8 +1,9 @@
 //! Tensor functions shared by the architectures.
 
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::{relu, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
 use crate::config::Activation;
 
@@ -47,6 +48,10 @@ pub const MASKED: f32 = f32::MIN;
 /// Scaled dot-product attention over `[batch, heads, q_len, head_dim]` queries and
 /// `[batch, heads, k_len, head_dim]` keys/values; `mask` is `true` where a key must be
 /// ignored, broadcast from `[batch, 1, q_len or 1, k_len]`.
+///
+/// The two matmuls run in the dtype of `q`/`v`; masking and softmax run in float32, as
+/// under `torch.autocast` (a half-precision `f32::MIN` would be −inf, and a row of −inf is
+/// NaN). In float32 the casts are no-ops.
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -57,7 +62,8 @@ pub fn attention<B: Backend>(
     let head_dim = q.dims()[3];
     let scores = q
         .matmul(k.swap_dims(2, 3))
-        .div_scalar((head_dim as f64).sqrt());
+        .div_scalar((head_dim as f64).sqrt())
+        .cast(FloatDType::F32);
     let scores = match mask {
         Some(mask) => {
             let [b, h, q_len, k_len] = scores.dims();
@@ -66,7 +72,31 @@ pub fn attention<B: Backend>(
         None => scores,
     };
     let probs = dropout.forward(softmax(scores, 3));
-    probs.matmul(v)
+    probs.cast(v.dtype()).matmul(v)
+}
+
+/// A [`Linear`] layer computed in `dtype`: input, weight and bias are cast to it (the cast
+/// is differentiable, so float32 master weights receive float32 gradients), as
+/// `torch.autocast` runs `F.linear`. With `F32` on float32 tensors it is `layer.forward(x)`.
+pub fn linear_in<B: Backend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+    dtype: FloatDType,
+) -> Tensor<B, D> {
+    burn::tensor::module::linear(
+        x.cast(dtype),
+        layer.weight.val().cast(dtype),
+        layer.bias.as_ref().map(|b| b.val().cast(dtype)),
+    )
+}
+
+/// A [`LayerNorm`] computed in float32 whatever the input dtype, returning float32 (the
+/// autocast rule for norms: statistics of half-precision values lose too much).
+pub fn layer_norm_f32<B: Backend, const D: usize>(
+    norm: &LayerNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    norm.forward(x.cast(FloatDType::F32))
 }
 
 /// Repeats each key/value head `groups` times: `[b, kv, s, d]` → `[b, kv·groups, s, d]`,

@@ -334,10 +334,15 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
                 state.loss_sum += report.loss * report.items as f64;
                 state.loss_items += report.items;
                 items_since_log += report.items;
-                if report.step % config.log_every.max(1) == 0 {
+                // Every skipped fp16 step is logged, whatever the logging interval.
+                if report.skipped || report.step % config.log_every.max(1) == 0 {
                     let seconds = clock.elapsed().as_secs_f64();
-                    let event = json!({"event": "train", "step": report.step, "epoch": epoch, "lr": report.lr,
+                    let mut event = json!({"event": "train", "step": report.step, "epoch": epoch, "lr": report.lr,
                         "loss": report.loss, "grad_norm": report.grad_norm, "items_per_second": items_since_log as f64 / seconds.max(1e-9)});
+                    if let Some(scale) = report.loss_scale {
+                        event["loss_scale"] = json!(scale);
+                        event["skipped"] = json!(report.skipped);
+                    }
                     write_event(&mut log, &mut state, hooks, event)?;
                     clock = Instant::now();
                     items_since_log = 0;

@@ -2,8 +2,15 @@
 //!
 //! [`Trainer::step`] is one optimizer step, written out so it reads top to bottom:
 //! losses of the cycle's micro-batches → gradients summed and divided by the cycle's item
-//! count → global-norm clip → AdamW at the scheduled lr. The caller owns the data and the
-//! epochs; what a step did comes back as a [`StepReport`].
+//! count → (fp16: unscaled, the step skipped on inf/NaN) → global-norm clip → AdamW at the
+//! scheduled lr. The caller owns the data and the epochs; what a step did comes back as a
+//! [`StepReport`].
+//!
+//! Mixed precision is two settings that go together: the model computes in half precision
+//! ([`burnish_models::Autocast::with_compute_dtype`] with [`Precision::compute_dtype`]) while
+//! its parameters, the gradients and the AdamW moments stay float32, and
+//! [`TrainerConfig::precision`] `Fp16` makes the trainer scale the loss dynamically
+//! ([`burnish_amp::LossScaler`], `torch.amp.GradScaler`'s rules).
 //!
 //! ```
 //! use burn::backend::Autodiff;
@@ -42,6 +49,7 @@ use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
+use burnish_amp::{LossScaler, LossScalerConfig, Precision, ScalerState};
 use burnish_grad::{GradAccumulator, GradError, NormType, clip_grad_norm};
 use burnish_heads::LossParts;
 use burnish_optim::{AdamW, AdamWConfig, OptimError, ParamGroups};
@@ -74,6 +82,11 @@ pub struct TrainerConfig {
     /// resumed at step N draws the masks the uninterrupted run drew. `None` leaves the
     /// generator alone.
     pub seed: Option<u64>,
+    /// Compute precision; `Fp16` turns on dynamic loss scaling. The model's own compute
+    /// dtype is set on the model (see the crate docs).
+    pub precision: Precision,
+    /// The fp16 loss scaler's settings (torch's defaults); unused in other precisions.
+    pub loss_scaler: LossScalerConfig,
 }
 
 impl Default for TrainerConfig {
@@ -88,6 +101,8 @@ impl Default for TrainerConfig {
             total_steps: 1000,
             max_grad_norm: Some(1.0),
             seed: None,
+            precision: Precision::Fp32,
+            loss_scaler: LossScalerConfig::default(),
         }
     }
 }
@@ -102,6 +117,9 @@ pub enum TrainError {
     /// The optimizer configuration is invalid.
     #[error("optimizer: {0}")]
     Optim(#[from] OptimError),
+    /// The loss scaler's settings or restored state are invalid.
+    #[error("loss scaler: {0}")]
+    Amp(#[from] burnish_amp::AmpError),
     /// Clipping or accumulation failed (for example a cycle without any label).
     #[error("gradients: {0}")]
     Grad(#[from] GradError),
@@ -137,12 +155,18 @@ pub struct StepReport {
     pub step: u64,
     /// Mean loss over the cycle's items.
     pub loss: f64,
-    /// Global gradient norm before clipping (of the normalized gradients).
+    /// Global gradient norm before clipping (of the normalized, unscaled gradients); NaN
+    /// for a skipped step.
     pub grad_norm: f64,
-    /// Learning rate used for this step.
+    /// Learning rate used for this step (the one it would have used, when skipped).
     pub lr: f64,
     /// Items (examples or label tokens) in the cycle.
     pub items: u64,
+    /// fp16 only: the gradients had inf/NaN, so neither the optimizer nor the schedule
+    /// stepped (the step still counts, as in transformers' `global_step`).
+    pub skipped: bool,
+    /// fp16 only: the loss scale this step used.
+    pub loss_scale: Option<f32>,
 }
 
 /// A model with its optimizer and schedule, stepped one accumulation cycle at a time.
@@ -153,6 +177,7 @@ pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
     schedule: Schedule,
     config: TrainerConfig,
     step: u64,
+    scaler: Option<LossScaler>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
@@ -173,12 +198,17 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             ..config.adam.clone()
         };
         let optim = AdamW::new(adam, config.groups.clone())?;
+        let scaler = match config.precision.needs_loss_scaling() {
+            true => Some(LossScaler::new(config.loss_scaler.clone())?),
+            false => None,
+        };
         Ok(Trainer {
             model: Some(model),
             optim,
             schedule,
             config,
             step: 0,
+            scaler,
         })
     }
 
@@ -217,21 +247,50 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         &self.config
     }
 
+    /// The fp16 loss scaler's state (`None` in other precisions), for checkpoints.
+    pub fn scaler_state(&self) -> Option<ScalerState> {
+        self.scaler.as_ref().map(LossScaler::state)
+    }
+
+    /// Steps whose optimizer update was skipped for inf/NaN gradients (fp16).
+    pub fn skipped_steps(&self) -> u64 {
+        self.scaler.as_ref().map_or(0, |s| s.state().total_skips)
+    }
+
     /// Puts the trainer back where a checkpoint left it: the optimizer state (checked
-    /// against the model) and the number of steps done, which is also the schedule
-    /// position and the dropout seed of the next step.
+    /// against the model), the number of steps done (the dropout seed of the next step;
+    /// minus the skipped ones, the schedule position) and, in fp16, the loss scaler's
+    /// state.
     ///
     /// # Errors
-    /// [`TrainError::Optim`] when the state does not fit the model.
+    /// [`TrainError::Optim`] when the state does not fit the model;
+    /// [`TrainError::Amp`] for an invalid scaler state; [`TrainError::Config`] when the
+    /// scaler state is missing in fp16 or present in another precision.
     pub fn restore(
         &mut self,
         state: burnish_optim::AdamWState,
         steps_done: u64,
+        scaler: Option<ScalerState>,
     ) -> Result<(), TrainError> {
         let model = self
             .model
             .as_ref()
             .expect("the model is present between steps");
+        match (&mut self.scaler, scaler) {
+            (Some(current), Some(saved)) => current.load_state(saved)?,
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(TrainError::Config(
+                    "fp16 training needs the loss scaler state, and the checkpoint has none".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(TrainError::Config(format!(
+                    "the checkpoint has a loss scaler state, but precision is {}",
+                    self.config.precision
+                )));
+            }
+        }
         self.optim.load_state(state, model)?;
         self.step = steps_done;
         Ok(())
@@ -242,9 +301,14 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
     /// the mean over *all* its items (the October 2024 transformers fix), whatever the
     /// micro-batches' sizes.
     ///
+    /// In fp16 the backward pass runs on the scaled loss; the gradients are unscaled before
+    /// clipping, and a cycle with inf/NaN gradients leaves the model, the optimizer and the
+    /// schedule unchanged (the report says `skipped`) while the scale backs off.
+    ///
     /// # Errors
     /// [`TrainError::NoMicroBatch`]; [`TrainError::Grad`] when the cycle has no item or
-    /// the gradient norm is not finite (the model is left unchanged then).
+    /// (without loss scaling) the gradient norm is not finite (the model is left unchanged
+    /// then).
     pub fn step<T>(
         &mut self,
         micro_batches: &[T],
@@ -253,40 +317,62 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         if micro_batches.is_empty() {
             return Err(TrainError::NoMicroBatch);
         }
-        let model = self.model();
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is present between steps");
         if let Some(seed) = self.config.seed
             && let Some(device) = model.devices().first()
         {
             B::seed(device, step_seed(seed, self.step));
         }
+        let loss_scale = self.scaler.as_ref().map(LossScaler::scale);
         let mut accumulator = GradAccumulator::new();
         let mut loss_sum = 0.0;
         for batch in micro_batches {
             let parts = loss(model, batch);
             loss_sum += parts.sum.clone().into_scalar().elem::<f64>();
-            let grads = GradientsParams::from_grads(parts.sum.backward(), model);
+            let objective = match &self.scaler {
+                Some(scaler) => scaler.scale_loss(parts.sum),
+                None => parts.sum,
+            };
+            let grads = GradientsParams::from_grads(objective.backward(), model);
             accumulator.add_sum(model, grads, parts.count);
         }
         let items = accumulator.items();
         let mut grads = accumulator.finish(model)?;
-        let grad_norm = match self.config.max_grad_norm {
+        // The schedule does not advance on skipped steps (transformers skips
+        // `lr_scheduler.step()` when the scaler skipped the optimizer).
+        let skipped = self.scaler.as_ref().map_or(0, |s| s.state().total_skips);
+        let lr = self.schedule.lr(self.step - skipped);
+        let mut report = StepReport {
+            step: self.step + 1,
+            loss: loss_sum / items as f64,
+            grad_norm: f64::NAN,
+            lr,
+            items,
+            skipped: false,
+            loss_scale,
+        };
+        if let Some(scaler) = &mut self.scaler {
+            let found_inf = scaler.unscale(model, &mut grads);
+            if !scaler.update(found_inf).should_step() {
+                self.step += 1;
+                report.skipped = true;
+                return Ok(report);
+            }
+        }
+        report.grad_norm = match self.config.max_grad_norm {
             Some(max) => clip_grad_norm(model, &mut grads, max, NormType::L2, true)?,
             None => burnish_grad::grad_norm(model, &grads, NormType::L2),
         };
-        let lr = self.schedule.lr(self.step);
         let model = self
             .model
             .take()
             .expect("the model is present between steps");
         self.model = Some(self.optim.step(lr, model, grads));
         self.step += 1;
-        Ok(StepReport {
-            step: self.step,
-            loss: loss_sum / items as f64,
-            grad_norm,
-            lr,
-            items,
-        })
+        Ok(report)
     }
 }
 

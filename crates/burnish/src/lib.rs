@@ -66,4 +66,8 @@ pub mod backend {
     /// [`Cuda`] with automatic differentiation, for training.
     #[cfg(feature = "cuda")]
     pub type CudaTrain = Autodiff<Cuda>;
+
+    /// A CUDA device by index (`CudaDevice::new(0)`).
+    #[cfg(feature = "cuda")]
+    pub use burn_cuda::CudaDevice;
 }
