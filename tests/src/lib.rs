@@ -10,14 +10,28 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::de::DeserializeOwned;
 
+/// The backend of the reference and parity tests: burn-ndarray, or CUDA with the `cuda`
+/// feature (`scripts/gpu-check.sh` runs them on a GPU).
+#[cfg(not(feature = "cuda"))]
+pub type TestBackend = burn_ndarray::NdArray;
+/// The backend of the reference and parity tests: CUDA (the `cuda` feature).
+#[cfg(feature = "cuda")]
+pub type TestBackend = burn_cuda::Cuda;
+
+/// The `tests/` folder: `BURNISH_TESTS_DIR` when set (test binaries carried to another
+/// machine, see `scripts/gpu-check.sh`), else where this crate was compiled.
+pub fn tests_dir() -> PathBuf {
+    std::env::var_os("BURNISH_TESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// Reads `tests/reference/fixtures/<name>` into `T`.
 ///
 /// # Panics
 /// When the fixture is missing or malformed: the tests cannot run without it.
 pub fn fixture<T: DeserializeOwned>(name: &str) -> T {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("reference/fixtures")
-        .join(name);
+    let path = tests_dir().join("reference/fixtures").join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
@@ -175,7 +189,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> Bag<B> {
 
 /// `../shared` next to the repository (models and data; CI has it).
 pub fn shared_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+    tests_dir().join("../../shared")
 }
 
 /// The `input_ids` and `attention_mask` of a tokenized batch as tensors.

@@ -7,14 +7,14 @@ use burn::backend::Autodiff;
 use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
-use burn_ndarray::NdArray;
 use burnish_optim::{AdamW, AdamWConfig, AdamWState, GroupRule, Matcher, ParamGroups};
 use burnish_schedule::{ScheduleConfig, ScheduleKind, Warmup};
+use burnish_tests::TestBackend;
 use burnish_tests::{TINY_NAMES, Tiny, fixture, rel_err};
 use serde::Deserialize;
 
-type B = Autodiff<NdArray>;
-type Inner = NdArray;
+type B = Autodiff<TestBackend>;
+type Inner = TestBackend;
 
 #[derive(Deserialize)]
 struct Case {

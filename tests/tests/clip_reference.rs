@@ -1,12 +1,12 @@
 //! burnish-grad's global clipping against torch.nn.utils.clip_grad_norm_.
 
 use burn::backend::Autodiff;
-use burn_ndarray::NdArray;
 use burnish_grad::{GradError, NormType, clip_grad_norm};
+use burnish_tests::TestBackend;
 use burnish_tests::{Bag, fixture, rel_err};
 use serde::Deserialize;
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<TestBackend>;
 
 #[derive(Deserialize)]
 struct Case {

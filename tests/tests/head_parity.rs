@@ -3,21 +3,19 @@
 //! `tests/reference/generate_heads.py`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
-use burn_ndarray::NdArray;
 use burnish_heads::{
     BertForSequenceClassification, BertForTokenClassification, ProblemType,
     RobertaForSequenceClassification, RobertaForTokenClassification,
 };
 use burnish_loader::{HfModelDir, LoadOptions, LoadReport, load_module};
 use burnish_models::{BertConfig, ModelConfig};
+use burnish_tests::TestBackend;
 use burnish_tests::fixture;
 use serde::Deserialize;
 
-type B = NdArray;
+type B = TestBackend;
 
 #[derive(Deserialize)]
 struct Case {
@@ -57,7 +55,7 @@ fn heads_match_transformers() {
     let fixture: Fixture = fixture("heads.json");
     let device = Default::default();
     for case in &fixture.cases {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        let dir = burnish_tests::tests_dir()
             .join("reference/models")
             .join(&case.name);
         let hf = HfModelDir::open(&dir).unwrap();

@@ -6,15 +6,15 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
-use burn_ndarray::NdArray;
 use burnish_heads::{GenerationConfig, generate};
 use burnish_loader::{HfModelDir, LoadOptions, Naming, Padding, Side, TokenizerConfig, export_dir};
 use burnish_models::{KvCache, ModelConfig};
 use burnish_params::named_params;
+use burnish_tests::TestBackend;
 use burnish_tests::{fixture, shared_dir};
 use serde::Deserialize;
 
-type B = NdArray;
+type B = TestBackend;
 
 #[derive(Deserialize)]
 struct Case {
@@ -38,7 +38,7 @@ struct Fixture {
 }
 
 fn models_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference/models")
+    burnish_tests::tests_dir().join("reference/models")
 }
 
 fn ints(values: &[i64], shape: [usize; 2]) -> Tensor<B, 2, Int> {

@@ -1,12 +1,12 @@
 //! burnish-amp's LossScaler against torch.amp.GradScaler on a real overflow sequence.
 
 use burn::backend::Autodiff;
-use burn_ndarray::NdArray;
 use burnish_amp::{LossScaler, LossScalerConfig};
+use burnish_tests::TestBackend;
 use burnish_tests::{Bag, fixture};
 use serde::Deserialize;
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<TestBackend>;
 
 #[derive(Deserialize)]
 struct Fixture {

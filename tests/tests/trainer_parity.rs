@@ -9,18 +9,18 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burn::tensor::{Int, Tensor, TensorData};
-use burn_ndarray::NdArray;
 use burnish_heads::{BertForSequenceClassification, LossParts, ProblemType, SequenceLabels};
 use burnish_loader::{
     HfModelDir, LoadOptions, Naming, SafetensorsFile, Weights, load_module, save_module,
 };
 use burnish_models::ModelConfig;
 use burnish_schedule::Warmup;
+use burnish_tests::TestBackend;
 use burnish_tests::{fixture, rel_err};
 use burnish_trainer::{Trainer, TrainerConfig};
 use serde::Deserialize;
 
-type B = Autodiff<NdArray>;
+type B = Autodiff<TestBackend>;
 type Model = BertForSequenceClassification<B>;
 
 #[derive(Deserialize)]
@@ -38,7 +38,7 @@ struct Reference {
 }
 
 fn reference_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reference")
+    burnish_tests::tests_dir().join("reference")
 }
 
 /// bert-tiny-cls with dropout 0, head loaded from the checkpoint.

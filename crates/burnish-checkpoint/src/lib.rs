@@ -274,7 +274,11 @@ pub fn save(
             // the name always points at a complete directory or at nothing.
             let old = root.join(format!(".{name}.old-{}", std::process::id()));
             storage.rename(&target, &old).map_err(io(&target))?;
-            storage.rename(&partial, &target).map_err(io(&target))?;
+            if let Err(e) = storage.rename(&partial, &target) {
+                // Put the previous checkpoint back: a failed save changes nothing.
+                let _ = storage.rename(&old, &target);
+                return Err(io(&target)(e));
+            }
             storage.remove_dir_all(&old).map_err(io(&old))?;
         } else {
             storage.rename(&partial, &target).map_err(io(&target))?;

@@ -259,6 +259,28 @@ fn a_failure_at_any_write_leaves_the_previous_checkpoint_intact() {
     assert!(failures > 20, "{failures} failure points");
 }
 
+#[test]
+fn a_failure_while_replacing_the_same_step_keeps_a_complete_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    save_two(root.path(), 1, &FsStorage).unwrap();
+    for fail_at in 0.. {
+        let storage = Faulty {
+            fail_at,
+            count: Cell::new(0),
+        };
+        let result = save_two(root.path(), 1, &storage);
+        if storage.count.get() <= fail_at {
+            assert!(result.is_ok());
+            break;
+        }
+        assert!(result.is_err(), "fail_at {fail_at}");
+        // Old or new, `checkpoint-1` is always there and complete.
+        load(&root.path().join("checkpoint-1")).unwrap();
+        clean_partials(root.path(), &FsStorage).unwrap();
+        load(&root.path().join("checkpoint-1")).unwrap();
+    }
+}
+
 proptest! {
     #[test]
     fn rotation_keeps_the_newest_and_the_best(steps in proptest::collection::btree_set(1u64..200, 1..12), keep in 0usize..5, best_pick in any::<prop::sample::Index>()) {

@@ -52,12 +52,14 @@ pub(crate) struct SavedState {
 
 /// Keys that may change between a checkpoint and its resumption without changing what the
 /// run computes.
-const FREE_KEYS: [&str; 5] = [
+const FREE_KEYS: [&str; 6] = [
     "train.output_dir",
     "data.cache_dir",
     "train.log_every",
     "train.save_every",
     "train.keep_last",
+    // Recomputing activations gives the same bits (tests/resume.rs proves it).
+    "train.gradient_checkpointing",
 ];
 
 /// `section.key` → value for every key of the config (tables such as a schedule with

@@ -144,6 +144,9 @@ pub struct TrainSection {
     pub max_grad_norm: f64,
     /// `fp32`, `bf16` or `fp16`.
     pub precision: Precision,
+    /// Recompute cheap activations in the backward pass instead of storing them (burn's
+    /// `BalancedCheckpointing`): less memory, same numbers.
+    pub gradient_checkpointing: bool,
     /// Evaluate every N optimizer steps; absent evaluates at the end of each epoch.
     pub eval_every: Option<u64>,
     /// Save a checkpoint every N optimizer steps.
@@ -184,6 +187,7 @@ impl Default for TrainSection {
             schedule: Schedule::default(),
             max_grad_norm: 1.0,
             precision: Precision::Fp32,
+            gradient_checkpointing: false,
             eval_every: None,
             save_every: None,
             keep_last: None,

@@ -37,6 +37,9 @@ pub enum CliError {
     /// Training failed.
     #[error(transparent)]
     Train(#[from] burnish_trainer::TrainError),
+    /// A picture could not be drawn or written.
+    #[error("plot: {0}")]
+    Plot(String),
     /// Writing an output failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -13,9 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
+use burnish::amp::Precision;
 use burnish::backend::CpuTrain;
 use burnish_cli::{
-    CliError, EvalOptions, Resume, RunConfig, TrainOptions, evaluate, predict, train,
+    BenchOptions, CliError, EvalOptions, Resume, RunConfig, TrainOptions, bench, evaluate,
+    plot_run, predict, train,
 };
 use burnish_data::Task;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -108,6 +110,43 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Draw a run's loss curves and validation metric (`curves.svg`, `curves.png`);
+    /// `train` does it at the end of every run.
+    Plot {
+        /// The run's output directory (with `metrics.jsonl`).
+        run: PathBuf,
+    },
+    /// Measure training throughput on fixed synthetic batches (samples/s, tokens/s,
+    /// TFLOP/s, model FLOPs utilization).
+    Bench {
+        /// A BERT-family model directory; random `--random` weights without it.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Size of the random model: bert-base or minilm.
+        #[arg(long, default_value = "bert-base")]
+        random: String,
+        /// Examples per step.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Tokens per example.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
+        /// Measured steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Unmeasured steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// fp32, bf16 or fp16.
+        #[arg(long, default_value = "fp32")]
+        precision: Precision,
+        /// The device's peak dense TFLOP/s in this precision (for the utilization).
+        #[arg(long)]
+        peak_tflops: Option<f64>,
+        /// Recompute activations in the backward pass (`[train] gradient_checkpointing`).
+        #[arg(long)]
+        gradient_checkpointing: bool,
+    },
     /// Print a model's metrics on labeled JSONL as JSON.
     Eval {
         /// A Hugging Face model directory (a fine-tuned `final/` or `best/`).
@@ -150,20 +189,43 @@ enum Command {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    match (cli.device, cli.backend) {
-        (DeviceArg::Cpu, BackendArg::Ndarray) => run_on::<CpuTrain>(cli.command, &default()),
+    // Activation checkpointing is a property of the autodiff backend type, so the config
+    // is read before the backend is chosen.
+    let checkpointing = match &cli.command {
+        Command::Train { config, .. } => RunConfig::from_file(config)?.train.gradient_checkpointing,
+        Command::Bench {
+            gradient_checkpointing,
+            ..
+        } => *gradient_checkpointing,
+        _ => false,
+    };
+    match (cli.device, cli.backend, checkpointing) {
+        (DeviceArg::Cpu, BackendArg::Ndarray, false) => run_on::<CpuTrain>(cli.command, &default()),
+        // Not instantiated for burn-ndarray: each backend type compiles the whole training
+        // path once more.
+        (DeviceArg::Cpu, BackendArg::Ndarray, true) => Err(CliError::Usage(
+            "[train] gradient_checkpointing: available with --backend flex or --device cuda".into(),
+        )),
         #[cfg(feature = "flex")]
-        (DeviceArg::Cpu, BackendArg::Flex) => {
+        (DeviceArg::Cpu, BackendArg::Flex, false) => {
             run_on::<burnish::backend::FlexTrain>(cli.command, &default())
         }
+        #[cfg(feature = "flex")]
+        (DeviceArg::Cpu, BackendArg::Flex, true) => {
+            run_on::<burnish::backend::FlexTrainCheckpointed>(cli.command, &default())
+        }
         #[cfg(feature = "cuda")]
-        (DeviceArg::Cuda(index), _) => {
+        (DeviceArg::Cuda(index), _, checkpointing) => {
             let device = burnish::backend::CudaDevice::new(index);
             probe::<burnish::backend::Cuda>(&device, index)?;
-            run_on::<burnish::backend::CudaTrain>(cli.command, &device)
+            if checkpointing {
+                run_on::<burnish::backend::CudaTrainCheckpointed>(cli.command, &device)
+            } else {
+                run_on::<burnish::backend::CudaTrain>(cli.command, &device)
+            }
         }
         #[cfg(not(feature = "cuda"))]
-        (DeviceArg::Cuda(_), _) => Err(CliError::Usage(
+        (DeviceArg::Cuda(_), _, _) => Err(CliError::Usage(
             "--device cuda: this burnish was built without CUDA; build it with \
              `cargo build --release -p burnish-cli --features cuda`"
                 .into(),
@@ -231,6 +293,52 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
                 "metrics log: {}",
                 outcome.output_dir.join("metrics.jsonl").display()
             );
+            // The model is saved: a picture that cannot be drawn is a warning, not a failure.
+            match plot_run(&outcome.output_dir) {
+                Ok(paths) => print_curves(&paths),
+                Err(e) => eprintln!("warning: {e}"),
+            }
+            Ok(())
+        }
+        Command::Bench {
+            model,
+            random,
+            batch_size,
+            seq_len,
+            steps,
+            warmup,
+            precision,
+            peak_tflops,
+            gradient_checkpointing: _,
+        } => {
+            let options = BenchOptions {
+                model,
+                random,
+                batch_size,
+                seq_len,
+                steps,
+                warmup,
+                precision,
+                peak_tflops,
+            };
+            let r = bench::<B>(&options, &device)?;
+            eprintln!(
+                "{} parameters, batch {batch_size} x {seq_len} tokens, {precision}: \
+                 {:.2} samples/s, {:.0} tokens/s, {:.3} s/step, {:.2} TFLOP/s{}",
+                r.parameters,
+                r.samples_per_second,
+                r.tokens_per_second,
+                r.step_seconds,
+                r.tflops,
+                r.mfu
+                    .map(|m| format!(", MFU {:.1} %", m * 100.0))
+                    .unwrap_or_default()
+            );
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            Ok(())
+        }
+        Command::Plot { run } => {
+            print_curves(&plot_run(&run)?);
             Ok(())
         }
         Command::Eval {
@@ -269,6 +377,10 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
             Ok(())
         }
     }
+}
+
+fn print_curves([svg, png]: &[PathBuf; 2]) {
+    println!("loss curves: {} and {}", svg.display(), png.display());
 }
 
 fn main() -> ExitCode {

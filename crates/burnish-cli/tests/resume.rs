@@ -185,6 +185,25 @@ fn an_fp16_run_resumes_byte_identical_with_its_loss_scaler() {
 }
 
 #[test]
+fn gradient_checkpointing_changes_memory_not_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, log, _, _) = reference(dir.path(), &config(dir.path()));
+    let out = dir.path().join("checkpointed");
+    let config = config_with(dir.path(), "gradient_checkpointing = true");
+    let run = burnish(&config, &out, &["--quiet"]).output().unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read(out.join("final/model.safetensors")).unwrap(),
+        model
+    );
+    assert_eq!(losses(&out), log);
+}
+
+#[test]
 fn sigkill_at_random_moments_then_resume_is_byte_identical() {
     let kills: usize = std::env::var("BURNISH_KILLS")
         .ok()

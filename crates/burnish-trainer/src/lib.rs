@@ -307,8 +307,8 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
     ///
     /// # Errors
     /// [`TrainError::NoMicroBatch`]; [`TrainError::Grad`] when the cycle has no item or
-    /// (without loss scaling) the gradient norm is not finite (the model is left unchanged
-    /// then).
+    /// (without loss scaling; with or without clipping) the gradient norm is not finite
+    /// (the model is left unchanged then).
     pub fn step<T>(
         &mut self,
         micro_batches: &[T],
@@ -366,6 +366,13 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             Some(max) => clip_grad_norm(model, &mut grads, max, NormType::L2, true)?,
             None => burnish_grad::grad_norm(model, &grads, NormType::L2),
         };
+        // Without clipping nothing else would stop NaN/inf from reaching the weights.
+        if !report.grad_norm.is_finite() {
+            return Err(GradError::NonFiniteNorm {
+                norm: report.grad_norm,
+            }
+            .into());
+        }
         let model = self
             .model
             .take()

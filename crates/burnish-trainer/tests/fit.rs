@@ -276,3 +276,19 @@ fn a_run_resumed_at_max_steps_takes_no_further_step() {
         .unwrap();
     assert_eq!((again.steps, again.stopped_by), (3, "max_steps"));
 }
+
+#[test]
+fn a_nan_gradient_is_an_error_with_or_without_clipping() {
+    for max_grad_norm in [Some(1.0), None] {
+        let config = TrainerConfig {
+            max_grad_norm,
+            total_steps: 10,
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(model(), config).unwrap();
+        let bad = Rows(vec![[f32::NAN, 1.0, 0.0]]);
+        let err = trainer.step(&[bad], loss).unwrap_err().to_string();
+        assert!(err.contains("NaN or inf"), "{max_grad_norm:?}: {err}");
+        assert_eq!(trainer.steps_done(), 0, "the model is left unchanged");
+    }
+}

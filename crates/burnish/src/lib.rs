@@ -59,6 +59,14 @@ pub mod backend {
     #[cfg(feature = "flex")]
     pub type FlexTrain = Autodiff<Flex>;
 
+    /// [`FlexTrain`] with activation checkpointing: memory-bound operations are recomputed
+    /// in the backward pass instead of kept.
+    #[cfg(feature = "flex")]
+    pub type FlexTrainCheckpointed = Autodiff<Flex, BalancedCheckpointing>;
+
+    /// burn's activation-checkpointing strategy (recompute memory-bound operations).
+    pub use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+
     /// The CUDA backend (burn-cuda, f32); needs the CUDA driver at run time only.
     #[cfg(feature = "cuda")]
     pub type Cuda = burn_cuda::Cuda<f32, i32>;
@@ -66,6 +74,10 @@ pub mod backend {
     /// [`Cuda`] with automatic differentiation, for training.
     #[cfg(feature = "cuda")]
     pub type CudaTrain = Autodiff<Cuda>;
+
+    /// [`CudaTrain`] with activation checkpointing.
+    #[cfg(feature = "cuda")]
+    pub type CudaTrainCheckpointed = Autodiff<Cuda, BalancedCheckpointing>;
 
     /// A CUDA device by index (`CudaDevice::new(0)`).
     #[cfg(feature = "cuda")]

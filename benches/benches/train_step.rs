@@ -1,0 +1,73 @@
+//! One full training step (forward, backward, clipping, AdamW) of an all-MiniLM-L6-v2-sized
+//! BERT classifier (random weights, 22.7M parameters), batch 8 × 64 tokens, on burn-ndarray
+//! and burn-flex (fp32 and bf16).
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burn_flex::Flex;
+use burn_ndarray::NdArray;
+use burnish_amp::Precision;
+use burnish_heads::{BertForSequenceClassification, ProblemType, SequenceLabels};
+use burnish_models::{Autocast, BertConfig};
+use burnish_trainer::{Trainer, TrainerConfig};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const BATCH: usize = 8;
+const SEQ: usize = 64;
+
+fn minilm() -> BertConfig {
+    serde_json::from_str(
+        r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
+            "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
+            "max_position_embeddings": 512}"#,
+    )
+    .expect("valid config")
+}
+
+fn bench_on<B: AutodiffBackend>(c: &mut Criterion, name: &str, precision: Precision) {
+    let device = B::Device::default();
+    let config = minilm();
+    let backbone = config.init::<B>(true, &device).expect("valid model");
+    let model = BertForSequenceClassification::new(
+        backbone,
+        &config,
+        2,
+        ProblemType::SingleLabelClassification,
+        &device,
+    )
+    .expect("valid head")
+    .with_compute_dtype(precision.compute_dtype());
+    let trainer_config = TrainerConfig {
+        precision,
+        total_steps: 1_000_000,
+        ..TrainerConfig::default()
+    };
+    let mut trainer = Trainer::new(model, trainer_config).expect("valid settings");
+    let ids: Vec<i64> = (0..BATCH * SEQ)
+        .map(|i| (i * 7919 % 29_000 + 1000) as i64)
+        .collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [BATCH, SEQ]), &device);
+    let labels = SequenceLabels::Classes((0..BATCH as i64).map(|i| i % 2).collect());
+    let loss = |m: &BertForSequenceClassification<B>, _: &()| {
+        let logits = m.forward(ids.clone(), None, None);
+        m.loss(logits, &labels).expect("labels fit")
+    };
+    let mut group = c.benchmark_group("train_step_minilm_8x64");
+    group.sample_size(10);
+    group.bench_function(name, |b| {
+        b.iter(|| trainer.step(&[()], loss).expect("step"))
+    });
+    group.finish();
+}
+
+fn train_step(c: &mut Criterion) {
+    bench_on::<Autodiff<NdArray>>(c, "ndarray_fp32", Precision::Fp32);
+    bench_on::<Autodiff<Flex>>(c, "flex_fp32", Precision::Fp32);
+    bench_on::<Autodiff<Flex>>(c, "flex_bf16", Precision::Bf16);
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);

@@ -1,0 +1,207 @@
+//! `burnish bench`: training throughput of a BERT-family sequence classifier on fixed
+//! synthetic batches: samples/s, tokens/s, achieved TFLOP/s and model FLOPs utilization.
+//!
+//! The model is a Hugging Face directory (all-MiniLM-L6-v2, say) or random weights of a
+//! named size (`bert-base`); every parameter trains, as in `train`. Token ids are drawn from
+//! a fixed-seed generator: throughput does not depend on what the tokens say.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use burnish::amp::Precision;
+use burnish_heads::BertForSequenceClassification;
+use burnish_loader::HfModelDir;
+use burnish_models::{Autocast, BertConfig};
+use burnish_trainer::{Trainer, TrainerConfig};
+use serde::Serialize;
+
+use crate::CliError;
+use crate::task::{DeviceBatch, SINGLE, TaskModel, bert_config, load_encoder_head};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A BERT-family model directory; `None` uses `random`.
+    pub model: Option<PathBuf>,
+    /// Random weights of this size when there is no `model`: `bert-base` or `minilm`.
+    pub random: String,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Tokens per example.
+    pub seq_len: usize,
+    /// Measured optimizer steps.
+    pub steps: usize,
+    /// Steps run before measuring (allocator, kernel compilation and caches warm up).
+    pub warmup: usize,
+    /// Compute precision.
+    pub precision: Precision,
+    /// The device's peak dense TFLOP/s in `precision`, for the utilization figure.
+    pub peak_tflops: Option<f64>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions {
+            model: None,
+            random: "bert-base".into(),
+            batch_size: 32,
+            seq_len: 128,
+            steps: 20,
+            warmup: 3,
+            precision: Precision::Fp32,
+            peak_tflops: None,
+        }
+    }
+}
+
+/// The measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Examples per second.
+    pub samples_per_second: f64,
+    /// Tokens per second.
+    pub tokens_per_second: f64,
+    /// Mean wall time of one optimizer step, seconds.
+    pub step_seconds: f64,
+    /// Model FLOPs of one step: `6·N·T + 12·L·H·S·T` (N non-embedding parameters, T tokens,
+    /// L layers, H hidden size, S sequence length; forward + backward, as in the PaLM paper's
+    /// MFU definition).
+    pub flops_per_step: f64,
+    /// Achieved model TFLOP/s.
+    pub tflops: f64,
+    /// `tflops / peak_tflops`, when the peak was given.
+    pub mfu: Option<f64>,
+}
+
+fn random_config(name: &str) -> Result<BertConfig, CliError> {
+    let (hidden, layers, heads, inner) = match name {
+        "bert-base" => (768, 12, 12, 3072),
+        "minilm" => (384, 6, 12, 1536),
+        other => {
+            return Err(CliError::Usage(format!(
+                "--random {other}: expected bert-base or minilm"
+            )));
+        }
+    };
+    let json = format!(
+        r#"{{"model_type": "bert", "vocab_size": 30522, "hidden_size": {hidden},
+            "num_hidden_layers": {layers}, "num_attention_heads": {heads},
+            "intermediate_size": {inner}, "max_position_embeddings": 512}}"#
+    );
+    serde_json::from_str(&json).map_err(|e| CliError::Usage(format!("--random {name}: {e}")))
+}
+
+/// Measures training throughput on `device`.
+///
+/// # Errors
+/// [`CliError`] for an unusable model, a sequence longer than the model's positions, a
+/// backend without the precision's dtype, or a failed step.
+pub fn bench<B: AutodiffBackend>(
+    options: &BenchOptions,
+    device: &B::Device,
+) -> Result<BenchReport, CliError> {
+    let compute = options.precision.compute_dtype();
+    if !B::supports_dtype(device, compute.into()) {
+        return Err(CliError::Usage(format!(
+            "--precision {}: this backend has no {compute:?} tensors",
+            options.precision
+        )));
+    }
+    if options.batch_size == 0 || options.seq_len == 0 || options.steps == 0 {
+        return Err(CliError::Usage(
+            "--batch-size, --seq-len and --steps must be positive".into(),
+        ));
+    }
+    B::seed(device, 0);
+    let make = |c: &BertConfig, b| BertForSequenceClassification::new(b, c, 2, SINGLE, device);
+    let (config, model) = match &options.model {
+        Some(dir) => {
+            let hf = HfModelDir::open(dir)?;
+            let c = bert_config(&hf, None)?;
+            let (model, _) =
+                load_encoder_head::<B, _>(&hf, &c, true, |b| make(&c, b), false, device)?;
+            (c, model)
+        }
+        None => {
+            let c = random_config(&options.random)?;
+            let model_err = |source| CliError::Model {
+                path: PathBuf::from(format!("--random {}", options.random)),
+                source,
+            };
+            let backbone = c.init::<B>(true, device).map_err(model_err)?;
+            (c.clone(), make(&c, backbone).map_err(model_err)?)
+        }
+    };
+    if options.seq_len > config.max_position_embeddings {
+        return Err(CliError::Usage(format!(
+            "--seq-len {}: the model has {} positions",
+            options.seq_len, config.max_position_embeddings
+        )));
+    }
+    let model = model.with_compute_dtype(compute);
+    let parameters = model.num_params();
+    let embedding_parameters =
+        (config.vocab_size + config.max_position_embeddings + config.type_vocab_size)
+            * config.hidden_size;
+
+    let [batch, seq] = [options.batch_size, options.seq_len];
+    // A fixed linear congruential stream: the same ids on every run and device.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let ids: Vec<i64> = (0..batch * seq)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            1000 + ((state >> 33) % (config.vocab_size as u64 - 1000)) as i64
+        })
+        .collect();
+    let ints =
+        |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [batch, seq]), device);
+    let data = DeviceBatch {
+        input_ids: ints(ids),
+        attention_mask: ints(vec![1; batch * seq]),
+        labels: (0..batch as i64).map(|i| i % 2).collect(),
+        shape: [batch, seq],
+    };
+
+    let trainer_config = TrainerConfig {
+        lr: 2e-5,
+        total_steps: (options.warmup + options.steps) as u64,
+        precision: options.precision,
+        seed: Some(0),
+        ..TrainerConfig::default()
+    };
+    let mut trainer = Trainer::new(model, trainer_config)?;
+    let loss = |m: &BertForSequenceClassification<B>, b: &DeviceBatch<B>| {
+        TaskModel::loss(m, m.logits(b), &b.labels)
+    };
+    for _ in 0..options.warmup {
+        trainer.step(std::slice::from_ref(&data), loss)?;
+    }
+    let start = Instant::now();
+    for _ in 0..options.steps {
+        // The step reads the loss back, which waits for the device: timing is honest.
+        trainer.step(std::slice::from_ref(&data), loss)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+
+    let tokens = (batch * seq) as f64;
+    let flops_per_step = 6.0 * (parameters - embedding_parameters) as f64 * tokens
+        + 12.0 * (config.num_hidden_layers * config.hidden_size * seq) as f64 * tokens;
+    let step_seconds = seconds / options.steps as f64;
+    let tflops = flops_per_step / step_seconds / 1e12;
+    Ok(BenchReport {
+        parameters,
+        samples_per_second: batch as f64 / step_seconds,
+        tokens_per_second: tokens / step_seconds,
+        step_seconds,
+        flops_per_step,
+        tflops,
+        mfu: options.peak_tflops.map(|peak| tflops / peak),
+    })
+}
