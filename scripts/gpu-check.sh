@@ -47,8 +47,8 @@ peak_memory() { # runs "$@" while sampling GPU memory; prints the peak in MiB on
   log=$(mktemp)
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log" &
   local smi=$!
-  "$@"
-  local rc=$?
+  local rc=0
+  "$@" || rc=$?
   kill "$smi" 2>/dev/null || true
   wait "$smi" 2>/dev/null || true
   echo "  peak GPU memory: $(sort -n "$log" | tail -1) MiB" >&2

@@ -10,6 +10,10 @@ samples/s, tokens/s and peak RSS for both, and their ratios. Not run by CI.
         --model ../shared/models/all-MiniLM-L6-v2 --data ../shared/data/rotten_tomatoes \\
         --steps 30 --batch-size 16 --max-length 64 --threads 2
 
+Several burnish variants in one invocation: repeat `--run NAME=BINARY:BACKEND`, e.g.
+`--run flex=target/release/burnish:flex --run ndarray=target/release/burnish:ndarray
+--run ndarray+blas=/tmp/burnish-blas:ndarray` (a build with `--features blas`).
+
 Both sides train every parameter with AdamW (weight decay 0.01, no-decay groups), a linear
 schedule, clipping at 1.0, dropout on; both time the training loop only (model loading and
 tokenization excluded) and report the process's peak RSS.
@@ -25,7 +29,7 @@ import tempfile
 import time
 
 
-def run_burnish(args, work):
+def run_burnish(args, work, binary, backend):
     config = f"""
 [model]
 path = "{pathlib.Path(args.model).resolve()}"
@@ -45,15 +49,18 @@ eval_at_start = false
 """
     path = pathlib.Path(work) / "bench.toml"
     path.write_text(config)
-    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    out = pathlib.Path(work) / "burnish-out"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([args.burnish, "--backend", args.backend, "train", "--config", str(path),
-                    "--output-dir", str(out), "--quiet"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
+    out = pathlib.Path(work) / f"burnish-out-{backend}-{abs(hash(binary))}"
+    child = subprocess.Popen([binary, "--backend", backend, "train", "--config", str(path),
+                              "--output-dir", str(out), "--quiet"],
+                             env=env, stdout=subprocess.DEVNULL)
+    # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the max of all).
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        sys.exit(f"{binary} --backend {backend} failed ({status})")
     results = json.loads((out / "results.json").read_text())
-    return results["train_seconds"], max(rss, before) / 1024
+    return results["train_seconds"], usage.ru_maxrss / 1024
 
 
 def run_torch(args, texts):
@@ -90,7 +97,9 @@ def run_torch(args, texts):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--burnish", required=True)
+    p.add_argument("--burnish", help="the burnish binary (with --backend)")
+    p.add_argument("--run", action="append", default=[],
+                   help="NAME=BINARY:BACKEND, repeatable: several burnish variants")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--steps", type=int, default=30)
@@ -103,17 +112,30 @@ def main():
     texts = texts[:args.steps * args.batch_size]
     if len(texts) < args.steps * args.batch_size:
         sys.exit("not enough training rows for that many steps")
+    runs = []
+    for spec in args.run:
+        name, _, rest = spec.partition("=")
+        binary, _, backend = rest.rpartition(":")
+        if not (name and binary and backend):
+            sys.exit(f"--run {spec}: expected NAME=BINARY:BACKEND")
+        runs.append((name, binary, backend))
+    if args.burnish:
+        runs.append((args.backend, args.burnish, args.backend))
+    if not runs:
+        sys.exit("give --burnish BINARY or --run NAME=BINARY:BACKEND")
+    rows = []
     with tempfile.TemporaryDirectory() as work:
-        b_seconds, b_rss = run_burnish(args, work)
+        for name, binary, backend in runs:
+            seconds, rss = run_burnish(args, work, binary, backend)
+            rows.append((f"burnish {name}", seconds, rss))
     t_seconds, t_rss, tokens = run_torch(args, texts)
     samples = args.steps * args.batch_size
-    rows = [(f"burnish ({args.backend})", b_seconds, b_rss), ("pytorch", t_seconds, t_rss)]
     print(f"{args.steps} steps x {args.batch_size} examples, max_length {args.max_length}, "
           f"{args.threads} threads, {tokens} real tokens")
-    print(f"{'':18} {'samples/s':>10} {'tokens/s':>10} {'peak RSS MB':>12}")
-    for name, seconds, rss in rows:
-        print(f"{name:18} {samples / seconds:10.2f} {tokens / seconds:10.0f} {rss:12.0f}")
-    print(f"burnish/pytorch: throughput x{t_seconds / b_seconds:.2f}, peak RSS x{b_rss / t_rss:.2f}")
+    print(f"{'':22} {'samples/s':>10} {'tokens/s':>10} {'peak RSS MB':>12} {'vs pytorch':>11}")
+    for name, seconds, rss in rows + [("pytorch", t_seconds, t_rss)]:
+        print(f"{name:22} {samples / seconds:10.2f} {tokens / seconds:10.0f} {rss:12.0f} "
+              f"{t_seconds / seconds:10.2f}x")
 
 
 if __name__ == "__main__":

@@ -291,10 +291,11 @@ impl RunConfig {
         })
     }
 
+    /// Makes relative paths relative to the config file's directory `base`.
     fn resolve(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = tidy(&base.join(&*p));
             }
         };
         fix(&mut self.model.path);
@@ -448,6 +449,30 @@ impl RunConfig {
     }
 }
 
+/// `a/b/../c` → `a/c`, without touching the file system (printed paths stay readable;
+/// like Python's `os.path.normpath`, a symlinked `b` is not followed);
+/// a `..` that would climb above the start is kept.
+fn tidy(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +533,12 @@ mod tests {
         };
         let c = check("").unwrap();
         assert_eq!(c.model.path, model, "relative to the config file");
+        assert_eq!(
+            tidy(Path::new("examples/configs/../../runs/x")),
+            Path::new("runs/x")
+        );
+        assert_eq!(tidy(Path::new("../a/./b/..")), Path::new("../a"));
+        assert_eq!(tidy(Path::new("a/..")), Path::new("."));
         let e = check("[train]\nepochs = 2\nlr = -1.0\n").unwrap_err();
         assert!(
             e.ends_with("run.toml:8: [train] lr: must be positive, got -1"),

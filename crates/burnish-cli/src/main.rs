@@ -383,7 +383,32 @@ fn print_curves([svg, png]: &[PathBuf; 2]) {
     println!("loss curves: {} and {}", svg.display(), png.display());
 }
 
+/// glibc serves allocations above 32 MiB with a fresh `mmap` and unmaps them on free, so
+/// every tensor-sized temporary page-faults in anew: 19 % of a MiniLM fine-tune's time
+/// (docs/benchmarks.md; mimalloc recovered only half of it). glibc reads its thresholds
+/// from the environment at start-up only, so they are set and the program re-executed,
+/// unless the user set them.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    use std::os::unix::process::CommandExt;
+    const MMAP: &str = "MALLOC_MMAP_THRESHOLD_";
+    if std::env::var_os(MMAP).is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    // `exec` returns only when it failed; the program then runs with glibc's defaults.
+    let _ = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(MMAP, "2147483647")
+        .env("MALLOC_TRIM_THRESHOLD_", "2147483647")
+        .exec();
+}
+
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    keep_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
