@@ -7,7 +7,7 @@
 //! - [`evaluate`] and [`predict`]: run a fine-tuned (or any) model directory on JSONL.
 //! - [`TaskModel`]: the one trait the five task models implement so one loop drives them.
 //! - [`plot_run`]: the loss curves and validation metric of a run as SVG and PNG.
-//! - [`bench`]: training throughput (samples/s, tokens/s, model FLOPs utilization).
+//! - [`bench()`]: training throughput (samples/s, tokens/s, model FLOPs utilization).
 //!
 //! ```no_run
 //! use burnish_cli::{RunConfig, TrainOptions, train};

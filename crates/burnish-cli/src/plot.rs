@@ -44,13 +44,14 @@ impl Curves {
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or(Value::Null);
+        let after_step = results["steps"].as_f64();
         let name = results["metric_for_best"]
             .as_str()
             .filter(|m| *m != "eval_loss")
             .map(str::to_owned);
         let mut curves = Curves::default();
         let mut metric = Vec::new();
-        let mut add_eval = |step: f64, metrics: &Value, metric: &mut Vec<(f64, f64)>| {
+        let add_eval = |curves: &mut Curves, metric: &mut Vec<_>, step: f64, metrics: &Value| {
             if let Some(loss) = metrics["eval_loss"].as_f64() {
                 curves.eval_loss.push((step, loss));
             }
@@ -58,7 +59,7 @@ impl Curves {
                 metric.push((step, v));
             }
         };
-        add_eval(0.0, &results["validation_before"], &mut metric);
+        add_eval(&mut curves, &mut metric, 0.0, &results["validation_before"]);
         let mut train_loss = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let event: Value = serde_json::from_str(line)
@@ -72,9 +73,15 @@ impl Curves {
                         train_loss.push((step, loss));
                     }
                 }
-                Some("eval") => add_eval(step, &event["metrics"], &mut metric),
+                Some("eval") => add_eval(&mut curves, &mut metric, step, &event["metrics"]),
                 _ => {}
             }
+        }
+        // The metrics after training, at the last step, unless an evaluation ran there.
+        if let Some(step) = after_step
+            && curves.eval_loss.last().is_none_or(|p| p.0 < step)
+        {
+            add_eval(&mut curves, &mut metric, step, &results["validation_after"]);
         }
         if train_loss.is_empty() {
             return Err(CliError::Usage(format!(
@@ -127,6 +134,21 @@ fn range(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     (lo - pad)..(hi + pad)
 }
 
+/// The running mean of each point with up to `n − 1` points before it.
+fn smooth(points: &[(f64, f64)], n: usize) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .enumerate()
+        .map(|(i, &(x, _))| {
+            let window = &points[i.saturating_sub(n - 1)..=i];
+            (
+                x,
+                window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64,
+            )
+        })
+        .collect()
+}
+
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Curves) -> Result<(), String> {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     root.fill(&WHITE).map_err(err)?;
@@ -153,12 +175,18 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Curves) -> Result<
         .label_style((FAMILY, 14))
         .draw()
         .map_err(err)?;
-    let train = BLUE.mix(0.8);
+    // Logged losses are single steps: drawn faint, with a running mean over 5 on top.
     chart
-        .draw_series(LineSeries::new(c.train_loss.iter().copied(), train))
+        .draw_series(LineSeries::new(c.train_loss.iter().copied(), BLUE.mix(0.3)))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            smooth(&c.train_loss, 5),
+            BLUE.stroke_width(2),
+        ))
         .map_err(err)?
-        .label("train")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], train));
+        .label("train (mean of 5 logs)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     if !c.eval_loss.is_empty() {
         chart
             .draw_series(LineSeries::new(
@@ -174,6 +202,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Curves) -> Result<
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
         .label_font((FAMILY, 14))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
@@ -229,15 +258,23 @@ mod tests {
         std::fs::write(dir.path().join("metrics.jsonl"), log).unwrap();
         std::fs::write(
             dir.path().join("results.json"),
-            r#"{"metric_for_best":"accuracy","validation_before":{"accuracy":0.5,"eval_loss":0.69}}"#,
+            r#"{"metric_for_best":"accuracy","steps":4,"validation_before":{"accuracy":0.5,"eval_loss":0.69},
+                "validation_after":{"accuracy":0.8,"eval_loss":0.4}}"#,
         )
         .unwrap();
         let curves = Curves::read(dir.path()).unwrap();
         assert_eq!(curves.train_loss, vec![(1.0, 0.7), (2.0, 0.5), (3.0, 0.3)]);
-        assert_eq!(curves.eval_loss, vec![(0.0, 0.69), (2.0, 0.55)]);
+        assert_eq!(curves.eval_loss, vec![(0.0, 0.69), (2.0, 0.55), (4.0, 0.4)]);
         assert_eq!(
             curves.metric,
-            Some(("accuracy".to_owned(), vec![(0.0, 0.5), (2.0, 0.75)]))
+            Some((
+                "accuracy".to_owned(),
+                vec![(0.0, 0.5), (2.0, 0.75), (4.0, 0.8)]
+            ))
+        );
+        assert_eq!(
+            smooth(&curves.train_loss, 2),
+            vec![(1.0, 0.7), (2.0, 0.6), (3.0, 0.4)]
         );
         let [svg, png] = plot_run(dir.path()).unwrap();
         let svg = std::fs::read_to_string(svg).unwrap();
