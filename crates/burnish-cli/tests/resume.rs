@@ -60,6 +60,25 @@ fn losses(out: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Runs `command` and fails the test with its stderr if it fails.
+fn succeed(command: &mut Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The run in `out` ended with the reference's weights, byte for byte, and its log.
+fn assert_same_run(out: &Path, model: &[u8], log: &[String]) {
+    assert_eq!(
+        std::fs::read(out.join("final/model.safetensors")).unwrap(),
+        model
+    );
+    assert_eq!(losses(out), log);
+}
+
 /// The uninterrupted run: final weights, log, time to its first step, total time.
 fn reference(dir: &Path, config: &Path) -> (Vec<u8>, Vec<String>, Duration, Duration) {
     let out = dir.join("straight");
@@ -99,17 +118,8 @@ fn a_stopped_run_resumes_byte_identical_and_changed_configs_are_refused() {
     assert!(first.status.success());
     assert!(String::from_utf8_lossy(&first.stderr).is_empty(), "quiet");
     assert!(out.join("checkpoint-12").is_dir());
-    let second = burnish(&config, &out, &["--resume"]).output().unwrap();
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
-    assert_eq!(
-        std::fs::read(out.join("final/model.safetensors")).unwrap(),
-        model
-    );
-    assert_eq!(losses(&out), log);
+    succeed(&mut burnish(&config, &out, &["--resume"]));
+    assert_same_run(&out, &model, &log);
 
     // A changed batch size would not reproduce the run: refused, naming the key.
     let changed = dir.path().join("changed.toml");
@@ -171,17 +181,8 @@ fn an_fp16_run_resumes_byte_identical_with_its_loss_scaler() {
     let state = std::fs::read_to_string(out.join("checkpoint-12/trainer_state.json")).unwrap();
     let state: serde_json::Value = serde_json::from_str(&state).unwrap();
     assert!(state["scaler"]["scale"].as_f64().unwrap() > 0.0, "{state}");
-    let second = burnish(&config, &out, &["--resume"]).output().unwrap();
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
-    assert_eq!(
-        std::fs::read(out.join("final/model.safetensors")).unwrap(),
-        model
-    );
-    assert_eq!(losses(&out), log);
+    succeed(&mut burnish(&config, &out, &["--resume"]));
+    assert_same_run(&out, &model, &log);
 }
 
 #[test]
@@ -190,17 +191,8 @@ fn gradient_checkpointing_changes_memory_not_numbers() {
     let (model, log, _, _) = reference(dir.path(), &config(dir.path()));
     let out = dir.path().join("checkpointed");
     let config = config_with(dir.path(), "gradient_checkpointing = true");
-    let run = burnish(&config, &out, &["--quiet"]).output().unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert_eq!(
-        std::fs::read(out.join("final/model.safetensors")).unwrap(),
-        model
-    );
-    assert_eq!(losses(&out), log);
+    succeed(&mut burnish(&config, &out, &["--quiet"]));
+    assert_same_run(&out, &model, &log);
 }
 
 #[test]
@@ -220,13 +212,7 @@ fn sigkill_at_random_moments_then_resume_is_byte_identical() {
     let training = took.saturating_sub(startup).as_micros() as u64;
     let window = (2 * training / kills as u64).max(1000);
     let (mut killed, mut partials, mut laps) = (0, 0, 0);
-    let check = |out: &Path| {
-        assert_eq!(
-            std::fs::read(out.join("final/model.safetensors")).unwrap(),
-            model
-        );
-        assert_eq!(losses(out), log);
-    };
+    let check = |out: &Path| assert_same_run(out, &model, &log);
     while killed < kills {
         seed ^= seed << 13;
         seed ^= seed >> 7;
