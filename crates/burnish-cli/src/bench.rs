@@ -21,39 +21,39 @@ use serde::Serialize;
 use crate::CliError;
 use crate::task::{DeviceBatch, SINGLE, TaskModel, bert_config, load_encoder_head};
 
-/// What to measure.
-#[derive(Debug, Clone)]
+/// What to measure; also the arguments of `burnish bench`, whose defaults are these.
+#[derive(Debug, Clone, clap::Parser)]
 pub struct BenchOptions {
-    /// A BERT-family model directory; `None` uses `random`.
+    /// A BERT-family model directory; random `--random` weights without it.
+    #[arg(long)]
     pub model: Option<PathBuf>,
     /// Random weights of this size when there is no `model`: `bert-base` or `minilm`.
+    #[arg(long, default_value = "bert-base")]
     pub random: String,
     /// Examples per step.
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Tokens per example.
+    #[arg(long, default_value_t = 128)]
     pub seq_len: usize,
     /// Measured optimizer steps.
+    #[arg(long, default_value_t = 20)]
     pub steps: usize,
     /// Steps run before measuring (allocator, kernel compilation and caches warm up).
+    #[arg(long, default_value_t = 3)]
     pub warmup: usize,
-    /// Compute precision.
+    /// Compute precision: fp32, bf16 or fp16.
+    #[arg(long, default_value = "fp32")]
     pub precision: Precision,
     /// The device's peak dense TFLOP/s in `precision`, for the utilization figure.
+    #[arg(long)]
     pub peak_tflops: Option<f64>,
 }
 
+/// The command line's defaults: one place for them.
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions {
-            model: None,
-            random: "bert-base".into(),
-            batch_size: 32,
-            seq_len: 128,
-            steps: 20,
-            warmup: 3,
-            precision: Precision::Fp32,
-            peak_tflops: None,
-        }
+        <Self as clap::Parser>::parse_from(["bench"])
     }
 }
 
@@ -204,4 +204,29 @@ pub fn bench<B: AutodiffBackend>(
         tflops,
         mfu: options.peak_tflops.map(|peak| tflops / peak),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_come_from_the_command_line_definition() {
+        let d = BenchOptions::default();
+        assert_eq!(d.model, None);
+        assert_eq!(
+            (d.random.as_str(), d.batch_size, d.seq_len),
+            ("bert-base", 32, 128)
+        );
+        assert_eq!((d.steps, d.warmup, d.precision), (20, 3, Precision::Fp32));
+        let parsed = <BenchOptions as clap::Parser>::try_parse_from([
+            "bench",
+            "--precision",
+            "bf16",
+            "--seq-len",
+            "64",
+        ])
+        .map_err(|e| e.to_string());
+        assert!(matches!(parsed, Ok(ref o) if o.precision == Precision::Bf16 && o.seq_len == 64));
+    }
 }

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
-use burnish::amp::Precision;
 use burnish::backend::CpuTrain;
 use burnish_cli::{
     BenchOptions, CliError, EvalOptions, Resume, RunConfig, TrainOptions, bench, evaluate,
@@ -119,30 +118,8 @@ enum Command {
     /// Measure training throughput on fixed synthetic batches (samples/s, tokens/s,
     /// TFLOP/s, model FLOPs utilization).
     Bench {
-        /// A BERT-family model directory; random `--random` weights without it.
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Size of the random model: bert-base or minilm.
-        #[arg(long, default_value = "bert-base")]
-        random: String,
-        /// Examples per step.
-        #[arg(long, default_value_t = 32)]
-        batch_size: usize,
-        /// Tokens per example.
-        #[arg(long, default_value_t = 128)]
-        seq_len: usize,
-        /// Measured steps.
-        #[arg(long, default_value_t = 20)]
-        steps: usize,
-        /// Unmeasured steps first.
-        #[arg(long, default_value_t = 3)]
-        warmup: usize,
-        /// fp32, bf16 or fp16.
-        #[arg(long, default_value = "fp32")]
-        precision: Precision,
-        /// The device's peak dense TFLOP/s in this precision (for the utilization).
-        #[arg(long)]
-        peak_tflops: Option<f64>,
+        #[command(flatten)]
+        options: BenchOptions,
         /// Recompute activations in the backward pass (`[train] gradient_checkpointing`).
         #[arg(long)]
         gradient_checkpointing: bool,
@@ -300,32 +277,15 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
             }
             Ok(())
         }
-        Command::Bench {
-            model,
-            random,
-            batch_size,
-            seq_len,
-            steps,
-            warmup,
-            precision,
-            peak_tflops,
-            gradient_checkpointing: _,
-        } => {
-            let options = BenchOptions {
-                model,
-                random,
-                batch_size,
-                seq_len,
-                steps,
-                warmup,
-                precision,
-                peak_tflops,
-            };
+        Command::Bench { options, .. } => {
             let r = bench::<B>(&options, &device)?;
             eprintln!(
-                "{} parameters, batch {batch_size} x {seq_len} tokens, {precision}: \
+                "{} parameters, batch {} x {} tokens, {}: \
                  {:.2} samples/s, {:.0} tokens/s, {:.3} s/step, {:.2} TFLOP/s{}",
                 r.parameters,
+                options.batch_size,
+                options.seq_len,
+                options.precision,
                 r.samples_per_second,
                 r.tokens_per_second,
                 r.step_seconds,
