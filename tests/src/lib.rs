@@ -192,6 +192,25 @@ pub fn shared_dir() -> PathBuf {
     tests_dir().join("../../shared")
 }
 
+/// Whether `path` (something under `../shared`) is there. When it is not, the test skips
+/// with a SKIPPED line, except where `BURNISH_REQUIRE_SHARED` is set (CI sets it: CI has
+/// `../shared`, so a missing one there is a failure, never a silent "ok").
+///
+/// # Panics
+/// When `path` is absent and `BURNISH_REQUIRE_SHARED` is set.
+pub fn shared_present(path: &std::path::Path) -> bool {
+    if path.exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("BURNISH_REQUIRE_SHARED").is_none(),
+        "{} is absent, and BURNISH_REQUIRE_SHARED says this run must have ../shared",
+        path.display()
+    );
+    eprintln!("SKIPPED: {} is absent (CI has it)", path.display());
+    false
+}
+
 /// The `input_ids` and `attention_mask` of a tokenized batch as tensors.
 pub fn id_tensors<B2: Backend>(
     e: &burnish_loader::Encoded,
@@ -207,7 +226,7 @@ pub fn id_tensors<B2: Backend>(
 }
 
 /// all-MiniLM-L6-v2 from `../shared`: its directory, a tokenizer truncating to
-/// `max_length`, and its config; `None` (with a SKIPPED line) when `../shared` lacks it or
+/// `max_length`, and its config; `None` (see [`shared_present`]) when `../shared` lacks it or
 /// the data set `data` (CI has both).
 ///
 /// # Panics
@@ -221,8 +240,7 @@ pub fn minilm(
     burnish_models::BertConfig,
 )> {
     let model_dir = shared_dir().join("models/all-MiniLM-L6-v2");
-    if !model_dir.is_dir() || !shared_dir().join("data").join(data).is_dir() {
-        eprintln!("SKIPPED: ../shared model or data absent (CI has them)");
+    if !shared_present(&model_dir) || !shared_present(&shared_dir().join("data").join(data)) {
         return None;
     }
     let hf = burnish_loader::HfModelDir::open(&model_dir).expect("MiniLM config");

@@ -11,7 +11,7 @@ use burnish_loader::{HfModelDir, LoadOptions, Naming, Padding, Side, TokenizerCo
 use burnish_models::{KvCache, ModelConfig};
 use burnish_params::named_params;
 use burnish_tests::TestBackend;
-use burnish_tests::{fixture, shared_dir};
+use burnish_tests::{fixture, shared_dir, shared_present};
 use serde::Deserialize;
 
 type B = TestBackend;
@@ -278,8 +278,7 @@ struct MiniLm {
 #[test]
 fn all_minilm_l6_v2_matches_transformers() {
     let dir = shared_dir().join("models/all-MiniLM-L6-v2");
-    if !dir.is_dir() {
-        eprintln!("SKIPPED: {} is absent (CI has it)", dir.display());
+    if !shared_present(&dir) {
         return;
     }
     let fx: MiniLm = fixture("minilm.json");
@@ -325,8 +324,7 @@ fn all_minilm_l6_v2_matches_transformers() {
 #[test]
 fn tokenizer_padding_and_truncation_come_from_our_config() {
     let dir = shared_dir().join("models/all-MiniLM-L6-v2");
-    if !dir.is_dir() {
-        eprintln!("SKIPPED: {} is absent (CI has it)", dir.display());
+    if !shared_present(&dir) {
         return;
     }
     let hf = HfModelDir::open(&dir).unwrap();

@@ -1,10 +1,4 @@
-//! Mixed-precision building blocks for burn, with PyTorch AMP semantics:
-//!
-//! - [`LossScaler`]: dynamic loss scaling exactly like `torch.amp.GradScaler` (init 2^16,
-//!   growth 2, backoff 0.5, interval 2000; skip the step on inf/NaN and say so, so that the
-//!   LR schedule does not advance either), with a saveable [`ScalerState`].
-//! - [`Precision`]: the precision policy (fp32, bf16 or fp16 compute over float32 master
-//!   weights, gradients and optimizer moments) that the trainer wires in.
+#![doc = include_str!("../README.md")]
 
 mod precision;
 mod scaler;

@@ -1,45 +1,6 @@
-//! Crash-safe, verified training checkpoints.
-//!
-//! A checkpoint is a directory `output_dir/checkpoint-<step>/` holding any named files (the
-//! trainer writes the model weights, the optimizer state and its own state) and a
-//! `manifest.json` that lists every file with its size and SHA-256:
-//!
-//! ```json
-//! {"format_version": 1, "burnish_version": "0.1.0", "step": 40, "epoch": 1,
-//!  "run_id": "…", "parent": "checkpoint-20", "config_hash": "…",
-//!  "files": [{"name": "model.safetensors", "size": 90866120, "sha256": "…"}, …]}
-//! ```
-//!
-//! # Guarantees
-//! - **Atomic.** [`save`] writes everything into a temporary sibling
-//!   (`.checkpoint-<step>.partial-<pid>`), fsyncs each file and the directory, writes the
-//!   manifest last, then renames the directory into place and fsyncs the parent. A crash at
-//!   any instant leaves either the previous set of checkpoints or the new one: a partial
-//!   directory never has the `checkpoint-` name. [`clean_partials`] removes leftovers.
-//! - **Verified.** [`load`] checks the manifest before trusting anything: known format
-//!   version, every listed file present with the listed size and SHA-256. A checkpoint
-//!   with a missing, truncated, altered or unlisted-format file is refused with a typed
-//!   error naming the file.
-//! - **Failures leave the past intact.** A failed write (disk full, permission) is an
-//!   error; the partial directory is removed and the earlier checkpoints are untouched.
-//! - **Rotation keeps the best.** [`rotate`] keeps the newest `keep_last` checkpoints and
-//!   every protected step (the best), whatever its age.
-//!
-//! The crate stores bytes; what they mean is the trainer's business. File I/O goes through
-//! a [`Storage`], so tests can make any write fail.
-//!
-//! ```
-//! use burnish_checkpoint::{ManifestInfo, FsStorage, latest_valid, save};
-//! let root = tempfile::tempdir()?;
-//! let info = ManifestInfo { step: 10, epoch: 0, run_id: "run".into(), parent: None,
-//!                           config_hash: "abc".into() };
-//! save(root.path(), &info, &FsStorage, |w| w.file("state.json", |out| out.write_all(b"{}")))?;
-//! let latest = latest_valid(root.path())?.checkpoint.expect("one checkpoint");
-//! assert_eq!(latest.manifest().step, 10);
-//! assert_eq!(latest.read("state.json")?, b"{}");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
+mod atomic;
 mod storage;
 
 use std::io::Write;
@@ -48,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use atomic::{ReplaceError, replace_dir, staging_path};
 pub use storage::{FsStorage, Storage, StorageFile};
 
 /// The manifest format this version writes and reads.
@@ -265,31 +227,15 @@ pub fn save(
     storage: &dyn Storage,
     fill: impl FnOnce(&mut CheckpointWriter<'_>) -> Result<(), CheckpointError>,
 ) -> Result<PathBuf, CheckpointError> {
-    let name = dir_name(info.step);
-    let partial = root.join(format!(".{name}.partial-{}", std::process::id()));
-    let result = write_partial(&partial, info, storage, fill).and_then(|()| {
-        let target = root.join(&name);
-        if target.exists() {
-            // A checkpoint of this step from an interrupted run: set it aside first, so
-            // the name always points at a complete directory or at nothing.
-            let old = root.join(format!(".{name}.old-{}", std::process::id()));
-            storage.rename(&target, &old).map_err(io(&target))?;
-            if let Err(e) = storage.rename(&partial, &target) {
-                // Put the previous checkpoint back: a failed save changes nothing.
-                let _ = storage.rename(&old, &target);
-                return Err(io(&target)(e));
-            }
-            storage.remove_dir_all(&old).map_err(io(&old))?;
-        } else {
-            storage.rename(&partial, &target).map_err(io(&target))?;
-        }
-        storage.sync_dir(root).map_err(io(root))?;
-        Ok(target)
-    });
-    if result.is_err() {
-        let _ = storage.remove_dir_all(&partial);
-    }
-    result
+    let target = root.join(dir_name(info.step));
+    replace_dir(&target, storage, |partial| {
+        write_partial(partial, info, storage, fill)
+    })
+    .map_err(|e| match e {
+        ReplaceError::Fill(e) => e,
+        ReplaceError::Io { path, source } => CheckpointError::Io { path, source },
+    })?;
+    Ok(target)
 }
 
 fn write_partial(
@@ -298,10 +244,6 @@ fn write_partial(
     storage: &dyn Storage,
     fill: impl FnOnce(&mut CheckpointWriter<'_>) -> Result<(), CheckpointError>,
 ) -> Result<(), CheckpointError> {
-    if partial.exists() {
-        storage.remove_dir_all(partial).map_err(io(partial))?;
-    }
-    storage.create_dir_all(partial).map_err(io(partial))?;
     let mut writer = CheckpointWriter {
         dir: partial.to_owned(),
         storage,

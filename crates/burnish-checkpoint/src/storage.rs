@@ -22,6 +22,10 @@ pub trait Storage {
     fn remove_dir_all(&self, path: &Path) -> std::io::Result<()>;
     /// Syncs a directory, making renames and creations inside it durable.
     fn sync_dir(&self, path: &Path) -> std::io::Result<()>;
+    /// Syncs a file written earlier (by any means) to disk.
+    fn sync_file(&self, path: &Path) -> std::io::Result<()> {
+        File::open(path)?.sync_all()
+    }
 }
 
 /// The real file system.

@@ -10,18 +10,19 @@
 use std::path::PathBuf;
 
 use burnish::backend::{Cpu, CpuTrain};
-use burnish_cli::{RunConfig, TrainOptions, train};
+use burnish_cli::read_config;
 use burnish_heads::{GenerationConfig, generate};
 use burnish_loader::{HfModelDir, LoadOptions, TokenizerConfig};
+use burnish_tasks::{RunOptions, Silent, fine_tune};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/assets");
-    let config = RunConfig::from_file(&assets.join("configs/toy-sft.toml"))?;
-    let options = TrainOptions {
+    let config = read_config(&assets.join("configs/toy-sft.toml"))?;
+    let options = RunOptions {
         output_dir: Some(std::env::temp_dir().join("burnish-example-sft")),
-        ..TrainOptions::default()
+        ..RunOptions::default()
     };
-    let outcome = train::<CpuTrain>(&config, &options, &Default::default())?;
+    let outcome = fine_tune::<CpuTrain>(&config, &options, &mut Silent, &Default::default())?;
 
     // The exported directory is an ordinary HF model: load it and generate.
     let dir = HfModelDir::open(&outcome.final_dir)?;

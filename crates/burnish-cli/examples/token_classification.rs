@@ -9,17 +9,18 @@
 use std::path::PathBuf;
 
 use burnish::backend::{Cpu, CpuTrain};
-use burnish_cli::{EvalOptions, RunConfig, TrainOptions, evaluate, train};
+use burnish_cli::read_config;
+use burnish_tasks::{EvalOptions, RunOptions, Silent, evaluate_dir, fine_tune};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/assets");
-    let config = RunConfig::from_file(&assets.join("configs/toy-ner.toml"))?;
-    let options = TrainOptions {
+    let config = read_config(&assets.join("configs/toy-ner.toml"))?;
+    let options = RunOptions {
         output_dir: Some(std::env::temp_dir().join("burnish-example-ner")),
-        ..TrainOptions::default()
+        ..RunOptions::default()
     };
-    let outcome = train::<CpuTrain>(&config, &options, &Default::default())?;
-    let metrics = evaluate::<Cpu>(
+    let outcome = fine_tune::<CpuTrain>(&config, &options, &mut Silent, &Default::default())?;
+    let metrics = evaluate_dir::<Cpu>(
         &outcome.final_dir,
         &assets.join("data/toy-ner/validation.jsonl"),
         &EvalOptions::default(),

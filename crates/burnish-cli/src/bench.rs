@@ -11,15 +11,17 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
-use burnish::amp::Precision;
-use burnish_heads::BertForSequenceClassification;
+use burnish_amp::Precision;
+use burnish_heads::{BertForSequenceClassification, ProblemType};
 use burnish_loader::HfModelDir;
-use burnish_models::{Autocast, BertConfig};
+use burnish_models::BertConfig;
+use burnish_tasks::{
+    DeviceBatch, TaskError, TaskModel, encoder_config, load_pretrained, with_precision,
+};
 use burnish_trainer::{Trainer, TrainerConfig};
 use serde::Serialize;
 
 use crate::CliError;
-use crate::task::{DeviceBatch, SINGLE, TaskModel, bert_config, load_encoder_head};
 
 /// What to measure; also the arguments of `burnish bench`, whose defaults are these.
 #[derive(Debug, Clone, clap::Parser)]
@@ -96,46 +98,28 @@ fn random_config(name: &str) -> Result<BertConfig, CliError> {
     serde_json::from_str(&json).map_err(|e| CliError::Usage(format!("--random {name}: {e}")))
 }
 
-/// Measures training throughput on `device`.
-///
-/// # Errors
-/// [`CliError`] for an unusable model, a sequence longer than the model's positions, a
-/// backend without the precision's dtype, or a failed step.
-pub fn bench<B: AutodiffBackend>(
+/// The classifier to measure: a model directory under a new head, or random weights.
+fn bench_model<B: AutodiffBackend>(
     options: &BenchOptions,
     device: &B::Device,
-) -> Result<BenchReport, CliError> {
-    let compute = options.precision.compute_dtype();
-    if !B::supports_dtype(device, compute.into()) {
-        return Err(CliError::Usage(format!(
-            "--precision {}: this backend has no {compute:?} tensors",
-            options.precision
-        )));
-    }
-    if options.batch_size == 0 || options.seq_len == 0 || options.steps == 0 {
-        return Err(CliError::Usage(
-            "--batch-size, --seq-len and --steps must be positive".into(),
-        ));
-    }
-    B::seed(device, 0);
-    let make = |c: &BertConfig, b| BertForSequenceClassification::new(b, c, 2, SINGLE, device);
-    let (config, model) = match &options.model {
-        Some(dir) => {
-            let hf = HfModelDir::open(dir)?;
-            let c = bert_config(&hf, None)?;
-            let (model, _) =
-                load_encoder_head::<B, _>(&hf, &c, true, |b| make(&c, b), false, device)?;
-            (c, model)
-        }
+) -> Result<(BertConfig, BertForSequenceClassification<B>), CliError> {
+    let (config, path) = match &options.model {
+        Some(dir) => (encoder_config(&HfModelDir::open(dir)?, None)?, dir.clone()),
         None => {
-            let c = random_config(&options.random)?;
-            let model_err = |source| CliError::Model {
-                path: PathBuf::from(format!("--random {}", options.random)),
-                source,
-            };
-            let backbone = c.init::<B>(true, device).map_err(model_err)?;
-            (c.clone(), make(&c, backbone).map_err(model_err)?)
+            let path = PathBuf::from(format!("--random {}", options.random));
+            (random_config(&options.random)?, path)
         }
+    };
+    let model_err = |source| TaskError::Model { path, source };
+    let single = ProblemType::SingleLabelClassification;
+    let make = |b| BertForSequenceClassification::new(b, &config, 2, single, device);
+    let model = config
+        .init::<B>(true, device)
+        .and_then(make)
+        .map_err(model_err)?;
+    let model = match &options.model {
+        Some(dir) => load_pretrained(&HfModelDir::open(dir)?, model, &["classifier", "pooler"])?.0,
+        None => model,
     };
     if options.seq_len > config.max_position_embeddings {
         return Err(CliError::Usage(format!(
@@ -143,13 +127,17 @@ pub fn bench<B: AutodiffBackend>(
             options.seq_len, config.max_position_embeddings
         )));
     }
-    let model = model.with_compute_dtype(compute);
-    let parameters = model.num_params();
-    let embedding_parameters =
-        (config.vocab_size + config.max_position_embeddings + config.type_vocab_size)
-            * config.hidden_size;
+    let model = with_precision(model, options.precision, device)?;
+    Ok((config, model))
+}
 
-    let [batch, seq] = [options.batch_size, options.seq_len];
+/// `batch` rows of `seq` token ids from a fixed generator, with alternating labels.
+fn synthetic_batch<B: AutodiffBackend>(
+    config: &BertConfig,
+    batch: usize,
+    seq: usize,
+    device: &B::Device,
+) -> DeviceBatch<B> {
     // A fixed linear congruential stream: the same ids on every run and device.
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
     let ids: Vec<i64> = (0..batch * seq)
@@ -162,24 +150,50 @@ pub fn bench<B: AutodiffBackend>(
         .collect();
     let ints =
         |v: Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v, [batch, seq]), device);
-    let data = DeviceBatch {
+    DeviceBatch {
         input_ids: ints(ids),
         attention_mask: ints(vec![1; batch * seq]),
+        token_type_ids: ints(vec![0; batch * seq]),
         labels: (0..batch as i64).map(|i| i % 2).collect(),
+        targets: Vec::new(),
+        items: batch as u64,
         shape: [batch, seq],
-    };
+    }
+}
+
+/// Measures training throughput on `device`.
+///
+/// # Errors
+/// [`CliError`] for an unusable model, a sequence longer than the model's positions, a
+/// backend without the precision's dtype, or a failed step.
+pub fn bench<B: AutodiffBackend>(
+    options: &BenchOptions,
+    device: &B::Device,
+) -> Result<BenchReport, CliError> {
+    if options.batch_size == 0 || options.seq_len == 0 || options.steps == 0 {
+        return Err(CliError::Usage(
+            "--batch-size, --seq-len and --steps must be positive".into(),
+        ));
+    }
+    B::seed(device, 0);
+    let (config, model) = bench_model::<B>(options, device)?;
+    let parameters = model.num_params();
+    let embedding_parameters =
+        (config.vocab_size + config.max_position_embeddings + config.type_vocab_size)
+            * config.hidden_size;
+
+    let [batch, seq] = [options.batch_size, options.seq_len];
+    let data = synthetic_batch::<B>(&config, batch, seq, device);
 
     let trainer_config = TrainerConfig {
         lr: 2e-5,
         total_steps: (options.warmup + options.steps) as u64,
         precision: options.precision,
-        seed: Some(0),
+        seed: 0,
         ..TrainerConfig::default()
     };
     let mut trainer = Trainer::new(model, trainer_config)?;
-    let loss = |m: &BertForSequenceClassification<B>, b: &DeviceBatch<B>| {
-        TaskModel::loss(m, m.logits(b), &b.labels)
-    };
+    let loss = |m: &BertForSequenceClassification<B>, b: &DeviceBatch<B>| m.step_loss(b);
     for _ in 0..options.warmup {
         trainer.step(std::slice::from_ref(&data), loss)?;
     }

@@ -1,7 +1,5 @@
 //! Errors of the `burnish` command, each printed as one line.
 
-use std::path::PathBuf;
-
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -17,44 +15,42 @@ pub enum CliError {
     /// A command-line argument is invalid.
     #[error("{0}")]
     Usage(String),
-    /// The model directory cannot be loaded or written.
+    /// A library call failed (model, data, checkpoint, training).
     #[error(transparent)]
-    Load(#[from] burnish_loader::LoadError),
-    /// The data cannot be read.
-    #[error(transparent)]
-    Data(#[from] burnish_data::DataError),
-    /// The model does not fit the task.
-    #[error("{path}: {source}", path = path.display())]
-    Model {
-        /// The model directory.
-        path: PathBuf,
-        /// What does not fit.
-        source: burnish_models::ModelError,
-    },
-    /// A checkpoint could not be written or trusted.
-    #[error(transparent)]
-    Checkpoint(#[from] burnish_checkpoint::CheckpointError),
-    /// Training failed.
-    #[error(transparent)]
-    Train(#[from] burnish_trainer::TrainError),
+    Task(#[from] burnish_tasks::TaskError),
     /// A picture could not be drawn or written.
     #[error("plot: {0}")]
     Plot(String),
-    /// Writing an output failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
-    },
 }
 
 impl CliError {
-    pub(crate) fn io(path: &std::path::Path) -> impl Fn(std::io::Error) -> CliError + '_ {
-        move |source| CliError::Io {
-            path: path.to_owned(),
-            source,
+    /// The exit status: 1 for a failure while training, 2 for anything the user gave
+    /// (settings the trainer refuses before the first step included).
+    pub fn exit_code(&self) -> u8 {
+        use burnish_trainer::TrainError as T;
+        match self {
+            CliError::Task(burnish_tasks::TaskError::Train(
+                T::Invalid { .. }
+                | T::ZeroSchedule { .. }
+                | T::Precision { .. }
+                | T::Schedule(_)
+                | T::Optim(_)
+                | T::Config(_),
+            )) => 2,
+            CliError::Task(burnish_tasks::TaskError::Train(_)) => 1,
+            _ => 2,
         }
+    }
+}
+
+impl From<burnish_trainer::TrainError> for CliError {
+    fn from(e: burnish_trainer::TrainError) -> Self {
+        CliError::Task(e.into())
+    }
+}
+
+impl From<burnish_loader::LoadError> for CliError {
+    fn from(e: burnish_loader::LoadError) -> Self {
+        CliError::Task(e.into())
     }
 }

@@ -14,11 +14,11 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
 use burnish::backend::CpuTrain;
-use burnish_cli::{
-    BenchOptions, CliError, EvalOptions, Resume, RunConfig, TrainOptions, bench, evaluate,
-    plot_run, predict, train,
-};
+use burnish_cli::{BenchOptions, CliError, Progress, bench, plot_run, read_config};
 use burnish_data::Task;
+use burnish_tasks::{
+    EvalOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune, predict_dir,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -169,7 +169,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     // Activation checkpointing is a property of the autodiff backend type, so the config
     // is read before the backend is chosen.
     let checkpointing = match &cli.command {
-        Command::Train { config, .. } => RunConfig::from_file(config)?.train.gradient_checkpointing,
+        Command::Train { config, .. } => read_config(config)?.train.gradient_checkpointing,
         Command::Bench {
             gradient_checkpointing,
             ..
@@ -243,7 +243,6 @@ fn probe<B: burn::tensor::backend::Backend>(
 }
 
 fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<(), CliError> {
-    let device = device.clone();
     match command {
         Command::Train {
             config,
@@ -253,50 +252,15 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
             stop_after,
             quiet,
         } => {
-            let config = RunConfig::from_file(&config)?;
-            let options = TrainOptions {
+            let options = RunOptions {
                 output_dir,
-                quiet,
                 resume: resume.map(|dir| dir.map_or(Resume::Latest, Resume::From)),
                 force,
                 stop_after,
             };
-            let outcome = train::<B>(&config, &options, &device)?;
-            println!("final model: {}", outcome.final_dir.display());
-            if let Some(best) = &outcome.best_dir {
-                println!("best model: {}", best.display());
-            }
-            println!(
-                "metrics log: {}",
-                outcome.output_dir.join("metrics.jsonl").display()
-            );
-            // The model is saved: a picture that cannot be drawn is a warning, not a failure.
-            match plot_run(&outcome.output_dir) {
-                Ok(paths) => print_curves(&paths),
-                Err(e) => eprintln!("warning: {e}"),
-            }
-            Ok(())
+            train::<B>(&config, &options, quiet, device)
         }
-        Command::Bench { options, .. } => {
-            let r = bench::<B>(&options, &device)?;
-            eprintln!(
-                "{} parameters, batch {} x {} tokens, {}: \
-                 {:.2} samples/s, {:.0} tokens/s, {:.3} s/step, {:.2} TFLOP/s{}",
-                r.parameters,
-                options.batch_size,
-                options.seq_len,
-                options.precision,
-                r.samples_per_second,
-                r.tokens_per_second,
-                r.step_seconds,
-                r.tflops,
-                r.mfu
-                    .map(|m| format!(", MFU {:.1} %", m * 100.0))
-                    .unwrap_or_default()
-            );
-            println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            Ok(())
-        }
+        Command::Bench { options, .. } => bench_on::<B>(&options, device),
         Command::Plot { run } => {
             print_curves(&plot_run(&run)?);
             Ok(())
@@ -314,7 +278,7 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
                 batch_size,
                 ..EvalOptions::default()
             };
-            let metrics = evaluate::<B::InnerBackend>(&model, &data, &options, &device)?;
+            let metrics = evaluate_dir::<B::InnerBackend>(&model, &data, &options, device)?;
             println!("{}", serde_json::to_string(&metrics).unwrap_or_default());
             Ok(())
         }
@@ -332,11 +296,64 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
                 max_new_tokens,
                 ..EvalOptions::default()
             };
-            let n = predict::<B::InnerBackend>(&model, &input, &output, &options, &device)?;
+            let n = predict_dir::<B::InnerBackend>(&model, &input, &output, &options, device)?;
             eprintln!("{n} predictions written to {}", output.display());
             Ok(())
         }
     }
+}
+
+fn train<B: AutodiffBackend>(
+    config: &std::path::Path,
+    options: &RunOptions,
+    quiet: bool,
+    device: &B::Device,
+) -> Result<(), CliError> {
+    let config = read_config(config)?;
+    let outcome = fine_tune::<B>(&config, options, &mut Progress::new(quiet), device).map_err(
+        |e| match e {
+            TaskError::Inconsistent { dir, detail } => CliError::Usage(format!(
+                "cannot resume {} exactly: {detail} (pass --force to resume anyway)",
+                dir.display()
+            )),
+            other => other.into(),
+        },
+    )?;
+    println!("final model: {}", outcome.final_dir.display());
+    if let Some(best) = &outcome.best_dir {
+        println!("best model: {}", best.display());
+    }
+    let log = outcome.output_dir.join("metrics.jsonl");
+    println!("metrics log: {}", log.display());
+    // The model is saved: a picture that cannot be drawn is a warning, not a failure.
+    match plot_run(&outcome.output_dir) {
+        Ok(paths) => print_curves(&paths),
+        Err(e) => eprintln!("warning: {e}"),
+    }
+    Ok(())
+}
+
+fn bench_on<B: AutodiffBackend>(
+    options: &BenchOptions,
+    device: &B::Device,
+) -> Result<(), CliError> {
+    let r = bench::<B>(options, device)?;
+    let mfu = r.mfu.map(|m| format!(", MFU {:.1} %", m * 100.0));
+    eprintln!(
+        "{} parameters, batch {} x {} tokens, {}: \
+         {:.2} samples/s, {:.0} tokens/s, {:.3} s/step, {:.2} TFLOP/s{}",
+        r.parameters,
+        options.batch_size,
+        options.seq_len,
+        options.precision,
+        r.samples_per_second,
+        r.tokens_per_second,
+        r.step_seconds,
+        r.tflops,
+        mfu.unwrap_or_default()
+    );
+    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    Ok(())
 }
 
 fn print_curves([svg, png]: &[PathBuf; 2]) {
@@ -373,10 +390,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            match e {
-                CliError::Train(_) => ExitCode::from(1),
-                _ => ExitCode::from(2),
-            }
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -150,8 +150,7 @@ fn smooth(points: &[(f64, f64)], n: usize) -> Vec<(f64, f64)> {
 }
 
 fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Curves) -> Result<(), String> {
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
-    root.fill(&WHITE).map_err(err)?;
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
     let last_step = c
         .train_loss
@@ -159,8 +158,22 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Curves) -> Result<
         .chain(&c.eval_loss)
         .map(|p| p.0)
         .fold(1.0, f64::max);
+    draw_losses(&left, c, last_step)?;
+    if let Some((name, points)) = &c.metric {
+        draw_metric(&right, name, points, last_step)?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+/// The left panel: train and validation loss.
+fn draw_losses<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    c: &Curves,
+    last_step: f64,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
     let losses = range(c.train_loss.iter().chain(&c.eval_loss).map(|p| p.1));
-    let mut chart = ChartBuilder::on(&left)
+    let mut chart = ChartBuilder::on(area)
         .caption("loss", (FAMILY, 22))
         .margin(16)
         .x_label_area_size(40)
@@ -207,37 +220,44 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, c: &Curves) -> Result<
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
-        .map_err(err)?;
+        .map_err(err)
+}
 
-    if let Some((name, points)) = &c.metric {
-        let values = range(points.iter().map(|p| p.1));
-        let mut chart = ChartBuilder::on(&right)
-            .caption(format!("validation {name}"), (FAMILY, 22))
-            .margin(16)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0.0..last_step, values)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("optimizer step")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_desc(name.as_str())
-            .label_style((FAMILY, 14))
-            .draw()
-            .map_err(err)?;
-        let green = RGBColor(0, 140, 70);
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                green.stroke_width(2),
-            ))
-            .map_err(err)?;
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, green.filled())))
-            .map_err(err)?;
-    }
-    root.present().map_err(err)
+/// The right panel: the validation metric that picks the best model.
+fn draw_metric<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    name: &str,
+    points: &[(f64, f64)],
+    last_step: f64,
+) -> Result<(), String> {
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    let values = range(points.iter().map(|p| p.1));
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("validation {name}"), (FAMILY, 22))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..last_step, values)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_desc(name)
+        .label_style((FAMILY, 14))
+        .draw()
+        .map_err(err)?;
+    let green = RGBColor(0, 140, 70);
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            green.stroke_width(2),
+        ))
+        .map_err(err)?;
+    chart
+        .draw_series(points.iter().map(|&p| Circle::new(p, 4, green.filled())))
+        .map_err(err)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,12 +3,14 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use burnish_tasks::RunObserver;
+use burnish_trainer::StepReport;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 
 /// Progress of a run, written to stderr.
 #[derive(Debug)]
-pub(crate) struct Progress {
+pub struct Progress {
     bar: Option<ProgressBar>,
     quiet: bool,
     total: u64,
@@ -16,7 +18,7 @@ pub(crate) struct Progress {
 
 impl Progress {
     /// Plain lines on stderr until [`start`](Self::start); nothing with `quiet`.
-    pub(crate) fn new(quiet: bool) -> Self {
+    pub fn new(quiet: bool) -> Self {
         Progress {
             bar: None,
             quiet,
@@ -24,8 +26,19 @@ impl Progress {
         }
     }
 
+    /// A line above the bar (or on stderr).
+    fn print(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None if !self.quiet => eprintln!("{text}"),
+            None => {}
+        }
+    }
+}
+
+impl RunObserver for Progress {
     /// From now on, a bar over `total` steps when stderr is a terminal.
-    pub(crate) fn start(&mut self, total: u64) {
+    fn start(&mut self, total: u64) {
         self.total = total;
         self.bar = (!self.quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -40,29 +53,24 @@ impl Progress {
         });
     }
 
-    /// A line above the bar (or on stderr).
-    pub(crate) fn line(&self, text: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(text),
-            None if !self.quiet => eprintln!("{text}"),
-            None => {}
-        }
+    fn line(&mut self, text: &str) {
+        self.print(text);
     }
 
     /// The bar follows the step; the message shows the last loss and lr.
-    pub(crate) fn step(&self, step: u64, loss: f64, lr: f64) {
+    fn step(&mut self, report: &StepReport) {
         if let Some(bar) = &self.bar {
-            bar.set_position(step);
-            bar.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
+            bar.set_position(report.step);
+            bar.set_message(format!("loss {:.4} lr {:.2e}", report.loss, report.lr));
         }
     }
 
     /// Prints a `metrics.jsonl` event: every evaluation; training events only without a
     /// bar (the bar shows them).
-    pub(crate) fn event(&self, event: &Value) {
+    fn event(&mut self, event: &Value) {
         let f = |k: &str| event.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
         match event.get("event").and_then(Value::as_str) {
-            Some("train") if self.bar.is_none() => self.line(&format!(
+            Some("train") if self.bar.is_none() => self.print(&format!(
                 "step {}/{} epoch {} loss {:.4} lr {:.3e} grad_norm {:.3} {:.1} items/s",
                 event["step"],
                 self.total,
@@ -87,7 +95,7 @@ impl Progress {
                 } else {
                     ""
                 };
-                self.line(&format!(
+                self.print(&format!(
                     "eval at step {}: {metrics}; train loss {:.4}{best}",
                     event["step"],
                     f("train_loss")
@@ -98,7 +106,7 @@ impl Progress {
     }
 
     /// Removes the bar; later lines are plain again.
-    pub(crate) fn finish(&mut self) {
+    fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

@@ -9,20 +9,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burnish::backend::{Cpu, CpuTrain};
-use burnish_cli::{EvalOptions, RunConfig, TrainOptions, TrainOutcome, evaluate, predict, train};
+use burnish_cli::read_config;
+use burnish_tasks::{
+    EvalOptions, RunOptions, RunOutcome, Silent, evaluate_dir as evaluate, fine_tune,
+    predict_dir as predict,
+};
 
 fn assets() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/assets")
 }
 
-fn run(name: &str, out: &Path) -> TrainOutcome {
-    let config = RunConfig::from_file(&assets().join("configs").join(name)).unwrap();
-    let options = TrainOptions {
+fn run(name: &str, out: &Path) -> RunOutcome {
+    let config = read_config(&assets().join("configs").join(name)).unwrap();
+    let options = RunOptions {
         output_dir: Some(out.to_owned()),
-        quiet: true,
-        ..TrainOptions::default()
+        ..RunOptions::default()
     };
-    train::<CpuTrain>(&config, &options, &Default::default()).unwrap()
+    fine_tune::<CpuTrain>(&config, &options, &mut Silent, &Default::default()).unwrap()
 }
 
 fn losses(dir: &Path) -> Vec<f64> {

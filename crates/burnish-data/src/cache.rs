@@ -6,7 +6,8 @@
 //! - `records.bin`: 32 bytes per example: token start `u64`, source byte offset `u64`,
 //!   token count `u32`, source line `u32`, class label `i32`, 4 bytes zero;
 //! - `tokens.bin`: token ids, `u32` each;
-//! - `labels.bin`: per-token labels, `i32` each (empty for sequence classification);
+//! - `labels.bin`: per-token labels, `i32` each (empty for per-example labels);
+//! - `targets.bin`: float targets, `f32` each, `targets` per example (empty without);
 //! - `meta.json`: what was cached (written last: a directory without it is incomplete).
 //!
 //! Reads are positioned reads served by the OS page cache. They are not memory-mapped on
@@ -22,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::jsonl::JsonlRows;
-use crate::task::{RowEncoder, Task};
+use crate::task::{LabelLayout, RowFormat};
 use crate::{BadRow, BadRows, DataError, IGNORE_INDEX};
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const RECORD: usize = 32;
 /// Rows tokenized together (one parallel `encode_batch`); bounds memory while caching.
 const CHUNK_ROWS: usize = 4096;
@@ -41,8 +42,12 @@ pub struct CacheMeta {
     pub fingerprint: String,
     /// The JSONL file.
     pub source: PathBuf,
-    /// The task.
-    pub task: Task,
+    /// The kind of rows ([`RowFormat::kind`]).
+    pub kind: String,
+    /// How labels are laid out and counted.
+    pub layout: LabelLayout,
+    /// Float targets per example.
+    pub targets: usize,
     /// Examples cached.
     pub examples: u64,
     /// Tokens cached.
@@ -93,13 +98,15 @@ impl Record {
 }
 
 /// A tokenized batch read from a cache, right-padded to its longest example.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// Ids, attention mask and segment ids `[batch, seq]`.
     pub encoded: Encoded,
     /// Class ids (sequence classification, one per example) or per-token labels
     /// `[batch, seq]` row-major with −100 on padding.
     pub labels: Vec<i64>,
+    /// Float targets `[batch, targets]` row-major (empty when the rows have none).
+    pub targets: Vec<f32>,
     /// Label items the loss counts: examples, tagged tokens, or predicted tokens after
     /// the causal shift. Accumulation normalizes by the cycle's total.
     pub items: u64,
@@ -115,6 +122,7 @@ pub struct TokenCache {
     records: File,
     tokens: File,
     labels: File,
+    targets: File,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
@@ -148,7 +156,7 @@ fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<
 /// and every setting that changes the tokens.
 fn fingerprint(
     source: &Path,
-    encoder: &RowEncoder<'_>,
+    encoder: &dyn RowFormat,
     bad_rows: BadRows,
 ) -> Result<String, DataError> {
     let meta = std::fs::metadata(source).map_err(io(source))?;
@@ -157,7 +165,7 @@ fn fingerprint(
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    let tokenizer_path = encoder.tokenizer.path();
+    let tokenizer_path = encoder.tokenizer().path();
     let tokenizer = std::fs::read(tokenizer_path).map_err(io(tokenizer_path))?;
     let mut h = Sha256::new();
     let settings = serde_json::json!({
@@ -165,13 +173,12 @@ fn fingerprint(
         "source": std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned()),
         "size": meta.len(),
         "modified": modified.to_string(),
-        "tokenizer": encoder.tokenizer.config(),
-        "task": encoder.task,
-        "labels": encoder.labels,
-        "eos": encoder.eos_id,
-        "require_labels": encoder.require_labels,
+        "tokenizer": encoder.tokenizer().config(),
+        "kind": encoder.kind(),
+        "layout": encoder.layout(),
+        "targets": encoder.targets(),
+        "settings": encoder.settings(),
         "skip_bad_rows": bad_rows == BadRows::Skip,
-        "template": encoder.chat_template.map(|t| format!("{t:?}")),
     });
     h.update(settings.to_string().as_bytes());
     h.update(&tokenizer);
@@ -182,6 +189,7 @@ struct Writers {
     records: BufWriter<File>,
     tokens: BufWriter<File>,
     labels: BufWriter<File>,
+    targets: BufWriter<File>,
 }
 
 impl TokenCache {
@@ -193,7 +201,7 @@ impl TokenCache {
     /// [`DataError::Empty`] when no row is usable; [`DataError::Tokenizer`].
     pub fn open_or_build(
         source: &Path,
-        encoder: &RowEncoder<'_>,
+        encoder: &dyn RowFormat,
         bad_rows: BadRows,
         root: &Path,
     ) -> Result<(Self, bool), DataError> {
@@ -207,11 +215,8 @@ impl TokenCache {
         // Builds a crash interrupted leave behind; never mistaken for a cache (no rename).
         if let Ok(entries) = std::fs::read_dir(root) {
             for entry in entries.flatten() {
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(".building-")
-                {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && (name.contains(".partial-") || name.contains(".old-")) {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
@@ -222,21 +227,32 @@ impl TokenCache {
 
     fn build(
         source: &Path,
-        encoder: &RowEncoder<'_>,
+        encoder: &dyn RowFormat,
         bad_rows: BadRows,
         dir: &Path,
         fingerprint: String,
     ) -> Result<(), DataError> {
         // Built beside its final place and renamed in: an interrupted build never looks
         // like a cache.
-        let parent = dir.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".building-")
-            .tempdir_in(parent)
-            .map_err(io(parent))?;
+        burnish_checkpoint::replace_dir(dir, &burnish_checkpoint::FsStorage, |staging| {
+            Self::write_files(source, encoder, bad_rows, staging, fingerprint)
+        })
+        .map_err(|e| match e {
+            burnish_checkpoint::ReplaceError::Fill(e) => e,
+            burnish_checkpoint::ReplaceError::Io { path, source } => DataError::Io { path, source },
+        })
+    }
+
+    /// Tokenizes `source` into the cache files under `tmp`, `meta.json` last.
+    fn write_files(
+        source: &Path,
+        encoder: &dyn RowFormat,
+        bad_rows: BadRows,
+        tmp: &Path,
+        fingerprint: String,
+    ) -> Result<(), DataError> {
         let create = |name: &str| -> Result<BufWriter<File>, DataError> {
-            let path = tmp.path().join(name);
+            let path = tmp.join(name);
             Ok(BufWriter::with_capacity(
                 1 << 20,
                 File::create(&path).map_err(io(&path))?,
@@ -246,42 +262,34 @@ impl TokenCache {
             records: create("records.bin")?,
             tokens: create("tokens.bin")?,
             labels: create("labels.bin")?,
+            targets: create("targets.bin")?,
         };
         let mut meta = CacheMeta {
             format: FORMAT,
             fingerprint,
             source: source.to_owned(),
-            task: encoder.task,
+            kind: encoder.kind(),
+            layout: encoder.layout(),
+            targets: encoder.targets(),
             examples: 0,
             tokens: 0,
             skipped: 0,
             skipped_rows: Vec::new(),
         };
         let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-        for row in JsonlRows::open(source)? {
-            chunk.push(row?);
-            if chunk.len() == CHUNK_ROWS {
-                Self::write_chunk(
-                    &chunk,
-                    encoder,
-                    bad_rows,
-                    source,
-                    &mut out,
-                    &mut meta,
-                    tmp.path(),
-                )?;
+        let mut rows = JsonlRows::open(source)?;
+        loop {
+            let row = rows.next().transpose()?;
+            let end = row.is_none();
+            chunk.extend(row);
+            if end || chunk.len() == CHUNK_ROWS {
+                Self::write_chunk(&chunk, encoder, bad_rows, source, &mut out, &mut meta, tmp)?;
                 chunk.clear();
             }
+            if end {
+                break;
+            }
         }
-        Self::write_chunk(
-            &chunk,
-            encoder,
-            bad_rows,
-            source,
-            &mut out,
-            &mut meta,
-            tmp.path(),
-        )?;
         if meta.examples == 0 {
             return Err(DataError::Empty {
                 path: source.to_owned(),
@@ -291,26 +299,20 @@ impl TokenCache {
             ("records.bin", out.records),
             ("tokens.bin", out.tokens),
             ("labels.bin", out.labels),
+            ("targets.bin", out.targets),
         ] {
-            let path = tmp.path().join(name);
-            let file = w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
-            file.sync_all().map_err(io(&path))?;
+            let path = tmp.join(name);
+            w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
         }
-        let meta_path = tmp.path().join("meta.json");
+        let meta_path = tmp.join("meta.json");
         let text = serde_json::to_string_pretty(&meta).unwrap_or_default();
-        std::fs::write(&meta_path, text).map_err(io(&meta_path))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io(dir))?;
-        }
-        let tmp = tmp.keep();
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        Ok(())
+        std::fs::write(&meta_path, text).map_err(io(&meta_path))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn write_chunk(
         rows: &[crate::jsonl::Row],
-        encoder: &RowEncoder<'_>,
+        encoder: &dyn RowFormat,
         bad_rows: BadRows,
         source: &Path,
         out: &mut Writers,
@@ -366,6 +368,23 @@ impl TokenCache {
                 .flat_map(|l| l.to_le_bytes())
                 .collect();
             write(&mut out.labels, &labels, "labels.bin")?;
+            if example.targets.len() != meta.targets {
+                return Err(DataError::Cache {
+                    path: tmp.join("targets.bin"),
+                    detail: format!(
+                        "line {}: {} targets, the row format declares {}",
+                        row.line,
+                        example.targets.len(),
+                        meta.targets
+                    ),
+                });
+            }
+            let targets: Vec<u8> = example
+                .targets
+                .iter()
+                .flat_map(|t| t.to_le_bytes())
+                .collect();
+            write(&mut out.targets, &targets, "targets.bin")?;
             meta.examples += 1;
             meta.tokens += example.ids.len() as u64;
         }
@@ -402,7 +421,7 @@ impl TokenCache {
             }
             Ok(file)
         };
-        let label_bytes = if meta.task == Task::SequenceClassification {
+        let label_bytes = if meta.layout == LabelLayout::Example {
             0
         } else {
             meta.tokens * 4
@@ -411,6 +430,7 @@ impl TokenCache {
             records: open("records.bin", meta.examples * RECORD as u64)?,
             tokens: open("tokens.bin", meta.tokens * 4)?,
             labels: open("labels.bin", label_bytes)?,
+            targets: open("targets.bin", meta.examples * meta.targets as u64 * 4)?,
             dir: dir.to_owned(),
             meta,
         })
@@ -520,7 +540,9 @@ impl TokenCache {
             attention_mask: Vec::with_capacity(n * seq),
             token_type_ids: vec![0; n * seq],
         };
-        let per_token = self.meta.task != Task::SequenceClassification;
+        let per_token = self.meta.layout != LabelLayout::Example;
+        let k = self.meta.targets;
+        let mut targets = Vec::with_capacity(n * k);
         let mut labels = Vec::with_capacity(if per_token { n * seq } else { n });
         let mut items = 0u64;
         for r in &records {
@@ -536,18 +558,28 @@ impl TokenCache {
             encoded.attention_mask.extend(std::iter::repeat_n(0, pad));
             if per_token {
                 let row = self.read_u32s(&self.labels, "labels.bin", r.token_start, r.len)?;
-                let skip = usize::from(self.meta.task == Task::CausalLm);
+                let skip = usize::from(self.meta.layout == LabelLayout::ShiftedToken);
                 items += row.iter().skip(skip).filter(|&&l| l as i32 >= 0).count() as u64;
                 labels.extend(row.iter().map(|&l| i64::from(l as i32)));
                 labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
             } else {
-                items += u64::from(r.label >= 0);
+                items += u64::from(r.label >= 0 || k > 0);
                 labels.push(i64::from(r.label));
             }
+        }
+        for &i in indices.iter().filter(|_| k > 0) {
+            let mut b = vec![0u8; k * 4];
+            read_at(&self.targets, &mut b, (i * k * 4) as u64)
+                .map_err(io(&self.dir.join("targets.bin")))?;
+            targets.extend(
+                b.chunks(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
         }
         Ok(Batch {
             encoded,
             labels,
+            targets,
             items,
             indices: indices.to_vec(),
         })
@@ -561,6 +593,7 @@ mod tests {
     use burnish_loader::{HfModelDir, HfTokenizer, TokenizerConfig};
 
     use super::*;
+    use crate::{RowEncoder, Task};
 
     /// An encoder of labeled rows without chat template or EOS.
     fn labeled<'a>(task: Task, tokenizer: &'a HfTokenizer, labels: &'a [String]) -> RowEncoder<'a> {
@@ -652,12 +685,12 @@ mod tests {
             .unwrap();
         let err = TokenCache::open(&dir).unwrap_err();
         assert!(err.to_string().contains("tokens.bin"), "{err}");
-        std::fs::create_dir(root.path().join(".building-leftover")).unwrap();
+        std::fs::create_dir(root.path().join(".0123.partial-1")).unwrap();
         let (fixed, built) =
             TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
         assert!(built);
         assert_eq!(fixed.batch(&[0, 1], tokenizer.pad_id()).unwrap(), batch);
-        assert!(!root.path().join(".building-leftover").exists());
+        assert!(!root.path().join(".0123.partial-1").exists());
     }
 
     #[test]
@@ -685,5 +718,81 @@ mod tests {
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.meta().skipped, 1);
         assert_eq!(cache.record(1).unwrap().line, 3);
+    }
+
+    /// A row kind of its own: `{"text", "score"}` with a float target, which the built-in
+    /// encoder knows nothing of.
+    struct Scores<'a>(&'a HfTokenizer);
+
+    impl RowFormat for Scores<'_> {
+        fn kind(&self) -> String {
+            "scores".into()
+        }
+
+        fn layout(&self) -> LabelLayout {
+            LabelLayout::Example
+        }
+
+        fn targets(&self) -> usize {
+            2
+        }
+
+        fn tokenizer(&self) -> &HfTokenizer {
+            self.0
+        }
+
+        fn settings(&self) -> serde_json::Value {
+            serde_json::json!({"scaled": true})
+        }
+
+        fn encode(
+            &self,
+            rows: &[&serde_json::Value],
+        ) -> Result<Vec<Result<crate::TokenizedExample, String>>, DataError> {
+            let texts: Vec<&str> = rows
+                .iter()
+                .map(|r| r["text"].as_str().unwrap_or(""))
+                .collect();
+            let ids = self.0.encode_unpadded(&texts, true)?;
+            Ok(rows
+                .iter()
+                .zip(ids)
+                .map(|(row, ids)| {
+                    let score = row["score"].as_f64().ok_or("missing `score`")? as f32;
+                    Ok(crate::TokenizedExample {
+                        ids,
+                        token_labels: Vec::new(),
+                        label: IGNORE_INDEX,
+                        targets: vec![score, 1.0 - score],
+                    })
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn a_row_format_of_its_own_caches_float_targets() {
+        let model = HfModelDir::open(&assets("toy-bert")).unwrap();
+        let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("s.jsonl");
+        std::fs::write(
+            &source,
+            "{\"text\": \"good\", \"score\": 0.75}\n{\"text\": \"bad\"}\n{\"text\": \"bad bad\", \"score\": 0.25}\n",
+        )
+        .unwrap();
+        let format = Scores(&tokenizer);
+        let (cache, _) =
+            TokenCache::open_or_build(&source, &format, BadRows::Skip, dir.path()).unwrap();
+        assert_eq!(
+            (cache.meta().kind.as_str(), cache.meta().targets),
+            ("scores", 2)
+        );
+        assert_eq!(cache.meta().skipped_rows.len(), 1);
+        let batch = cache.batch(&[1, 0], tokenizer.pad_id()).unwrap();
+        assert_eq!(batch.targets, [0.25, 0.75, 0.75, 0.25]);
+        assert_eq!(batch.items, 2, "every example with targets counts");
+        let reopened = TokenCache::open(cache.dir()).unwrap();
+        assert_eq!(reopened.batch(&[1, 0], tokenizer.pad_id()).unwrap(), batch);
     }
 }

@@ -1,12 +1,4 @@
-//! Task data for fine-tuning: readers, shuffling, tokenized batches.
-//!
-//! ```no_run
-//! use burnish_data::{BadRows, read_classification};
-//! let labels = vec!["negative".to_owned(), "positive".to_owned()];
-//! let data = read_classification("train.jsonl".as_ref(), Some(&labels), BadRows::Fail)?;
-//! println!("{} examples", data.examples.len());
-//! # Ok::<(), burnish_data::DataError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod cache;
 pub mod jsonl;
@@ -15,7 +7,7 @@ mod task;
 
 pub use cache::{Batch, CacheMeta, Record, TokenCache};
 pub use sampler::{grouped_order, sample_order};
-pub use task::{RowEncoder, Task, TokenizedExample};
+pub use task::{LabelLayout, RowEncoder, RowFormat, Task, TokenizedExample};
 
 use std::collections::HashMap;
 use std::fmt;

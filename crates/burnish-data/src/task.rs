@@ -32,7 +32,7 @@ impl Task {
 }
 
 /// One example as token ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenizedExample {
     /// Token ids, special tokens included, truncated to the tokenizer's `max_length`.
     pub ids: Vec<u32>,
@@ -42,6 +42,86 @@ pub struct TokenizedExample {
     pub token_labels: Vec<i32>,
     /// Class id (sequence classification), −100 when the row has no label.
     pub label: i64,
+    /// Float targets of the example (regression values, multi-label 0/1 indicators):
+    /// exactly [`RowFormat::targets`] of them; empty for the built-in kinds.
+    pub targets: Vec<f32>,
+}
+
+/// How a row kind's labels are laid out in the token cache, and which of them a loss
+/// counts as items (what accumulation normalizes by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelLayout {
+    /// One class id per example ([`TokenizedExample::label`]); an example counts when its
+    /// label is ≥ 0 or it has float targets.
+    Example,
+    /// One label per token; a token counts when its label is ≥ 0.
+    Token,
+    /// One label per token, predicted from the token before (causal LM): the first
+    /// token never counts.
+    ShiftedToken,
+}
+
+/// A kind of JSON row and how it becomes token ids and labels: the open side of the data
+/// crate. [`RowEncoder`] implements it for the built-in [`Task`]s; implement it for rows
+/// of your own (a new label type travels as [`TokenizedExample::targets`]) and the
+/// [`TokenCache`](crate::TokenCache) stores and batches them like any other.
+pub trait RowFormat: Sync {
+    /// A name for the kind of rows (`sequence-classification`, `my-scores`), kept in the
+    /// cache's metadata.
+    fn kind(&self) -> String;
+
+    /// How labels are laid out and counted.
+    fn layout(&self) -> LabelLayout;
+
+    /// Float targets per example (0 unless the rows carry them).
+    fn targets(&self) -> usize {
+        0
+    }
+
+    /// The tokenizer (its file and settings are part of the cache fingerprint).
+    fn tokenizer(&self) -> &HfTokenizer;
+
+    /// Every other setting that changes the encoding, for the cache fingerprint.
+    fn settings(&self) -> Value;
+
+    /// Encodes a chunk of rows; each row gives an example or the reason it cannot be used.
+    ///
+    /// # Errors
+    /// [`DataError::Tokenizer`] when the tokenizer itself fails.
+    fn encode(&self, rows: &[&Value]) -> Result<Vec<Result<TokenizedExample, String>>, DataError>;
+}
+
+impl RowFormat for RowEncoder<'_> {
+    fn kind(&self) -> String {
+        self.task.name().to_owned()
+    }
+
+    fn layout(&self) -> LabelLayout {
+        match self.task {
+            Task::SequenceClassification => LabelLayout::Example,
+            Task::TokenClassification => LabelLayout::Token,
+            Task::CausalLm => LabelLayout::ShiftedToken,
+        }
+    }
+
+    fn tokenizer(&self) -> &HfTokenizer {
+        self.tokenizer
+    }
+
+    fn settings(&self) -> Value {
+        serde_json::json!({
+            "task": self.task,
+            "labels": self.labels,
+            "eos": self.eos_id,
+            "require_labels": self.require_labels,
+            "template": self.chat_template.map(|t| format!("{t:?}")),
+        })
+    }
+
+    fn encode(&self, rows: &[&Value]) -> Result<Vec<Result<TokenizedExample, String>>, DataError> {
+        RowEncoder::encode(self, rows)
+    }
 }
 
 /// Turns JSON rows into [`TokenizedExample`]s for one task.
@@ -224,6 +304,7 @@ impl RowEncoder<'_> {
                             Parsed::Text(_, l) => *l,
                             _ => IGNORE_INDEX,
                         },
+                        targets: Vec::new(),
                     })
                     .collect::<Vec<_>>()
             }
@@ -248,6 +329,7 @@ impl RowEncoder<'_> {
                                 .map(|l| l as i32)
                                 .collect(),
                             label: IGNORE_INDEX,
+                            targets: Vec::new(),
                         }
                     })
                     .collect()
@@ -311,6 +393,7 @@ impl RowEncoder<'_> {
                 ids,
                 token_labels: labels,
                 label: IGNORE_INDEX,
+                targets: Vec::new(),
             });
         }
         Ok(out)

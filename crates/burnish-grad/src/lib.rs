@@ -1,15 +1,4 @@
-//! Gradient utilities for full-parameter fine-tuning on burn, matching PyTorch:
-//!
-//! - [`clip_grad_norm`]: one global norm over *all* gradients, exactly
-//!   `torch.nn.utils.clip_grad_norm_` (L2 or ∞ norm, the `1e-6`, returns the pre-clip norm,
-//!   optional error on a non-finite norm); [`clip_grad_value`]; [`grad_norm`].
-//! - [`GradAccumulator`]: micro-batch gradients summed and normalized by the item count of
-//!   the whole accumulation cycle (the October 2024 transformers fix).
-//! - [`has_non_finite`] and [`scale_grads`]: what a mixed-precision loss scaler needs.
-//!
-//! Gradients are burn's [`GradientsParams`](burn::optim::GradientsParams) (on the inner
-//! backend, as `GradientsParams::from_grads` gives them); functions take the module too,
-//! because the module's parameters are what say which gradients exist.
+#![doc = include_str!("../README.md")]
 
 mod accumulate;
 mod clip;

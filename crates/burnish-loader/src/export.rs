@@ -143,8 +143,9 @@ pub fn write_module<B: Backend, M: Module<B>>(
 /// `architectures` set by the caller; its `dtype`/`torch_dtype` is set to `float32`, the
 /// dtype written), and the tokenizer files of `tokenizer_from` when present.
 ///
-/// The directory is written beside its place and swapped in: an existing `out_dir` (the
-/// previous best model, say) stays whole until the new one is complete.
+/// The directory is written beside its place, synced, and swapped in
+/// ([`burnish_checkpoint::replace_dir`]): an existing `out_dir` (the previous best model,
+/// say) stays whole until the new one is complete, and is put back if the swap fails.
 ///
 /// # Errors
 /// [`LoadError::Io`] naming the file.
@@ -155,34 +156,13 @@ pub fn export_dir<B: Backend, M: Module<B>>(
     config: &Value,
     tokenizer_from: Option<&Path>,
 ) -> Result<(), LoadError> {
-    let name = out_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    let parent = match out_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(LoadError::io(&parent))?;
-    let staging = parent.join(format!(".{name}.writing-{}", std::process::id()));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(LoadError::io(&staging))?;
-    }
-    std::fs::create_dir_all(&staging).map_err(LoadError::io(&staging))?;
-    let written = write_dir(&staging, module, naming, config, tokenizer_from);
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if out_dir.exists() {
-        std::fs::rename(out_dir, &old).map_err(LoadError::io(out_dir))?;
-    }
-    std::fs::rename(&staging, out_dir).map_err(LoadError::io(out_dir))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(LoadError::io(&old))?;
-    }
-    Ok(())
+    burnish_checkpoint::replace_dir(out_dir, &burnish_checkpoint::FsStorage, |staging| {
+        write_dir(staging, module, naming, config, tokenizer_from)
+    })
+    .map_err(|e| match e {
+        burnish_checkpoint::ReplaceError::Fill(e) => e,
+        burnish_checkpoint::ReplaceError::Io { path, source } => LoadError::Io { path, source },
+    })
 }
 
 fn write_dir<B: Backend, M: Module<B>>(

@@ -1,27 +1,4 @@
-//! Hugging Face model directories in and out of burn.
-//!
-//! - [`HfModelDir::open`] reads `config.json` into a [`ModelConfig`];
-//!   [`HfModelDir::load_bert`] / [`HfModelDir::load_llama`] build the module and fill it
-//!   from `model.safetensors` or a sharded `model.safetensors.index.json` ([`Weights`]),
-//!   converting F16/BF16 to the module's float type and transposing Linear weights.
-//! - Loading is strict: a missing backbone tensor or a shape mismatch is an error naming
-//!   the tensor; a [`LoadReport`] lists what was loaded, what was left out (allowed
-//!   prefixes such as a new head) and what the checkpoint had that nothing used.
-//! - Files are read tensor by tensor (no memory map, no whole-file buffer), so loading
-//!   peaks near one copy of the weights.
-//! - [`HfTokenizer`] loads `tokenizer.json` with padding and truncation from a
-//!   [`TokenizerConfig`], not from the file.
-//! - [`export_dir`] writes a directory that `transformers.AutoModel...from_pretrained`
-//!   loads: float32 safetensors under HF names, `config.json`, tokenizer files.
-//!
-//! ```no_run
-//! use burnish_loader::{HfModelDir, LoadOptions};
-//! type B = burn_ndarray::NdArray;
-//! let dir = HfModelDir::open("models/all-MiniLM-L6-v2".as_ref())?;
-//! let (model, report) = dir.load_bert::<B>(&Default::default(), &LoadOptions::default())?;
-//! println!("{} tensors loaded, unused: {:?}", report.loaded.len(), report.unexpected);
-//! # Ok::<(), burnish_loader::LoadError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod chat;
 mod error;

@@ -1,39 +1,4 @@
-//! Transformer architectures for full-parameter fine-tuning on burn, built from a Hugging
-//! Face `config.json` and generic over `B: Backend`.
-//!
-//! | `model_type` | module | notes |
-//! |---|---|---|
-//! | `bert` | [`BertModel`] | post-LN encoder, exact-erf GELU, pooler |
-//! | `roberta` | [`BertModel`] | positions counted from `pad_token_id + 1` |
-//! | `llama`, `mistral`, `qwen2` | [`LlamaForCausalLm`] | RMSNorm, RoPE, SwiGLU, GQA, tied or separate `lm_head`, [`KvCache`] |
-//!
-//! Parameter paths mirror the Hugging Face names (`encoder.layer.3.attention.self_attn.query.weight`
-//! for `encoder.layer.3.attention.self.query.weight`; burn's LayerNorm calls its parameters
-//! `gamma`/`beta`), so that `burnish-loader` maps names mechanically and optimizer groups
-//! see familiar paths. Every dropout probability comes from the config and can be changed
-//! before `init` ([`BertConfig::with_dropout`]); dropout is active only on an autodiff
-//! backend, i.e. during training.
-//!
-//! # Adding an architecture
-//! 1. A config struct with serde defaults matching transformers' `PretrainedConfig`, a
-//!    `validate` that rejects sizes that do not fit, and a `model_type` arm in
-//!    [`ModelConfig::from_json`].
-//! 2. A `#[derive(Module)]` struct tree whose field names follow the HF parameter names,
-//!    built by an `init` with transformers' initialization (N(0, initializer_range) weights,
-//!    zero biases, unit norms: see the `layers` helpers).
-//! 3. The name mapping and a tiny random checkpoint made with transformers in
-//!    `burnish-loader`'s tests, compared logit for logit.
-//!
-//! ```
-//! use burnish_models::ModelConfig;
-//! let config = ModelConfig::from_json(r#"{"model_type": "bert", "vocab_size": 100,
-//!     "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-//!     "intermediate_size": 64, "max_position_embeddings": 64}"#)?;
-//! let ModelConfig::Bert(bert) = config else { unreachable!() };
-//! let model = bert.init::<burn_ndarray::NdArray>(true, &Default::default())?;
-//! assert_eq!(model.num_layers(), 2);
-//! # Ok::<(), burnish_models::ModelError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 use burn::tensor::FloatDType;
 

@@ -1,19 +1,4 @@
-//! Dotted parameter paths of burn modules.
-//!
-//! burn's derived modules call `enter_module(field, "Struct:Owner")` and `exit_module`
-//! around every field (a `Vec` item gets its index as the name, `Option` adds nothing), but
-//! never report a parameter's full path. [`PathStack`] rebuilds it inside any
-//! `ModuleVisitor` or `ModuleMapper`; [`named_params`] lists a module's parameters with it.
-//!
-//! ```
-//! use burn::nn::{Linear, LinearConfig};
-//! use burn_ndarray::NdArray;
-//! let linear: Linear<NdArray> = LinearConfig::new(3, 2).init(&Default::default());
-//! let params = burnish_params::named_params(&linear);
-//! assert_eq!(params[0].path, "weight");
-//! assert_eq!(params[0].owner, "Linear");
-//! assert_eq!(params[0].shape, [3, 2]);
-//! ```
+#![doc = include_str!("../README.md")]
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Tensor, backend::Backend};

@@ -1,41 +1,4 @@
-//! Learning-rate schedules for fine-tuning, computed exactly as Hugging Face `transformers`
-//! computes them (`transformers/optimization.py`), as pure functions of the step count.
-//!
-//! A [`Schedule`] maps the number of scheduler steps taken so far, `s`, to a multiplier
-//! `λ(s)` of the peak learning rate. Because it keeps no state, resuming a run only needs the
-//! step count: there is nothing else to save.
-//!
-//! # Which step uses which value
-//! The Hugging Face Trainer steps its scheduler *after* each optimizer step, so optimizer
-//! update number `k` (1-based) runs with `λ(k − 1)`. Pass the number of optimizer updates
-//! already completed: the very first update uses [`Schedule::lr`]`(0)`, which is `0` whenever
-//! there is a warmup. Steps skipped by a mixed-precision loss scaler must not be counted.
-//!
-//! # Example
-//! ```
-//! use burnish_schedule::{ScheduleConfig, ScheduleKind, Warmup};
-//!
-//! let schedule = ScheduleConfig {
-//!     kind: ScheduleKind::Linear,
-//!     peak_lr: 1.0,
-//!     total_steps: 10,
-//!     warmup: Warmup::Steps(3),
-//! }
-//! .build()?;
-//! let lrs: Vec<f64> = (0..10).map(|s| schedule.lr(s)).collect();
-//! assert_eq!(lrs[..4], [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0]);
-//! assert_eq!(lrs[9], 1.0 / 7.0);
-//! # Ok::<(), burnish_schedule::ScheduleError>(())
-//! ```
-//!
-//! Configurations are serde types, so they read straight from JSON or TOML:
-//! ```
-//! # use burnish_schedule::ScheduleConfig;
-//! let json = r#"{"kind": {"type": "cosine", "min_lr_ratio": 0.1},
-//!                "peak_lr": 5e-5, "total_steps": 1000, "warmup": {"ratio": 0.06}}"#;
-//! let schedule = serde_json::from_str::<ScheduleConfig>(json).unwrap().build().unwrap();
-//! assert_eq!(schedule.warmup_steps(), 60);
-//! ```
+#![doc = include_str!("../README.md")]
 
 use std::f64::consts::PI;
 

@@ -1,49 +1,17 @@
-//! The fine-tuning loop of burnish, composed from the math crates.
-//!
-//! [`Trainer::step`] is one optimizer step, written out so it reads top to bottom:
-//! losses of the cycle's micro-batches → gradients summed and divided by the cycle's item
-//! count → (fp16: unscaled, the step skipped on inf/NaN) → global-norm clip → AdamW at the
-//! scheduled lr. The caller owns the data and the epochs; what a step did comes back as a
-//! [`StepReport`].
-//!
-//! Mixed precision is two settings that go together: the model computes in half precision
-//! ([`burnish_models::Autocast::with_compute_dtype`] with [`Precision::compute_dtype`]) while
-//! its parameters, the gradients and the AdamW moments stay float32, and
-//! [`TrainerConfig::precision`] `Fp16` makes the trainer scale the loss dynamically
-//! ([`burnish_amp::LossScaler`], `torch.amp.GradScaler`'s rules).
-//!
-//! ```
-//! use burn::backend::Autodiff;
-//! use burn::nn::{Linear, LinearConfig};
-//! use burn::tensor::{Tensor, TensorData};
-//! use burn_ndarray::NdArray;
-//! use burnish_heads::{LossParts, mse};
-//! use burnish_trainer::{Trainer, TrainerConfig};
-//!
-//! type B = Autodiff<NdArray>;
-//! let device = Default::default();
-//! let model: Linear<B> = LinearConfig::new(2, 1).init(&device);
-//! let config = TrainerConfig { lr: 0.1, total_steps: 50, weight_decay: 0.0, ..Default::default() };
-//! let mut trainer = Trainer::new(model, config)?;
-//! // y = x0 − x1, one micro-batch of 4 examples per step.
-//! let x = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0., 0., 1., 1., 1., 2., 0.], [4, 2]), &device);
-//! let y = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, -1., 0., 2.], [4, 1]), &device);
-//! let loss = |m: &Linear<B>, _: &()| mse(m.forward(x.clone()), y.clone());
-//! let first = trainer.step(&[()], loss)?.loss;
-//! for _ in 0..48 {
-//!     trainer.step(&[()], loss)?;
-//! }
-//! assert!(trainer.step(&[()], loss)?.loss < first / 10.0);
-//! # Ok::<(), burnish_trainer::TrainError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod fit;
 pub mod metrics;
+mod parts;
 
 pub use fit::{
     BestMetric, BoxError, Control, EarlyStopping, EvalEvent, FitConfig, FitState, FitSummary,
-    Hooks, NoHooks, TrainData,
+    Hooks, NoHooks, StepPlan, TrainData,
 };
+pub use parts::{LrSchedule, Optimizer, StepLoss};
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -51,9 +19,8 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::AutodiffBackend;
 use burnish_amp::{LossScaler, LossScalerConfig, Precision, ScalerState};
 use burnish_grad::{GradAccumulator, GradError, NormType, clip_grad_norm};
-use burnish_heads::LossParts;
 use burnish_optim::{AdamW, AdamWConfig, OptimError, ParamGroups};
-use burnish_schedule::{Schedule, ScheduleConfig, ScheduleError, ScheduleKind, Warmup};
+use burnish_schedule::{ScheduleConfig, ScheduleError, ScheduleKind, Warmup};
 use serde::{Deserialize, Serialize};
 
 /// Optimization settings of a run; the defaults are the Hugging Face Trainer's, with the
@@ -73,17 +40,17 @@ pub struct TrainerConfig {
     pub schedule: ScheduleKind,
     /// Warmup length.
     pub warmup: Warmup,
-    /// Optimizer steps the schedule spans.
+    /// Optimizer steps the schedule spans ([`StepPlan`] derives it from the data).
     pub total_steps: u64,
     /// Global-norm clipping threshold; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
     /// Seeds the backend's random generator before each step with a value derived from
     /// this seed and the step number, so dropout masks depend on the step alone: a run
-    /// resumed at step N draws the masks the uninterrupted run drew. `None` leaves the
-    /// generator alone.
-    pub seed: Option<u64>,
+    /// resumed at step N draws the masks the uninterrupted run drew.
+    pub seed: u64,
     /// Compute precision; `Fp16` turns on dynamic loss scaling. The model's own compute
-    /// dtype is set on the model (see the crate docs).
+    /// dtype is set on the model (see the crate docs); [`Trainer::new`] checks that the
+    /// backend has the dtype.
     pub precision: Precision,
     /// The fp16 loss scaler's settings (torch's defaults); unused in other precisions.
     pub loss_scaler: LossScalerConfig,
@@ -100,9 +67,61 @@ impl Default for TrainerConfig {
             warmup: Warmup::Steps(0),
             total_steps: 1000,
             max_grad_norm: Some(1.0),
-            seed: None,
+            seed: 42,
             precision: Precision::Fp32,
             loss_scaler: LossScalerConfig::default(),
+        }
+    }
+}
+
+impl TrainerConfig {
+    /// Checks the values the types cannot: each error names the field.
+    ///
+    /// # Errors
+    /// [`TrainError::Invalid`] for the first field out of range.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let invalid = |field: &'static str, message: String| {
+            Err(TrainError::Invalid {
+                field: field.into(),
+                message,
+            })
+        };
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return invalid("lr", format!("must be positive, got {}", self.lr));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return invalid(
+                "weight_decay",
+                format!("must be ≥ 0 and finite, got {}", self.weight_decay),
+            );
+        }
+        if let Some(max) = self.max_grad_norm
+            && !(max > 0.0 && max.is_finite())
+        {
+            return invalid(
+                "max_grad_norm",
+                format!("must be positive and finite, got {max}"),
+            );
+        }
+        if self.total_steps == 0 {
+            return invalid("total_steps", "must be at least 1".into());
+        }
+        let adam = AdamWConfig {
+            weight_decay: self.weight_decay,
+            ..self.adam.clone()
+        };
+        match adam.validate() {
+            Err(OptimError::InvalidHyperParameter { field, value }) => Err(TrainError::Invalid {
+                field: match field {
+                    "weight_decay" => field.into(),
+                    _ => format!("adam.{field}"),
+                },
+                message: match field {
+                    "beta1" | "beta2" => format!("must be in [0, 1), got {value}"),
+                    _ => format!("must be ≥ 0 and finite, got {value}"),
+                },
+            }),
+            other => other.map_err(TrainError::Optim),
         }
     }
 }
@@ -117,6 +136,37 @@ pub enum TrainError {
     /// The optimizer configuration is invalid.
     #[error("optimizer: {0}")]
     Optim(#[from] OptimError),
+    /// A setting is out of range; `field` is its name in [`TrainerConfig`] or
+    /// [`FitConfig`].
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field (`lr`, `grad_accum`, ...).
+        field: String,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// The learning rate is 0 at every step of the run: training would change nothing.
+    #[error(
+        "the learning rate is 0 at every one of the {total_steps} steps (warmup {warmup:?} \
+         leaves no step with a positive rate): raise total_steps or shorten the warmup"
+    )]
+    ZeroSchedule {
+        /// Steps the schedule spans.
+        total_steps: u64,
+        /// The configured warmup.
+        warmup: Warmup,
+    },
+    /// The backend cannot compute in the requested precision.
+    #[error(
+        "precision {precision}: this backend has no {dtype:?} tensors (burn-flex and CUDA \
+         have them; burn-ndarray computes in float32 only)"
+    )]
+    Precision {
+        /// The requested precision.
+        precision: Precision,
+        /// The dtype the backend lacks.
+        dtype: burn::tensor::FloatDType,
+    },
     /// The loss scaler's settings or restored state are invalid.
     #[error("loss scaler: {0}")]
     Amp(#[from] burnish_amp::AmpError),
@@ -135,6 +185,9 @@ pub enum TrainError {
     /// A hook failed (a checkpoint could not be saved, say).
     #[error("{0}")]
     Hook(BoxError),
+    /// The optimizer state could not be saved or restored.
+    #[error("optimizer state: {0}")]
+    OptimState(BoxError),
     /// The loop's settings contradict each other.
     #[error("{0}")]
     Config(String),
@@ -149,7 +202,7 @@ pub enum TrainError {
 }
 
 /// What one optimizer step did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepReport {
     /// Optimizer steps completed, this one included.
     pub step: u64,
@@ -167,25 +220,53 @@ pub struct StepReport {
     pub skipped: bool,
     /// fp16 only: the loss scale this step used.
     pub loss_scale: Option<f32>,
+    /// The loss function's extra metrics, as means over the cycle's items.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// The trainer's own state between steps, beside the model and optimizer: what a
+/// checkpoint needs to resume it exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps completed (the dropout seed of the next step; minus the skipped
+    /// ones, the schedule position).
+    pub steps_done: u64,
+    /// The fp16 loss scaler (scale, growth tracker, skips); `None` in other precisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaler: Option<ScalerState>,
 }
 
 /// A model with its optimizer and schedule, stepped one accumulation cycle at a time.
-#[derive(Debug)]
-pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B>> {
+/// `O` is the optimizer, burnish's [`AdamW`] unless [`Trainer::with_parts`] says otherwise.
+pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B>, O = AdamW<B>> {
     model: Option<M>,
-    optim: AdamW<B>,
-    schedule: Schedule,
+    optim: O,
+    schedule: Box<dyn LrSchedule>,
     config: TrainerConfig,
     step: u64,
     scaler: Option<LossScaler>,
+    backend: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>, O> std::fmt::Debug for Trainer<B, M, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.config)
+            .field("step", &self.step)
+            .field("scaler", &self.scaler)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
-    /// A trainer at step 0.
+    /// A trainer at step 0 with burnish's AdamW and the schedule of `config`.
     ///
     /// # Errors
-    /// [`TrainError::Schedule`] or [`TrainError::Optim`] for invalid settings.
+    /// [`TrainError::Invalid`], [`TrainError::Schedule`] or [`TrainError::Optim`] for
+    /// invalid settings; [`TrainError::ZeroSchedule`] when the schedule never leaves 0;
+    /// [`TrainError::Precision`] when the backend lacks the precision's dtype.
     pub fn new(model: M, config: TrainerConfig) -> Result<Self, TrainError> {
+        config.validate()?;
         let schedule = ScheduleConfig {
             kind: config.schedule.clone(),
             peak_lr: config.lr,
@@ -198,6 +279,47 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             ..config.adam.clone()
         };
         let optim = AdamW::new(adam, config.groups.clone())?;
+        Trainer::with_parts(model, config, optim, schedule)
+    }
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Trainer<B, M, O> {
+    /// A trainer at step 0 with any optimizer and any learning-rate schedule (`config`'s
+    /// `lr`, `schedule`, `warmup`, `weight_decay`, `adam` and `groups` are then unused:
+    /// the parts carry their own settings).
+    ///
+    /// # Errors
+    /// [`TrainError::ZeroSchedule`] when `schedule` is 0 at every one of
+    /// `config.total_steps` steps; [`TrainError::Precision`]; [`TrainError::Amp`] for bad
+    /// loss-scaler settings.
+    pub fn with_parts(
+        model: M,
+        config: TrainerConfig,
+        optim: O,
+        schedule: impl LrSchedule + 'static,
+    ) -> Result<Self, TrainError> {
+        if config.total_steps == 0 {
+            return Err(TrainError::Invalid {
+                field: "total_steps".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        // Bounded: a schedule still at 0 after 2^24 steps is as useless as one that is always 0.
+        if (0..config.total_steps.min(1 << 24)).all(|s| schedule.lr(s) <= 0.0) {
+            return Err(TrainError::ZeroSchedule {
+                total_steps: config.total_steps,
+                warmup: config.warmup,
+            });
+        }
+        let dtype = config.precision.compute_dtype();
+        if let Some(device) = model.devices().first()
+            && !B::supports_dtype(device, dtype.into())
+        {
+            return Err(TrainError::Precision {
+                precision: config.precision,
+                dtype,
+            });
+        }
         let scaler = match config.precision.needs_loss_scaling() {
             true => Some(LossScaler::new(config.loss_scaler.clone())?),
             false => None,
@@ -205,19 +327,30 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         Ok(Trainer {
             model: Some(model),
             optim,
-            schedule,
+            schedule: Box::new(schedule),
             config,
             step: 0,
             scaler,
+            backend: PhantomData,
         })
     }
 
     /// The model.
     pub fn model(&self) -> &M {
-        // Only `step` takes the model out, and it always puts one back.
+        // Only `step` and `map_model` take the model out, and they always put one back.
         self.model
             .as_ref()
             .expect("the model is present between steps")
+    }
+
+    /// Changes the model between steps (unfreeze a layer, swap a head's dropout); the
+    /// optimizer keeps its state by parameter path.
+    pub fn map_model(&mut self, change: impl FnOnce(M) -> M) {
+        let model = self
+            .model
+            .take()
+            .expect("the model is present between steps");
+        self.model = Some(change(model));
     }
 
     /// Ends training and returns the model.
@@ -233,13 +366,13 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
     }
 
     /// The optimizer (for its state and group assignments).
-    pub fn optimizer(&self) -> &AdamW<B> {
+    pub fn optimizer(&self) -> &O {
         &self.optim
     }
 
-    /// The schedule.
-    pub fn schedule(&self) -> &Schedule {
-        &self.schedule
+    /// The learning rate of the next step.
+    pub fn next_lr(&self) -> f64 {
+        self.schedule.lr(self.schedule_position())
     }
 
     /// The settings.
@@ -257,26 +390,40 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         self.scaler.as_ref().map_or(0, |s| s.state().total_skips)
     }
 
-    /// Puts the trainer back where a checkpoint left it: the optimizer state (checked
-    /// against the model), the number of steps done (the dropout seed of the next step;
-    /// minus the skipped ones, the schedule position) and, in fp16, the loss scaler's
-    /// state.
+    /// The trainer's state besides model and optimizer, for a checkpoint.
+    pub fn state(&self) -> TrainerState {
+        TrainerState {
+            steps_done: self.step,
+            scaler: self.scaler_state(),
+        }
+    }
+
+    /// The schedule's position: steps done minus the skipped ones (transformers skips
+    /// `lr_scheduler.step()` when the scaler skipped the optimizer).
+    fn schedule_position(&self) -> u64 {
+        self.step - self.skipped_steps()
+    }
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M, O> {
+    /// The optimizer's state as bytes, for a checkpoint.
     ///
     /// # Errors
-    /// [`TrainError::Optim`] when the state does not fit the model;
+    /// [`TrainError::OptimState`].
+    pub fn optimizer_state_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        self.optim.state_bytes().map_err(TrainError::OptimState)
+    }
+
+    /// Puts the trainer back where a checkpoint left it: the optimizer state (bytes of
+    /// [`optimizer_state_bytes`](Self::optimizer_state_bytes), checked against the model),
+    /// the steps done and, in fp16, the loss scaler's state.
+    ///
+    /// # Errors
+    /// [`TrainError::OptimState`] when the optimizer state does not fit the model;
     /// [`TrainError::Amp`] for an invalid scaler state; [`TrainError::Config`] when the
     /// scaler state is missing in fp16 or present in another precision.
-    pub fn restore(
-        &mut self,
-        state: burnish_optim::AdamWState,
-        steps_done: u64,
-        scaler: Option<ScalerState>,
-    ) -> Result<(), TrainError> {
-        let model = self
-            .model
-            .as_ref()
-            .expect("the model is present between steps");
-        match (&mut self.scaler, scaler) {
+    pub fn restore(&mut self, optimizer: &[u8], state: TrainerState) -> Result<(), TrainError> {
+        match (&mut self.scaler, state.scaler) {
             (Some(current), Some(saved)) => current.load_state(saved)?,
             (None, None) => {}
             (Some(_), None) => {
@@ -291,14 +438,21 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
                 )));
             }
         }
-        self.optim.load_state(state, model)?;
-        self.step = steps_done;
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is present between steps");
+        self.optim
+            .load_state_bytes(optimizer, model)
+            .map_err(TrainError::OptimState)?;
+        self.step = state.steps_done;
         Ok(())
     }
 
     /// One optimizer step over the micro-batches of one accumulation cycle. `loss` gives a
-    /// micro-batch's summed loss and item count; the cycle's gradient is the gradient of
-    /// the mean over *all* its items (the October 2024 transformers fix), whatever the
+    /// micro-batch's summed loss and item count (a [`LossParts`](burnish_heads::LossParts),
+    /// or a [`StepLoss`] with extra metrics); the cycle's gradient is the gradient of the
+    /// mean over *all* its items (the October 2024 transformers fix), whatever the
     /// micro-batches' sizes.
     ///
     /// In fp16 the backward pass runs on the scaled loss; the gradients are unscaled before
@@ -309,10 +463,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
     /// [`TrainError::NoMicroBatch`]; [`TrainError::Grad`] when the cycle has no item or
     /// (without loss scaling; with or without clipping) the gradient norm is not finite
     /// (the model is left unchanged then).
-    pub fn step<T>(
+    pub fn step<T, L: Into<StepLoss<B>>>(
         &mut self,
         micro_batches: &[T],
-        loss: impl Fn(&M, &T) -> LossParts<B>,
+        loss: impl Fn(&M, &T) -> L,
     ) -> Result<StepReport, TrainError> {
         if micro_batches.is_empty() {
             return Err(TrainError::NoMicroBatch);
@@ -321,16 +475,18 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             .model
             .as_ref()
             .expect("the model is present between steps");
-        if let Some(seed) = self.config.seed
-            && let Some(device) = model.devices().first()
-        {
-            B::seed(device, step_seed(seed, self.step));
+        if let Some(device) = model.devices().first() {
+            B::seed(device, step_seed(self.config.seed, self.step));
         }
         let loss_scale = self.scaler.as_ref().map(LossScaler::scale);
         let mut accumulator = GradAccumulator::new();
         let mut loss_sum = 0.0;
+        let mut metrics = BTreeMap::<String, f64>::new();
         for batch in micro_batches {
-            let parts = loss(model, batch);
+            let StepLoss { parts, metrics: m } = loss(model, batch).into();
+            for (name, sum) in m {
+                *metrics.entry(name).or_default() += sum;
+            }
             loss_sum += parts.sum.clone().into_scalar().elem::<f64>();
             let objective = match &self.scaler {
                 Some(scaler) => scaler.scale_loss(parts.sum),
@@ -341,10 +497,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
         }
         let items = accumulator.items();
         let mut grads = accumulator.finish(model)?;
-        // The schedule does not advance on skipped steps (transformers skips
-        // `lr_scheduler.step()` when the scaler skipped the optimizer).
-        let skipped = self.scaler.as_ref().map_or(0, |s| s.state().total_skips);
-        let lr = self.schedule.lr(self.step - skipped);
+        for value in metrics.values_mut() {
+            *value /= items as f64;
+        }
+        let lr = self.schedule.lr(self.schedule_position());
         let mut report = StepReport {
             step: self.step + 1,
             loss: loss_sum / items as f64,
@@ -353,6 +509,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             items,
             skipped: false,
             loss_scale,
+            metrics,
         };
         if let Some(scaler) = &mut self.scaler {
             let found_inf = scaler.unscale(model, &mut grads);

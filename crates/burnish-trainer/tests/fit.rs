@@ -149,17 +149,17 @@ fn early_stopping_after_patience() {
 struct StopAt(u64, Vec<f64>);
 
 impl Hooks<B, Linear<B>> for StopAt {
-    fn after_step(
+    fn on_step_end(
         &mut self,
-        _: &Trainer<B, Linear<B>>,
+        _: &mut Trainer<B, Linear<B>>,
         _: &FitState,
         report: &StepReport,
     ) -> Result<Control, BoxError> {
         self.1.push(report.loss);
         Ok(if report.step == self.0 {
-            Control::Stop
+            Control::STOP
         } else {
-            Control::Continue
+            Control::CONTINUE
         })
     }
 }
@@ -198,14 +198,14 @@ fn hooks_stop_and_runs_are_deterministic() {
 struct States(Vec<FitState>);
 
 impl Hooks<B, Linear<B>> for States {
-    fn after_step(
+    fn on_step_end(
         &mut self,
-        _: &Trainer<B, Linear<B>>,
+        _: &mut Trainer<B, Linear<B>>,
         state: &FitState,
         _: &StepReport,
     ) -> Result<Control, BoxError> {
         self.0.push(state.clone());
-        Ok(Control::Continue)
+        Ok(Control::CONTINUE)
     }
 }
 
@@ -291,4 +291,246 @@ fn a_nan_gradient_is_an_error_with_or_without_clipping() {
         assert!(err.contains("NaN or inf"), "{max_grad_norm:?}: {err}");
         assert_eq!(trainer.steps_done(), 0, "the model is left unchanged");
     }
+}
+
+/// Records the order of hook calls; asks for an evaluation after step 1 and a save after
+/// step 2.
+#[derive(Default)]
+struct Recorder(Vec<String>);
+
+impl Hooks<B, Linear<B>> for Recorder {
+    fn on_train_begin(
+        &mut self,
+        _: &mut Trainer<B, Linear<B>>,
+        _: &FitState,
+    ) -> Result<Control, BoxError> {
+        self.0.push("train_begin".into());
+        Ok(Control::CONTINUE)
+    }
+
+    fn on_epoch_begin(
+        &mut self,
+        _: &mut Trainer<B, Linear<B>>,
+        s: &FitState,
+    ) -> Result<Control, BoxError> {
+        self.0.push(format!("epoch_begin {}", s.epoch));
+        Ok(Control::CONTINUE)
+    }
+
+    fn on_step_end(
+        &mut self,
+        _: &mut Trainer<B, Linear<B>>,
+        _: &FitState,
+        r: &StepReport,
+    ) -> Result<Control, BoxError> {
+        self.0.push(format!("step {}", r.step));
+        Ok(match r.step {
+            1 => Control::EVALUATE,
+            2 => Control::SAVE,
+            _ => Control::CONTINUE,
+        })
+    }
+
+    fn on_evaluate(
+        &mut self,
+        _: &Trainer<B, Linear<B>>,
+        _: &FitState,
+        e: &burnish_trainer::EvalEvent,
+    ) -> Result<Control, BoxError> {
+        self.0.push(format!("eval {}", e.step));
+        Ok(Control::CONTINUE)
+    }
+
+    fn on_epoch_end(
+        &mut self,
+        _: &mut Trainer<B, Linear<B>>,
+        _: &FitState,
+        epoch: usize,
+    ) -> Result<Control, BoxError> {
+        self.0.push(format!("epoch_end {epoch}"));
+        Ok(Control::CONTINUE)
+    }
+
+    fn save(
+        &mut self,
+        t: &Trainer<B, Linear<B>>,
+        _: &FitState,
+        _: bool,
+    ) -> Result<Option<std::path::PathBuf>, BoxError> {
+        Ok(Some(format!("saved-{}", t.steps_done()).into()))
+    }
+
+    fn on_save(
+        &mut self,
+        _: &Trainer<B, Linear<B>>,
+        _: &FitState,
+        path: &std::path::Path,
+    ) -> Result<Control, BoxError> {
+        self.0.push(path.display().to_string());
+        Ok(Control::CONTINUE)
+    }
+
+    fn on_train_end(
+        &mut self,
+        _: &Trainer<B, Linear<B>>,
+        _: &FitState,
+        s: &burnish_trainer::FitSummary,
+    ) -> Result<(), BoxError> {
+        self.0.push(format!("train_end {}", s.stopped_by));
+        Ok(())
+    }
+}
+
+#[test]
+fn hooks_run_in_order_and_can_ask_for_evaluation_and_save() {
+    let config = FitConfig {
+        epochs: 2,
+        grad_accum: 2,
+        save_every: Some(3),
+        ..Default::default()
+    };
+    let eval = |m: &Linear<NdArray>| Ok(BTreeMap::from([("eval_loss".to_owned(), loss_inner(m))]));
+    // A second hook in a tuple: its stop ends the run after step 4.
+    let mut hooks = (Recorder::default(), StopAt(4, Vec::new()));
+    let summary = trainer()
+        .fit(&config, &mut batches(3), loss, eval, &mut hooks)
+        .unwrap();
+    assert_eq!(summary.stopped_by, "hook");
+    assert_eq!(
+        hooks.0.0,
+        [
+            "train_begin",
+            "epoch_begin 0",
+            "step 1",
+            "eval 1",
+            "step 2",
+            "eval 2",
+            "epoch_end 0",
+            "saved-2",
+            "epoch_begin 1",
+            "step 3",
+            "saved-3",
+            "step 4",
+            "eval 4",
+            "epoch_end 1",
+            "train_end hook"
+        ]
+    );
+}
+
+#[test]
+fn the_plan_is_the_one_step_count_and_a_zero_schedule_is_refused() {
+    let config = FitConfig {
+        epochs: 3,
+        grad_accum: 2,
+        ..Default::default()
+    };
+    let plan = config.plan(5).unwrap();
+    assert_eq!(
+        (plan.steps_per_epoch, plan.total_steps, plan.epochs),
+        (3, 9, 3)
+    );
+    let capped = FitConfig {
+        max_steps: Some(4),
+        ..config.clone()
+    };
+    assert_eq!(capped.plan(5).unwrap().epochs, 2);
+    assert!(config.plan(0).is_err());
+    let err = FitConfig {
+        grad_accum: 0,
+        ..config
+    }
+    .validate()
+    .unwrap_err();
+    assert!(err.to_string().starts_with("grad_accum: "), "{err}");
+
+    // One step whose warmup never leaves 0: training would change nothing.
+    let zero = TrainerConfig {
+        total_steps: 1,
+        warmup: burnish_schedule::Warmup::Steps(5),
+        ..Default::default()
+    };
+    let err = Trainer::new(model(), zero).unwrap_err();
+    assert!(
+        matches!(err, burnish_trainer::TrainError::ZeroSchedule { .. }),
+        "{err}"
+    );
+    let err = Trainer::new(
+        model(),
+        TrainerConfig {
+            lr: -1.0,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "lr: must be positive, got -1");
+}
+
+#[test]
+fn any_schedule_function_and_extra_loss_metrics() {
+    let optim =
+        burnish_optim::AdamW::new(Default::default(), burnish_optim::ParamGroups::all_decay())
+            .unwrap();
+    let config = TrainerConfig {
+        total_steps: 10,
+        ..Default::default()
+    };
+    // Halving every two steps.
+    let schedule = |step: u64| 0.05 * 0.5f64.powi((step / 2) as i32);
+    let mut t = Trainer::with_parts(model(), config, optim, schedule).unwrap();
+    let with_metric = |m: &Linear<B>, rows: &Rows| {
+        burnish_trainer::StepLoss::from(loss(m, rows)).with_metric("rows", rows.0.len() as f64)
+    };
+    let data = batches(2);
+    let lrs: Vec<f64> = (0..5)
+        .map(|_| t.step(&data, with_metric).unwrap().lr)
+        .collect();
+    assert_eq!(lrs, [0.05, 0.05, 0.025, 0.025, 0.0125]);
+    let report = t.step(&data, with_metric).unwrap();
+    // Each micro-batch adds its row count (4), the cycle has 8 items: a mean of 1 per item.
+    assert_eq!(report.metrics["rows"], 1.0);
+}
+
+#[test]
+fn hooks_can_change_the_model_between_steps() {
+    struct Freeze;
+    impl Hooks<B, Linear<B>> for Freeze {
+        fn on_step_begin(
+            &mut self,
+            t: &mut Trainer<B, Linear<B>>,
+            _: &FitState,
+        ) -> Result<Control, BoxError> {
+            // Freeze the bias before the third step.
+            if t.steps_done() == 2 {
+                t.map_model(|mut m| {
+                    m.bias = m.bias.map(|b| b.set_require_grad(false));
+                    m
+                });
+            }
+            Ok(Control::CONTINUE)
+        }
+    }
+    let none = |_: &Linear<NdArray>| Ok(BTreeMap::new());
+    let bias = |t: &Trainer<B, Linear<B>>| -> f32 {
+        t.model().bias.as_ref().unwrap().val().into_scalar().elem()
+    };
+    let run = |steps: u64| {
+        let mut t = trainer();
+        let config = FitConfig {
+            max_steps: Some(steps),
+            ..Default::default()
+        };
+        let mut hooks = (Freeze, States(Vec::new()));
+        t.fit(&config, &mut batches(5), loss, none, &mut hooks)
+            .unwrap();
+        assert_eq!(hooks.1.0.len() as u64, steps);
+        t
+    };
+    let (two, four) = (run(2), run(4));
+    // Steps 3 and 4 left the frozen bias where step 2 put it, and still trained the weight.
+    assert_eq!(bias(&two), bias(&four));
+    assert_ne!(
+        two.model().weight.val().into_data(),
+        four.model().weight.val().into_data()
+    );
 }

@@ -72,7 +72,7 @@ fn trainer(precision: Precision, scaler: LossScalerConfig) -> Trainer<B, Model> 
         total_steps: 40,
         precision,
         loss_scaler: scaler,
-        seed: Some(1),
+        seed: 1,
         ..Default::default()
     };
     Trainer::new(model(precision), config).expect("valid settings")
@@ -193,7 +193,7 @@ fn fp16_overflow_skips_the_step_and_backs_off_the_scale() {
     };
     let mut trainer = trainer(Precision::Fp16, scaler);
     let data = batch();
-    let lr_at_start = trainer.schedule().lr(0);
+    let lr_at_start = trainer.next_lr();
     let mut scales = Vec::new();
     loop {
         let before = parameters(&trainer.model().valid());

@@ -1,30 +1,4 @@
-//! burnish: full-parameter fine-tuning of pretrained transformers on
-//! [burn](https://burn.dev), with PyTorch's numbers.
-//!
-//! This facade re-exports every burnish crate under one name; each is also usable alone:
-//!
-//! | module | crate | holds |
-//! |---|---|---|
-//! | [`schedule`] | `burnish-schedule` | LR schedules, exactly transformers' (no burn dependency) |
-//! | [`optim`] | `burnish-optim` | AdamW as torch computes it, weight-decay groups by name |
-//! | [`grad`] | `burnish-grad` | global-norm clipping, accumulation normalized per cycle |
-//! | [`amp`] | `burnish-amp` | dynamic loss scaler, precision policy |
-//! | [`params`] | `burnish-params` | dotted parameter paths of burn modules |
-//! | [`models`] | `burnish-models` | BERT/RoBERTa encoders, Llama/Mistral/Qwen2 decoders |
-//! | [`loader`] | `burnish-loader` | Hugging Face directories in and out, tokenizer, chat template |
-//! | [`heads`] | `burnish-heads` | task heads, losses, generation |
-//! | [`data`] | `burnish-data` | streamed JSONL, token cache, seeded batching |
-//! | [`trainer`] | `burnish-trainer` | the step and the resumable fit loop, metrics |
-//! | [`checkpoint`] | `burnish-checkpoint` | atomic, verified checkpoint directories |
-//! | [`backend`] | burn | the backends the libraries run on |
-//!
-//! ```
-//! use burnish::schedule::{ScheduleConfig, ScheduleKind, Warmup};
-//! let schedule = ScheduleConfig { kind: ScheduleKind::Linear, peak_lr: 2e-5,
-//!                                 total_steps: 100, warmup: Warmup::Ratio(0.1) }.build()?;
-//! assert_eq!(schedule.lr(10), 2e-5);
-//! # Ok::<(), burnish::schedule::ScheduleError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 pub use burnish_amp as amp;
 pub use burnish_checkpoint as checkpoint;
@@ -36,6 +10,7 @@ pub use burnish_models as models;
 pub use burnish_optim as optim;
 pub use burnish_params as params;
 pub use burnish_schedule as schedule;
+pub use burnish_tasks as tasks;
 pub use burnish_trainer as trainer;
 
 /// Backends: every burnish library is generic over `B: Backend`; these are the concrete

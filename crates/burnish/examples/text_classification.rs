@@ -3,7 +3,7 @@
 //! and toy sentiment data shipped in `tests/assets`; runs in seconds.
 //!
 //! ```sh
-//! cargo run -p burnish-cli --example text_classification
+//! cargo run -p burnish --example text_classification
 //! ```
 //! For a real model, point `model.path` at an HF directory such as all-MiniLM-L6-v2
 //! (`examples/configs/minilm-rotten-tomatoes.toml` does, through the command).
@@ -11,10 +11,11 @@
 use std::path::PathBuf;
 
 use burnish::backend::{Cpu, CpuTrain};
-use burnish_cli::{
-    DataSection, EvalOptions, ModelSection, RunConfig, TrainOptions, TrainSection, predict, train,
+use burnish::data::Task;
+use burnish::tasks::{
+    DataSection, EvalOptions, ModelSection, RunConfig, RunOptions, Silent, TrainSection, fine_tune,
+    predict_dir,
 };
-use burnish_data::Task;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assets = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/assets");
@@ -46,7 +47,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..TrainSection::default()
         },
     };
-    let outcome = train::<CpuTrain>(&config, &TrainOptions::default(), &Default::default())?;
+    let outcome = fine_tune::<CpuTrain>(
+        &config,
+        &RunOptions::default(),
+        &mut Silent,
+        &Default::default(),
+    )?;
     println!("validation before: {:?}", outcome.before);
     println!("validation after:  {:?}", outcome.after);
 
@@ -56,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{\"text\": \"a wonderful moving story\"}\n{\"text\": \"the plot was tedious\"}\n",
     )?;
     let output = out.join("predictions.jsonl");
-    predict::<Cpu>(
+    predict_dir::<Cpu>(
         &outcome.final_dir,
         &input,
         &output,

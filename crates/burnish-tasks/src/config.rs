@@ -1,0 +1,403 @@
+//! The configuration of a whole fine-tuning run: `[model]`, `[data]`, `[train]`, as the
+//! `burnish` command reads it from TOML and [`fine_tune`](crate::fine_tune) takes it. The
+//! optimization defaults are the library's own ([`TrainerConfig::default`] and friends).
+
+use std::path::PathBuf;
+
+use burnish_amp::Precision;
+use burnish_data::Task;
+use burnish_optim::AdamWConfig;
+use burnish_schedule::{ScheduleKind, Warmup};
+use burnish_trainer::{BestMetric, EarlyStopping, FitConfig, TrainerConfig};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::TaskError;
+
+/// A whole run: `[model]`, `[data]`, `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The pretrained model and the task head.
+    pub model: ModelSection,
+    /// Data files and tokenization.
+    pub data: DataSection,
+    /// Optimization, evaluation, output.
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face model directory (config.json, weights, tokenizer.json). Required.
+    pub path: PathBuf,
+    /// `sequence-classification`, `token-classification` or `causal-lm`. Required.
+    pub task: Task,
+    /// Number of classes or tags; taken from `labels` when absent.
+    #[serde(default)]
+    pub num_labels: Option<usize>,
+    /// Class or tag names by id (tags in BIO: `O`, `B-PER`, `I-PER`, ...); labels in the
+    /// data may be these names or their ids.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Sets the encoder's dropout probabilities (hidden and attention); absent keeps the
+    /// checkpoint's. Training has dropout on, evaluation off.
+    #[serde(default)]
+    pub dropout: Option<f64>,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training JSONL. Required.
+    pub train: PathBuf,
+    /// Validation JSONL, evaluated during training (best model, early stopping).
+    #[serde(default)]
+    pub validation: Option<PathBuf>,
+    /// Test JSONL, evaluated once with the final model.
+    #[serde(default)]
+    pub test: Option<PathBuf>,
+    /// Longest sequence in tokens, special tokens included; longer rows are truncated.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Shuffle the training data every epoch (seeded by `train.seed`).
+    #[serde(default = "yes")]
+    pub shuffle: bool,
+    /// Batch examples of similar length together (less padding).
+    #[serde(default)]
+    pub group_by_length: bool,
+    /// Skip unusable rows (listed in the log) instead of failing.
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+    /// Where tokenized data is cached; default `<output_dir>/cache`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The schedule, written as a name (`"cosine"`) or a table with its parameters
+/// (`{ type = "cosine", num_cycles = 0.5 }`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule(pub ScheduleKind);
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule(ScheduleKind::Linear)
+    }
+}
+
+impl<'de> Deserialize<'de> for Schedule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Spec {
+            Name(String),
+            Table(serde_json::Value),
+        }
+        let value = match Spec::deserialize(d)? {
+            Spec::Name(name) => serde_json::json!({ "type": name }),
+            Spec::Table(v) => v,
+        };
+        serde_json::from_value(value).map(Schedule).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{e} (names: constant, constant_with_warmup, linear, cosine, \
+                 cosine_with_hard_restarts, polynomial, inverse_sqrt, warmup_stable_decay)"
+            ))
+        })
+    }
+}
+
+/// `[train]`; defaults follow transformers' `TrainingArguments` except `weight_decay`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Seed of shuffling, head initialization and dropout.
+    pub seed: u64,
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// Optimizer steps to run; overrides `epochs` when set.
+    pub max_steps: Option<u64>,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Examples per evaluation batch (default `batch_size`).
+    pub eval_batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW decoupled weight decay (biases and norm weights excluded).
+    pub weight_decay: f64,
+    /// AdamW β1.
+    pub adam_beta1: f64,
+    /// AdamW β2.
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    pub adam_epsilon: f64,
+    /// Warmup in optimizer steps (exclusive with `warmup_ratio`).
+    pub warmup_steps: u64,
+    /// Warmup as a fraction of all steps.
+    pub warmup_ratio: f64,
+    /// LR schedule after warmup.
+    pub schedule: Schedule,
+    /// Global gradient-norm clipping threshold; 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// `fp32`, `bf16` or `fp16`.
+    pub precision: Precision,
+    /// Recompute cheap activations in the backward pass instead of storing them (burn's
+    /// `BalancedCheckpointing`): less memory, same numbers.
+    pub gradient_checkpointing: bool,
+    /// Evaluate every N optimizer steps; absent evaluates at the end of each epoch.
+    pub eval_every: Option<u64>,
+    /// Save a checkpoint every N optimizer steps.
+    pub save_every: Option<u64>,
+    /// Checkpoints kept besides the best.
+    pub keep_last: Option<usize>,
+    /// Stop after this many evaluations without improvement of `metric_for_best`.
+    pub early_stopping_patience: Option<usize>,
+    /// Minimum improvement that resets the patience.
+    pub early_stopping_threshold: f64,
+    /// Validation metric that picks `best/`: default `accuracy`, `f1` (token
+    /// classification) or `eval_loss` (causal LM).
+    pub metric_for_best: Option<String>,
+    /// Where everything is written (overridden by `--output-dir`).
+    pub output_dir: Option<PathBuf>,
+    /// Write a training event every N optimizer steps.
+    pub log_every: u64,
+    /// Evaluate the pretrained model before training, for a before/after comparison.
+    pub eval_at_start: bool,
+}
+
+/// The library's defaults ([`TrainerConfig`], [`FitConfig`], [`AdamWConfig`]), written
+/// once there; only the run's own settings are chosen here (3 epochs and batches of 8, as
+/// transformers' `TrainingArguments`).
+impl Default for TrainSection {
+    fn default() -> Self {
+        let (t, f) = (TrainerConfig::default(), FitConfig::default());
+        let adam = AdamWConfig::default();
+        TrainSection {
+            seed: t.seed,
+            epochs: 3,
+            max_steps: f.max_steps,
+            batch_size: 8,
+            eval_batch_size: None,
+            grad_accum: f.grad_accum,
+            lr: t.lr,
+            weight_decay: t.weight_decay,
+            adam_beta1: adam.beta1,
+            adam_beta2: adam.beta2,
+            adam_epsilon: adam.epsilon,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            schedule: Schedule(t.schedule),
+            max_grad_norm: t.max_grad_norm.unwrap_or(0.0),
+            precision: t.precision,
+            gradient_checkpointing: false,
+            eval_every: f.eval_every,
+            save_every: f.save_every,
+            keep_last: None,
+            early_stopping_patience: None,
+            early_stopping_threshold: 0.0,
+            metric_for_best: None,
+            output_dir: None,
+            log_every: f.log_every,
+            eval_at_start: true,
+        }
+    }
+}
+
+fn default_max_length() -> usize {
+    128
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RunConfig {
+    /// Checks the values the types cannot (ranges, files that must exist,
+    /// combinations); relative paths are taken as they are.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] whose `field` is `section.key` (`train.lr`).
+    pub fn validate(&self) -> Result<(), TaskError> {
+        let err = |field: &str, message: String| {
+            Err(TaskError::Invalid {
+                field: field.into(),
+                message,
+            })
+        };
+        if !self.model.path.join("config.json").is_file() {
+            let path = self.model.path.display();
+            return err(
+                "model.path",
+                format!("{path} is not a Hugging Face model directory (no config.json)"),
+            );
+        }
+        for (key, file) in [
+            ("data.train", Some(&self.data.train)),
+            ("data.validation", self.data.validation.as_ref()),
+            ("data.test", self.data.test.as_ref()),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return err(key, format!("no file {}", file.display()));
+            }
+        }
+        self.validate_model()?;
+        if self.data.max_length < 2 {
+            return err("data.max_length", "must be at least 2".into());
+        }
+        self.validate_train()
+    }
+
+    fn validate_model(&self) -> Result<(), TaskError> {
+        let err = |field: &str, message: String| {
+            Err(TaskError::Invalid {
+                field: field.into(),
+                message,
+            })
+        };
+        if let (Some(n), Some(labels)) = (self.model.num_labels, &self.model.labels)
+            && n != labels.len()
+        {
+            return err(
+                "model.num_labels",
+                format!("{n}, but `labels` names {}", labels.len()),
+            );
+        }
+        if self.model.num_labels == Some(0) {
+            return err("model.num_labels", "must be at least 1".into());
+        }
+        if let Some(p) = self.model.dropout
+            && !(0.0..1.0).contains(&p)
+        {
+            return err("model.dropout", format!("must be in [0, 1), got {p}"));
+        }
+        Ok(())
+    }
+
+    /// `[train]`: what the library's own checks say (named by their keys here), and
+    /// the combinations only a run has.
+    fn validate_train(&self) -> Result<(), TaskError> {
+        let t = &self.train;
+        let err = |field: &str, message: String| {
+            Err(TaskError::Invalid {
+                field: format!("train.{field}"),
+                message,
+            })
+        };
+        for (key, v) in [
+            ("batch_size", t.batch_size as u64),
+            ("eval_batch_size", t.eval_batch_size.map_or(1, |v| v as u64)),
+            ("keep_last", t.keep_last.map_or(1, |v| v as u64)),
+        ] {
+            if v == 0 {
+                return err(key, "must be positive".into());
+            }
+        }
+        for (key, v) in [
+            ("max_grad_norm", t.max_grad_norm),
+            ("early_stopping_threshold", t.early_stopping_threshold),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return err(key, format!("must be ≥ 0, got {v}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&t.warmup_ratio) {
+            let ratio = t.warmup_ratio;
+            return err("warmup_ratio", format!("must be in [0, 1], got {ratio}"));
+        }
+        if t.warmup_steps > 0 && t.warmup_ratio > 0.0 {
+            let both = "set either warmup_steps or warmup_ratio, not both";
+            return err("warmup_ratio", both.into());
+        }
+        if t.early_stopping_patience.is_some() && self.data.validation.is_none() {
+            return err("early_stopping_patience", "needs [data] validation".into());
+        }
+        if t.keep_last.is_some() && t.save_every.is_none() {
+            return err("keep_last", "needs save_every".into());
+        }
+        let library = |e: burnish_trainer::TrainError| match e {
+            burnish_trainer::TrainError::Invalid { field, message } => TaskError::Invalid {
+                field: format!("train.{}", library_key(&field)),
+                message,
+            },
+            other => TaskError::Train(other),
+        };
+        self.trainer_config(1).validate().map_err(library)?;
+        self.fit_config(None).validate().map_err(library)
+    }
+
+    /// The metric that picks the best model: `metric_for_best`, or the task's default.
+    pub fn metric_for_best(&self) -> String {
+        self.train.metric_for_best.clone().unwrap_or_else(|| {
+            match self.model.task {
+                Task::SequenceClassification => "accuracy",
+                Task::TokenClassification => "f1",
+                Task::CausalLm => "eval_loss",
+            }
+            .to_owned()
+        })
+    }
+
+    /// The trainer's settings for a run of `total_steps` optimizer steps.
+    pub fn trainer_config(&self, total_steps: u64) -> TrainerConfig {
+        let t = &self.train;
+        TrainerConfig {
+            lr: t.lr,
+            weight_decay: t.weight_decay,
+            adam: AdamWConfig {
+                beta1: t.adam_beta1,
+                beta2: t.adam_beta2,
+                epsilon: t.adam_epsilon,
+                ..AdamWConfig::default()
+            },
+            schedule: t.schedule.0.clone(),
+            warmup: if t.warmup_ratio > 0.0 {
+                Warmup::Ratio(t.warmup_ratio)
+            } else {
+                Warmup::Steps(t.warmup_steps)
+            },
+            total_steps,
+            max_grad_norm: (t.max_grad_norm > 0.0).then_some(t.max_grad_norm),
+            seed: t.seed,
+            precision: t.precision,
+            ..TrainerConfig::default()
+        }
+    }
+
+    /// The loop's settings, writing its logs to `output_dir`.
+    pub fn fit_config(&self, output_dir: Option<PathBuf>) -> FitConfig {
+        let t = &self.train;
+        FitConfig {
+            epochs: t.epochs,
+            max_steps: t.max_steps,
+            grad_accum: t.grad_accum,
+            eval_every: t.eval_every,
+            log_every: t.log_every,
+            save_every: t.save_every,
+            best_metric: self
+                .data
+                .validation
+                .as_ref()
+                .map(|_| BestMetric::named(&self.metric_for_best())),
+            early_stopping: t.early_stopping_patience.map(|patience| EarlyStopping {
+                patience,
+                threshold: t.early_stopping_threshold,
+            }),
+            output_dir,
+        }
+    }
+}
+
+/// The `[train]` key of a library field (`adam.epsilon` → `adam_epsilon`).
+fn library_key(field: &str) -> &str {
+    match field {
+        "adam.beta1" => "adam_beta1",
+        "adam.beta2" => "adam_beta2",
+        "adam.epsilon" => "adam_epsilon",
+        other => other,
+    }
+}

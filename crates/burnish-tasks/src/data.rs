@@ -1,0 +1,110 @@
+//! The training set of a run as [`TrainData`]: batches planned per epoch and read from the
+//! token cache on demand, uploaded to the device.
+
+use burn::tensor::backend::Backend;
+use burnish_data::{TokenCache, sample_order};
+use burnish_trainer::{BoxError, TrainData};
+
+use crate::{DeviceBatch, TaskError};
+
+/// Batches of a [`TokenCache`] in a seeded order (shuffled per epoch, optionally grouped by
+/// length), read by position so a resumed run starts mid-epoch without reading the
+/// batches it skips.
+///
+/// The order is a function of the seed and the epoch only, so a run resumed from a
+/// checkpoint sees exactly the batches the uninterrupted run saw.
+#[derive(Debug)]
+pub struct CacheData<'a, B: Backend> {
+    cache: &'a TokenCache,
+    batch_size: usize,
+    seed: u64,
+    shuffle: bool,
+    lengths: Option<Vec<u32>>,
+    pad_id: u32,
+    device: B::Device,
+    plan: Option<(usize, Vec<usize>)>,
+}
+
+impl<'a, B: Backend> CacheData<'a, B> {
+    /// Batches of `batch_size` examples of `cache`, padded with `pad_id`, shuffled with
+    /// `seed` (when `shuffle`), uploaded to `device`.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] for a zero batch size.
+    pub fn new(
+        cache: &'a TokenCache,
+        batch_size: usize,
+        pad_id: u32,
+        seed: u64,
+        shuffle: bool,
+        device: &B::Device,
+    ) -> Result<Self, TaskError> {
+        if batch_size == 0 {
+            return Err(TaskError::Invalid {
+                field: "batch_size".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        Ok(CacheData {
+            cache,
+            batch_size,
+            seed,
+            shuffle,
+            lengths: None,
+            pad_id,
+            device: device.clone(),
+            plan: None,
+        })
+    }
+
+    /// Batches examples of similar length together (less padding), still seeded.
+    ///
+    /// # Errors
+    /// [`TaskError::Data`] when the cache's records cannot be read.
+    pub fn grouped_by_length(mut self) -> Result<Self, TaskError> {
+        self.lengths = Some(self.cache.lengths()?);
+        self.plan = None;
+        Ok(self)
+    }
+
+    /// Micro-batches per epoch.
+    pub fn batches_per_epoch(&self) -> usize {
+        self.cache.len().div_ceil(self.batch_size)
+    }
+
+    /// The example order of `epoch`, computed once per epoch.
+    fn plan(&mut self, epoch: usize) -> &[usize] {
+        if self.plan.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let order = sample_order(
+                self.cache.len(),
+                self.batch_size,
+                self.seed,
+                epoch as u64,
+                self.shuffle,
+                self.lengths.as_deref(),
+            );
+            self.plan = Some((epoch, order));
+        }
+        self.plan.as_ref().map_or(&[], |(_, o)| o.as_slice())
+    }
+}
+
+impl<B: Backend> TrainData for CacheData<'_, B> {
+    type Batch = DeviceBatch<B>;
+
+    fn epoch_len(&mut self, epoch: usize) -> Result<usize, BoxError> {
+        Ok(self.plan(epoch).len().div_ceil(self.batch_size))
+    }
+
+    fn batch(&mut self, epoch: usize, index: usize) -> Result<DeviceBatch<B>, BoxError> {
+        let size = self.batch_size;
+        let indices = self
+            .plan(epoch)
+            .chunks(size)
+            .nth(index)
+            .ok_or_else(|| format!("batch {index} of epoch {epoch} does not exist"))?
+            .to_vec();
+        let batch = self.cache.batch(&indices, self.pad_id)?;
+        Ok(DeviceBatch::new(&batch, &self.device))
+    }
+}

@@ -1,0 +1,356 @@
+//! Evaluation and prediction of any task model on a token cache.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::Backend;
+use burnish_data::jsonl::{JsonlRows, read_row_at};
+use burnish_data::{Batch, Task, TokenCache};
+use burnish_heads::{GenerationConfig, generate};
+use burnish_loader::Message;
+use burnish_trainer::metrics::{accuracy, entity_scores, macro_f1, perplexity};
+use serde_json::{Value, json};
+
+use crate::{DeviceBatch, TaskError, TaskModel, TaskSetup};
+
+/// Metrics computed from a model's logits over an evaluation set, batch by batch. The
+/// built-in tasks have theirs ([`metrics_for`]); implement it for a task of your own.
+pub trait Metrics {
+    /// Whether [`update`](Self::update) needs the logits (reading them back from the
+    /// device costs time; a language model's perplexity needs only the loss).
+    fn needs_logits(&self) -> bool {
+        true
+    }
+
+    /// Takes one batch: its logits `[batch, positions, outputs]` row-major (empty when
+    /// [`needs_logits`](Self::needs_logits) is false) and the batch itself.
+    fn update(&mut self, logits: &[f32], shape: [usize; 3], batch: &Batch);
+
+    /// The metrics of everything seen, given the mean loss (`eval_loss`).
+    fn finish(&mut self, eval_loss: f64) -> BTreeMap<String, f64>;
+}
+
+/// `accuracy` and `macro_f1` of single-label classification.
+#[derive(Debug, Clone, Default)]
+pub struct ClassificationMetrics {
+    /// Number of classes.
+    pub num_labels: usize,
+    preds: Vec<i64>,
+    gold: Vec<i64>,
+}
+
+impl ClassificationMetrics {
+    /// Metrics over `num_labels` classes.
+    pub fn new(num_labels: usize) -> Self {
+        ClassificationMetrics {
+            num_labels,
+            ..Self::default()
+        }
+    }
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
+}
+
+impl Metrics for ClassificationMetrics {
+    fn update(&mut self, logits: &[f32], [_, _, k]: [usize; 3], batch: &Batch) {
+        for (row, &gold) in logits.chunks(k.max(1)).zip(&batch.labels) {
+            if gold >= 0 {
+                self.preds.push(argmax(row) as i64);
+                self.gold.push(gold);
+            }
+        }
+    }
+
+    fn finish(&mut self, eval_loss: f64) -> BTreeMap<String, f64> {
+        BTreeMap::from([
+            ("eval_loss".into(), eval_loss),
+            ("accuracy".into(), accuracy(&self.preds, &self.gold)),
+            (
+                "macro_f1".into(),
+                macro_f1(&self.preds, &self.gold, self.num_labels),
+            ),
+        ])
+    }
+}
+
+/// Entity `precision`, `recall`, `f1` (seqeval's rules) and token `accuracy` of BIO tagging.
+#[derive(Debug, Clone, Default)]
+pub struct TaggingMetrics {
+    /// Tag names by id.
+    pub labels: Vec<String>,
+    preds: Vec<i64>,
+    gold: Vec<i64>,
+    pred_tags: Vec<Vec<String>>,
+    gold_tags: Vec<Vec<String>>,
+}
+
+impl TaggingMetrics {
+    /// Metrics over the tags `labels`.
+    pub fn new(labels: Vec<String>) -> Self {
+        TaggingMetrics {
+            labels,
+            ..Self::default()
+        }
+    }
+}
+
+impl Metrics for TaggingMetrics {
+    fn update(&mut self, logits: &[f32], [_, positions, k]: [usize; 3], batch: &Batch) {
+        let name = |i: i64| {
+            self.labels
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| "O".into())
+        };
+        let rows = logits
+            .chunks(positions * k)
+            .zip(batch.labels.chunks(positions));
+        for (p_row, g_row) in rows {
+            let kept: Vec<(i64, i64)> = p_row
+                .chunks(k)
+                .zip(g_row)
+                .filter(|(_, g)| **g >= 0)
+                .map(|(p, g)| (argmax(p) as i64, *g))
+                .collect();
+            self.preds.extend(kept.iter().map(|k| k.0));
+            self.gold.extend(kept.iter().map(|k| k.1));
+            self.pred_tags
+                .push(kept.iter().map(|k| name(k.0)).collect());
+            self.gold_tags
+                .push(kept.iter().map(|k| name(k.1)).collect());
+        }
+    }
+
+    fn finish(&mut self, eval_loss: f64) -> BTreeMap<String, f64> {
+        let scores = entity_scores(&as_strs(&self.pred_tags), &as_strs(&self.gold_tags));
+        BTreeMap::from([
+            ("eval_loss".into(), eval_loss),
+            ("precision".into(), scores.precision),
+            ("recall".into(), scores.recall),
+            ("f1".into(), scores.f1),
+            ("accuracy".into(), accuracy(&self.preds, &self.gold)),
+        ])
+    }
+}
+
+fn as_strs(rows: &[Vec<String>]) -> Vec<Vec<&str>> {
+    rows.iter()
+        .map(|r| r.iter().map(String::as_str).collect())
+        .collect()
+}
+
+/// `perplexity` of a language model (from the loss alone).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LanguageModelMetrics;
+
+impl Metrics for LanguageModelMetrics {
+    fn needs_logits(&self) -> bool {
+        false
+    }
+
+    fn update(&mut self, _: &[f32], _: [usize; 3], _: &Batch) {}
+
+    fn finish(&mut self, eval_loss: f64) -> BTreeMap<String, f64> {
+        BTreeMap::from([
+            ("eval_loss".into(), eval_loss),
+            ("perplexity".into(), perplexity(eval_loss)),
+        ])
+    }
+}
+
+/// The metrics of a built-in task with label names `labels`.
+pub fn metrics_for(task: Task, labels: &[String]) -> Box<dyn Metrics> {
+    match task {
+        Task::SequenceClassification => Box::new(ClassificationMetrics::new(labels.len())),
+        Task::TokenClassification => Box::new(TaggingMetrics::new(labels.to_vec())),
+        Task::CausalLm => Box::new(LanguageModelMetrics),
+    }
+}
+
+/// Metrics of `model` on every example of `cache` (in order, `batch_size` at a time,
+/// padded with `pad_id`): `eval_loss`, the mean loss over all items, and what `metrics`
+/// adds. Give it an inference model (dropout off): `trainer.model().valid()`.
+///
+/// # Errors
+/// [`TaskError::Data`] when the cache cannot be read.
+pub fn evaluate<B: Backend, M: TaskModel<B>>(
+    model: &M,
+    cache: &TokenCache,
+    pad_id: u32,
+    batch_size: usize,
+    metrics: &mut dyn Metrics,
+    device: &B::Device,
+) -> Result<BTreeMap<String, f64>, TaskError> {
+    let (mut loss, mut items) = (0.0, 0u64);
+    let indices: Vec<usize> = (0..cache.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = cache.batch(chunk, pad_id)?;
+        let db = DeviceBatch::<B>::new(&batch, device);
+        let logits = model.logits(&db);
+        let shape = logits.dims();
+        let parts = model.loss(logits.clone(), &db);
+        loss += parts.sum.into_scalar().elem::<f64>();
+        items += parts.count;
+        let values = if metrics.needs_logits() {
+            logits
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        metrics.update(&values, shape, &batch);
+    }
+    Ok(metrics.finish(loss / items.max(1) as f64))
+}
+
+/// One JSON line per example of `cache` (built from `input` without labels required):
+/// `label` and `logits` (sequence classification), `tokens`, `tags` and per-word
+/// `logits` (token classification). Returns the number of lines given to `emit`.
+///
+/// # Errors
+/// [`TaskError::Data`] for the cache or the input file; `emit`'s error.
+pub fn predict<B: Backend, M: TaskModel<B>>(
+    model: &M,
+    setup: &TaskSetup,
+    cache: &TokenCache,
+    input: &Path,
+    batch_size: usize,
+    device: &B::Device,
+    emit: &mut dyn FnMut(Value) -> Result<(), TaskError>,
+) -> Result<usize, TaskError> {
+    let indices: Vec<usize> = (0..cache.len()).collect();
+    let mut written = 0;
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = cache.batch(chunk, setup.tokenizer.pad_id())?;
+        let logits = model.logits(&DeviceBatch::<B>::new(&batch, device));
+        let [b, positions, k] = logits.dims();
+        let values: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        for (row, &index) in chunk.iter().enumerate().take(b) {
+            let record = cache.record(index)?;
+            let source = read_row_at(input, record.offset, u64::from(record.line))?;
+            let row_logits = &values[row * positions * k..(row + 1) * positions * k];
+            let labels = &batch.labels[row * positions..(row + 1) * positions];
+            emit(prediction_line(setup, &source, row_logits, labels, k))?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// The output line of one example.
+fn prediction_line(
+    setup: &TaskSetup,
+    source: &Value,
+    logits: &[f32],
+    labels: &[i64],
+    k: usize,
+) -> Value {
+    if setup.task == Task::SequenceClassification {
+        let mut line = json!({"label": setup.labels.get(argmax(logits)), "logits": logits});
+        if let Some(text) = source.get("text") {
+            line["text"] = text.clone();
+        }
+        return line;
+    }
+    let words = source.get("tokens").cloned().unwrap_or(Value::Null);
+    let n_words = words.as_array().map_or(0, Vec::len);
+    let firsts: Vec<&[f32]> = labels
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l >= 0)
+        .map(|(p, _)| &logits[p * k..(p + 1) * k])
+        .collect();
+    let mut tags: Vec<&str> = firsts
+        .iter()
+        .map(|l| setup.labels.get(argmax(l)).map_or("O", String::as_str))
+        .collect();
+    let truncated = tags.len() < n_words;
+    tags.resize(n_words, "O");
+    json!({"tokens": words, "tags": tags, "logits": firsts, "truncated": truncated})
+}
+
+/// Greedy continuation of every prompt of `input` (`{prompt}`, `{messages}` rendered with
+/// the chat template's generation prompt, or `{text}`), one line each to `emit`.
+/// Returns the number of lines.
+///
+/// # Errors
+/// [`TaskError::Data`] naming the line of a row without a usable prompt.
+pub fn generate_rows<B: Backend>(
+    model: &burnish_models::LlamaForCausalLm<B>,
+    setup: &TaskSetup,
+    input: &Path,
+    max_new_tokens: usize,
+    emit: &mut dyn FnMut(Value) -> Result<(), TaskError>,
+) -> Result<usize, TaskError> {
+    let config = GenerationConfig {
+        max_new_tokens,
+        eos_token_id: setup.eos_id.map(i64::from),
+        ..GenerationConfig::default()
+    };
+    let mut written = 0;
+    for row in JsonlRows::open(input)? {
+        let row = row?;
+        let bad = |reason: String| {
+            TaskError::Data(burnish_data::DataError::BadRow(burnish_data::BadRow {
+                path: input.to_owned(),
+                line: row.line as usize,
+                reason,
+            }))
+        };
+        let value = row.value.clone().map_err(bad)?;
+        let (prompt, specials) = prompt_of(setup, &value).map_err(bad)?;
+        let ids = setup.tokenizer.encode_unpadded(&[&prompt], specials)?;
+        let ids: Vec<i64> = ids
+            .first()
+            .map(|v| v.iter().map(|&i| i64::from(i)).collect())
+            .unwrap_or_default();
+        let new = generate(model, &ids, &config);
+        let new_u32: Vec<u32> = new.iter().map(|&i| i as u32).collect();
+        let text = setup.tokenizer.decode(&new_u32)?;
+        emit(json!({"prompt": prompt, "text": text, "tokens": new}))?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The prompt of a generation row and whether it gets the tokenizer's special tokens.
+fn prompt_of(setup: &TaskSetup, value: &Value) -> Result<(String, bool), String> {
+    if let Some(messages) = value.get("messages") {
+        let mut messages: Vec<Message> =
+            serde_json::from_value(messages.clone()).map_err(|e| format!("`messages`: {e}"))?;
+        // A conversation that ends with the answer is asked again without it.
+        if messages.last().is_some_and(|m| m.role == "assistant") {
+            messages.pop();
+        }
+        let template = setup
+            .template
+            .as_ref()
+            .ok_or("the model has no chat template")?;
+        let prompt = template
+            .render(&messages, true)
+            .map_err(|e| e.to_string())?;
+        return Ok((prompt, false));
+    }
+    match value.get("prompt").or_else(|| value.get("text")) {
+        Some(p) => Ok((
+            p.as_str().ok_or("prompt must be a string")?.to_owned(),
+            true,
+        )),
+        None => Err("needs `prompt`, `messages` or `text`".into()),
+    }
+}

@@ -1,0 +1,484 @@
+//! A whole fine-tuning run from a [`RunConfig`]: what `burnish train` does, as one library
+//! call built from the others of this crate (read it as an example of composing them).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burnish_data::{BadRows, TokenCache};
+use burnish_heads::LabelNames;
+use burnish_loader::{HfModelDir, export_dir};
+use burnish_trainer::{
+    BoxError, Control, EvalEvent, FitState, FitSummary, Hooks, StepReport, Trainer,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    CacheData, Checkpointer, DeviceBatch, HeadReport, HeadSpec, Resumed, RunConfig, RunFingerprint,
+    TaskError, TaskModel, TaskSetup, UseTrainModel, evaluate, label_names, metrics_for,
+    with_precision, with_train_model,
+};
+
+/// Keys that may change between a checkpoint and its resumption without changing what the
+/// run computes.
+pub const FREE_KEYS: [&str; 6] = [
+    "train.output_dir",
+    "data.cache_dir",
+    "train.log_every",
+    "train.save_every",
+    "train.keep_last",
+    // Recomputing activations gives the same bits (the CLI's resume test proves it).
+    "train.gradient_checkpointing",
+];
+
+/// Where to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// The newest valid checkpoint of the output directory; a fresh start when there is none.
+    Latest,
+    /// This checkpoint directory.
+    From(PathBuf),
+}
+
+/// What a run shows while it goes: lines, a step counter, logged events. The `burnish`
+/// command draws a progress bar with it; the default does nothing.
+pub trait RunObserver {
+    /// A line of information (data read, resumed from, metrics before and after).
+    fn line(&mut self, _text: &str) {}
+    /// Training starts: `total` optimizer steps in all.
+    fn start(&mut self, _total: u64) {}
+    /// An optimizer step ended.
+    fn step(&mut self, _report: &StepReport) {}
+    /// An event was written to `metrics.jsonl`.
+    fn event(&mut self, _event: &Value) {}
+    /// Training ended (before the final evaluation).
+    fn finish(&mut self) {}
+}
+
+/// A [`RunObserver`] that shows nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl RunObserver for Silent {}
+
+/// How to run besides the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where everything is written; `[train] output_dir` when `None`.
+    pub output_dir: Option<PathBuf>,
+    /// Resume from a checkpoint.
+    pub resume: Option<Resume>,
+    /// Resume even when the configuration or the data changed.
+    pub force: bool,
+    /// End the run after this optimizer step, as a preemption would (after its
+    /// checkpoint, when one is due).
+    pub stop_after: Option<u64>,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// Where everything was written.
+    pub output_dir: PathBuf,
+    /// The fine-tuned model, HF format.
+    pub final_dir: PathBuf,
+    /// The best model by the validation metric, HF format (when there is validation data).
+    pub best_dir: Option<PathBuf>,
+    /// How the loop ended.
+    pub summary: FitSummary,
+    /// Validation metrics of the pretrained model with its new head.
+    pub before: Option<BTreeMap<String, f64>>,
+    /// Validation metrics of the final model.
+    pub after: Option<BTreeMap<String, f64>>,
+    /// Test metrics of the final model.
+    pub test: Option<BTreeMap<String, f64>>,
+    /// Training examples (after skipped rows).
+    pub train_examples: usize,
+    /// Wall time of the training loop, seconds.
+    pub train_seconds: f64,
+}
+
+/// Fine-tunes the model of `config` on `device`: loads the pretrained backbone under the
+/// task's head, tokenizes the data into the token cache, trains every parameter (resuming
+/// from a checkpoint when asked), exports `best/` at each new best and `final/` at the
+/// end, and writes `metrics.jsonl`, `trainer_state.json` and `results.json` into the
+/// output directory. `observer` sees its progress.
+///
+/// # Errors
+/// [`TaskError`] for anything unusable (model, data, output directory, checkpoint) or a
+/// failed step ([`TaskError::Train`]).
+pub fn fine_tune<B: AutodiffBackend>(
+    config: &RunConfig,
+    options: &RunOptions,
+    observer: &mut dyn RunObserver,
+    device: &B::Device,
+) -> Result<RunOutcome, TaskError> {
+    config.validate()?;
+    let hf = HfModelDir::open(&config.model.path)?;
+    let labels = label_names(
+        &hf,
+        config.model.task,
+        config.model.labels.as_deref(),
+        config.model.num_labels,
+    )?;
+    let spec = HeadSpec {
+        dropout: config.model.dropout,
+        ..HeadSpec::new(config.model.task, labels.len())
+    };
+    // Head initialization draws from the backend generator: seed it for a reproducible run.
+    B::seed(device, config.train.seed);
+    let run = Run::<B> {
+        config,
+        options,
+        observer,
+        hf: &hf,
+        labels,
+        device: device.clone(),
+    };
+    with_train_model(&hf, &spec, device, run)?
+}
+
+struct Run<'a, B: AutodiffBackend> {
+    config: &'a RunConfig,
+    options: &'a RunOptions,
+    observer: &'a mut dyn RunObserver,
+    hf: &'a HfModelDir,
+    labels: Vec<String>,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> UseTrainModel<B> for Run<'_, B> {
+    type Output = Result<RunOutcome, TaskError>;
+
+    fn visit<M>(self, model: M, report: HeadReport) -> Self::Output
+    where
+        M: AutodiffModule<B> + TaskModel<B>,
+        M::InnerModule: TaskModel<B::InnerBackend>,
+    {
+        self.train(model, &report)
+    }
+}
+
+/// The run's data: the token caches of its files.
+struct Caches {
+    train: TokenCache,
+    valid: Option<TokenCache>,
+    test: Option<TokenCache>,
+}
+
+impl<B: AutodiffBackend> Run<'_, B> {
+    fn output_dir(&self) -> Result<PathBuf, TaskError> {
+        let dir = self
+            .options
+            .output_dir
+            .clone()
+            .or_else(|| self.config.train.output_dir.clone())
+            .ok_or_else(|| TaskError::Invalid {
+                field: "train.output_dir".into(),
+                message: "no output directory: set it (or pass one)".into(),
+            })?;
+        std::fs::create_dir_all(&dir).map_err(TaskError::io(&dir))?;
+        Ok(dir)
+    }
+
+    fn open_caches(&mut self, setup: &TaskSetup, output: &Path) -> Result<Caches, TaskError> {
+        let data = &self.config.data;
+        let root = data
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| output.join("cache"));
+        let bad = if data.skip_bad_rows {
+            BadRows::Skip
+        } else {
+            BadRows::Fail
+        };
+        let encoder = setup.encoder(true);
+        let mut open = |path: &Path| -> Result<TokenCache, TaskError> {
+            let started = Instant::now();
+            let (cache, built) = TokenCache::open_or_build(path, &encoder, bad, &root)?;
+            let meta = cache.meta();
+            let how = if built {
+                format!(", tokenized in {:.1} s", started.elapsed().as_secs_f64())
+            } else {
+                ", from the token cache".into()
+            };
+            let skipped = match meta.skipped {
+                0 => String::new(),
+                n => format!(
+                    ", {n} bad rows skipped (first: {})",
+                    meta.skipped_rows.join("; ")
+                ),
+            };
+            let (examples, tokens) = (meta.examples, meta.tokens);
+            let line = format!(
+                "{}: {examples} examples, {tokens} tokens{how}{skipped}",
+                path.display()
+            );
+            self.observer.line(&line);
+            Ok(cache)
+        };
+        Ok(Caches {
+            train: open(&data.train)?,
+            valid: data.validation.as_deref().map(&mut open).transpose()?,
+            test: data.test.as_deref().map(&mut open).transpose()?,
+        })
+    }
+
+    fn find_resume(
+        &mut self,
+        output: &Path,
+        run: &RunFingerprint,
+        data_fingerprint: &str,
+    ) -> Result<Option<Resumed>, TaskError> {
+        let observer = &mut *self.observer;
+        let resumed = match &self.options.resume {
+            None => return Ok(None),
+            Some(Resume::From(dir)) => Resumed::open(dir)?,
+            Some(Resume::Latest) => match Resumed::latest(output, &mut |l| observer.line(l))? {
+                Some(r) => r,
+                None => {
+                    let dir = output.display();
+                    observer.line(&format!(
+                        "no checkpoint in {dir}: starting from the beginning"
+                    ));
+                    return Ok(None);
+                }
+            },
+        };
+        if !self.options.force {
+            resumed.check(run, data_fingerprint)?;
+        }
+        let (dir, step) = (resumed.checkpoint.dir().display(), resumed.step());
+        observer.line(&format!("resuming from {dir} (step {step})"));
+        Ok(Some(resumed))
+    }
+
+    fn train<M>(mut self, model: M, head: &HeadReport) -> Result<RunOutcome, TaskError>
+    where
+        M: AutodiffModule<B> + TaskModel<B>,
+        M::InnerModule: TaskModel<B::InnerBackend>,
+    {
+        let (config, t) = (self.config, &self.config.train);
+        let output = self.output_dir()?;
+        let model = with_precision(model, t.precision, &self.device)?;
+        if !head.new_parameters.is_empty() {
+            let names = head.new_parameters.join(", ");
+            self.observer.line(&format!(
+                "new head parameters, N(0, initializer_range): {names}"
+            ));
+        }
+        let setup = TaskSetup::new(
+            self.hf,
+            config.model.task,
+            config.data.max_length,
+            self.labels.clone(),
+        )?;
+        let caches = self.open_caches(&setup, &output)?;
+        let mut data = CacheData::<B>::new(
+            &caches.train,
+            t.batch_size,
+            setup.tokenizer.pad_id(),
+            t.seed,
+            config.data.shuffle,
+            &self.device,
+        )?;
+        if config.data.group_by_length {
+            data = data.grouped_by_length()?;
+        }
+        let fit = config.fit_config(Some(output.clone()));
+        let plan = fit.plan(data.batches_per_epoch())?;
+        let run = RunFingerprint::new(serde_json::to_value(config).unwrap_or(Value::Null))
+            .ignoring(&FREE_KEYS);
+        let data_fingerprint = caches.train.meta().fingerprint.clone();
+        let resumed = self.find_resume(&output, &run, &data_fingerprint)?;
+        let model = match &resumed {
+            Some(r) => r.load_model(model, self.hf.naming())?,
+            None => model,
+        };
+        let eval_batch = t.eval_batch_size.unwrap_or(t.batch_size);
+        let (pad, inner_device) = (setup.tokenizer.pad_id(), self.device.clone());
+        let evaluate_on = |m: &M::InnerModule, cache: &TokenCache| {
+            let mut metrics = metrics_for(setup.task, &setup.labels);
+            evaluate::<B::InnerBackend, _>(
+                m,
+                cache,
+                pad,
+                eval_batch,
+                metrics.as_mut(),
+                &inner_device,
+            )
+        };
+        let before = match (&caches.valid, t.eval_at_start, &resumed) {
+            (_, _, Some(r)) => r.state.before.clone(),
+            (Some(cache), true, None) => {
+                let metrics = evaluate_on(&model.valid(), cache)?;
+                self.observer
+                    .line(&format!("before training: {}", format_metrics(&metrics)));
+                Some(metrics)
+            }
+            _ => None,
+        };
+        let labels = LabelNames(setup.labels.clone());
+        let mut checkpointer =
+            Checkpointer::new(&output, self.hf, labels.clone(), run, &data_fingerprint)
+                .keep_last(t.keep_last)
+                .with_before(before.clone());
+        let mut trainer = Trainer::new(model, config.trainer_config(plan.total_steps))?;
+        let state = match &resumed {
+            Some(r) => {
+                checkpointer = checkpointer.continuing(r);
+                r.restore(&mut trainer)?
+            }
+            None => FitState::default(),
+        };
+        let (params, examples) = (trainer.model().num_params(), caches.train.len());
+        self.observer.line(&format!(
+            "training {params} parameters: {examples} examples, {} epoch(s), {} optimizer steps of {} × {} examples",
+            plan.epochs, plan.total_steps, t.grad_accum, t.batch_size
+        ));
+        self.observer.start(plan.total_steps);
+        let best_dir = caches.valid.as_ref().map(|_| output.join("best"));
+        let mut hooks = (
+            RunHooks {
+                observer: &mut *self.observer,
+                hf: self.hf,
+                labels: labels.clone(),
+                best_dir: best_dir.clone(),
+                stop_after: self.options.stop_after,
+            },
+            checkpointer,
+        );
+        let started = Instant::now();
+        let valid = caches.valid.as_ref();
+        let summary = trainer.fit_from(
+            state,
+            &fit,
+            &mut data,
+            |m: &M, b: &DeviceBatch<B>| m.step_loss(b),
+            |m: &M::InnerModule| match valid {
+                Some(cache) => evaluate_on(m, cache).map_err(|e| Box::new(e) as BoxError),
+                None => Ok(BTreeMap::new()),
+            },
+            &mut hooks,
+        );
+        self.observer.finish();
+        let summary = summary?;
+        let train_seconds = started.elapsed().as_secs_f64();
+        let final_dir = output.join("final");
+        let model = trainer.into_model();
+        export(&model, self.hf, &labels, &final_dir)?;
+        let inner = model.valid();
+        let after = caches
+            .valid
+            .as_ref()
+            .map(|c| evaluate_on(&inner, c))
+            .transpose()?;
+        let test = caches
+            .test
+            .as_ref()
+            .map(|c| evaluate_on(&inner, c))
+            .transpose()?;
+        for (name, metrics) in [("after training", &after), ("test", &test)] {
+            if let Some(m) = metrics {
+                self.observer
+                    .line(&format!("{name}: {}", format_metrics(m)));
+            }
+        }
+        let outcome = RunOutcome {
+            output_dir: output,
+            final_dir,
+            best_dir: best_dir.filter(|d| d.is_dir()),
+            summary,
+            before,
+            after,
+            test,
+            train_examples: caches.train.len(),
+            train_seconds,
+        };
+        write_results(&outcome, &config.metric_for_best())?;
+        Ok(outcome)
+    }
+}
+
+/// `results.json`: how the run ended and its metrics before, after and on the test set.
+fn write_results(outcome: &RunOutcome, metric: &str) -> Result<(), TaskError> {
+    let s = &outcome.summary;
+    let results = json!({
+        "steps": s.steps, "stopped_by": s.stopped_by, "train_examples": outcome.train_examples,
+        "train_seconds": outcome.train_seconds, "best": s.best, "metric_for_best": metric,
+        "validation_before": outcome.before, "validation_after": outcome.after, "test": outcome.test,
+    });
+    let path = outcome.output_dir.join("results.json");
+    let text = serde_json::to_string_pretty(&results).unwrap_or_default();
+    std::fs::write(&path, text).map_err(TaskError::io(&path))
+}
+
+/// Exports `model` as a Hugging Face directory `dir` (atomically replaced).
+///
+/// # Errors
+/// [`TaskError::Load`] naming the file.
+pub fn export<B: burn::tensor::backend::Backend, M: TaskModel<B>>(
+    model: &M,
+    hf: &HfModelDir,
+    labels: &LabelNames,
+    dir: &Path,
+) -> Result<(), TaskError> {
+    let config = model.export_config(hf.config_json(), labels);
+    export_dir(dir, model, hf.naming(), &config, Some(hf.path()))?;
+    Ok(())
+}
+
+/// The run's own hooks: the observer, `best/` exported at each new best, and the
+/// preemption stop.
+struct RunHooks<'a> {
+    observer: &'a mut dyn RunObserver,
+    hf: &'a HfModelDir,
+    labels: LabelNames,
+    best_dir: Option<PathBuf>,
+    stop_after: Option<u64>,
+}
+
+impl<B: AutodiffBackend, M: AutodiffModule<B> + TaskModel<B>, O> Hooks<B, M, O> for RunHooks<'_> {
+    fn on_step_end(
+        &mut self,
+        _: &mut Trainer<B, M, O>,
+        _: &FitState,
+        report: &StepReport,
+    ) -> Result<Control, BoxError> {
+        self.observer.step(report);
+        Ok(if self.stop_after == Some(report.step) {
+            Control::STOP
+        } else {
+            Control::CONTINUE
+        })
+    }
+
+    fn on_evaluate(
+        &mut self,
+        trainer: &Trainer<B, M, O>,
+        _: &FitState,
+        event: &EvalEvent,
+    ) -> Result<Control, BoxError> {
+        if event.is_best
+            && let Some(dir) = &self.best_dir
+        {
+            export(trainer.model(), self.hf, &self.labels, dir)?;
+        }
+        Ok(Control::CONTINUE)
+    }
+
+    fn on_log(&mut self, event: &Value) {
+        self.observer.event(event);
+    }
+}
+
+/// `name value, ...` with four decimals.
+pub fn format_metrics(metrics: &BTreeMap<String, f64>) -> String {
+    metrics
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,154 @@
+//! What a task needs of a model directory besides the weights: tokenizer, chat template,
+//! end-of-sequence id, label names.
+
+use burnish_data::{RowEncoder, Task};
+use burnish_loader::{ChatTemplate, HfModelDir, HfTokenizer, TokenizerConfig};
+use serde_json::Value;
+
+use crate::TaskError;
+
+/// Tokenizer, template and labels of a model directory for a task.
+#[derive(Debug)]
+pub struct TaskSetup {
+    /// The tokenizer, truncating to the run's `max_length`.
+    pub tokenizer: HfTokenizer,
+    /// The chat template (`tokenizer_config.json`), when the model has one.
+    pub template: Option<ChatTemplate>,
+    /// The end-of-sequence id appended to causal-LM responses.
+    pub eos_id: Option<u32>,
+    /// Class or tag names by id (empty for causal LM).
+    pub labels: Vec<String>,
+    /// The task.
+    pub task: Task,
+}
+
+impl TaskSetup {
+    /// Reads what `task` needs from `hf`, truncating to `max_length` tokens.
+    ///
+    /// # Errors
+    /// [`TaskError::Load`] for an unreadable tokenizer or template.
+    pub fn new(
+        hf: &HfModelDir,
+        task: Task,
+        max_length: usize,
+        labels: Vec<String>,
+    ) -> Result<Self, TaskError> {
+        let tokenizer = hf.tokenizer(TokenizerConfig {
+            max_length,
+            ..TokenizerConfig::default()
+        })?;
+        let template = ChatTemplate::from_dir(hf.path())?;
+        let eos_id = match task {
+            Task::CausalLm => eos_id(hf, template.as_ref(), &tokenizer),
+            _ => None,
+        };
+        Ok(TaskSetup {
+            tokenizer,
+            template,
+            eos_id,
+            labels,
+            task,
+        })
+    }
+
+    /// The row encoder of this task (`require_labels`: training and evaluation rows must
+    /// carry labels; prediction rows need not).
+    pub fn encoder(&self, require_labels: bool) -> RowEncoder<'_> {
+        RowEncoder {
+            task: self.task,
+            tokenizer: &self.tokenizer,
+            labels: &self.labels,
+            chat_template: self.template.as_ref(),
+            eos_id: self.eos_id,
+            require_labels,
+        }
+    }
+}
+
+/// The end-of-sequence id: `eos_token_id` of config.json (the first, when a list), else
+/// the tokenizer config's `eos_token`.
+fn eos_id(
+    hf: &HfModelDir,
+    template: Option<&ChatTemplate>,
+    tokenizer: &HfTokenizer,
+) -> Option<u32> {
+    let from_config = match hf.config_json().get("eos_token_id") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::Array(a)) => a.first().and_then(Value::as_u64),
+        _ => None,
+    };
+    from_config
+        .and_then(|id| u32::try_from(id).ok())
+        .or_else(|| template.and_then(|t| tokenizer.token_to_id(t.eos_token())))
+}
+
+/// Label names of a fine-tuned directory (`id2label`), in id order.
+pub fn labels_of(hf: &HfModelDir) -> Vec<String> {
+    let Some(map) = hf.config_json().get("id2label").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(usize, String)> = map
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_owned())))
+        .collect();
+    pairs.sort();
+    pairs.into_iter().map(|(_, v)| v).collect()
+}
+
+/// The label names of a run: `names`, else `LABEL_<i>` for `num_labels`, else the
+/// checkpoint's own `id2label` (a model fine-tuned before); none for causal LM.
+///
+/// # Errors
+/// [`TaskError::Labels`] when a classification task has none of them.
+pub fn label_names(
+    hf: &HfModelDir,
+    task: Task,
+    names: Option<&[String]>,
+    num_labels: Option<usize>,
+) -> Result<Vec<String>, TaskError> {
+    if task == Task::CausalLm {
+        return Ok(Vec::new());
+    }
+    if let Some(names) = names {
+        return Ok(names.to_vec());
+    }
+    if let Some(n) = num_labels {
+        return Ok(burnish_heads::LabelNames::generic(n).0);
+    }
+    let own = labels_of(hf);
+    if own.is_empty() {
+        return Err(TaskError::Labels {
+            path: hf.path().to_owned(),
+            detail: "labels (or num_labels) are required: config.json has no id2label".into(),
+        });
+    }
+    Ok(own)
+}
+
+/// The task an exported model was trained for, from `architectures`.
+///
+/// # Errors
+/// [`TaskError::Labels`] naming the architecture when it tells no task.
+pub fn task_of(hf: &HfModelDir) -> Result<Task, TaskError> {
+    let arch = hf
+        .config_json()
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if arch.ends_with("ForSequenceClassification") {
+        Ok(Task::SequenceClassification)
+    } else if arch.ends_with("ForTokenClassification") {
+        Ok(Task::TokenClassification)
+    } else if arch.ends_with("ForCausalLM") {
+        Ok(Task::CausalLm)
+    } else {
+        Err(TaskError::Invalid {
+            field: "task".into(),
+            message: format!(
+                "{}: cannot tell the task from architectures {arch:?}; name the task",
+                hf.path().display()
+            ),
+        })
+    }
+}
