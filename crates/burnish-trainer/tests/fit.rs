@@ -207,6 +207,16 @@ impl Hooks<B, Linear<B>> for States {
         self.0.push(state.clone());
         Ok(Control::CONTINUE)
     }
+
+    fn on_epoch_end(
+        &mut self,
+        _: &mut Trainer<B, Linear<B>>,
+        state: &FitState,
+        _: usize,
+    ) -> Result<Control, BoxError> {
+        self.0.push(state.clone());
+        Ok(Control::CONTINUE)
+    }
 }
 
 #[test]
@@ -226,7 +236,12 @@ fn the_state_tracks_position_and_best_without_early_stopping() {
         .unwrap();
     let positions: Vec<(usize, usize)> =
         states.0.iter().map(|s| (s.epoch, s.batches_done)).collect();
-    assert_eq!(positions, [(0, 2), (0, 4), (1, 0), (1, 2), (1, 4), (2, 0)]);
+    // A step that ends an epoch is seen there by `on_step_end`, and at the start of the next
+    // epoch by `on_epoch_end` (and by `save`), which is where a resumed run continues.
+    assert_eq!(
+        positions,
+        [(0, 2), (0, 4), (0, 5), (1, 0), (1, 2), (1, 4), (1, 5), (2, 0)]
+    );
     assert_eq!(summary.evals.len(), 3);
     let best = summary.best.unwrap();
     let lowest = summary
@@ -447,7 +462,7 @@ fn the_plan_is_the_one_step_count_and_a_zero_schedule_is_refused() {
     // One step whose warmup never leaves 0: training would change nothing.
     let zero = TrainerConfig {
         total_steps: 1,
-        warmup: burnish_schedule::Warmup::Steps(5),
+        warmup: burnish_schedule::Warmup::Steps(1),
         ..Default::default()
     };
     let err = Trainer::new(model(), zero).unwrap_err();
