@@ -240,7 +240,16 @@ fn the_state_tracks_position_and_best_without_early_stopping() {
     // epoch by `on_epoch_end` (and by `save`), which is where a resumed run continues.
     assert_eq!(
         positions,
-        [(0, 2), (0, 4), (0, 5), (1, 0), (1, 2), (1, 4), (1, 5), (2, 0)]
+        [
+            (0, 2),
+            (0, 4),
+            (0, 5),
+            (1, 0),
+            (1, 2),
+            (1, 4),
+            (1, 5),
+            (2, 0)
+        ]
     );
     assert_eq!(summary.evals.len(), 3);
     let best = summary.best.unwrap();
