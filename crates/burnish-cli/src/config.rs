@@ -50,26 +50,40 @@ fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
 /// # Errors
 /// [`CliError::Config`] with one line naming the file, line, section and key.
 pub fn read_config(path: &Path) -> Result<RunConfig, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::Config {
+    let bytes = std::fs::read(path).map_err(|e| CliError::Config {
         location: path.display().to_string(),
         message: format!("cannot read: {e}"),
+    })?;
+    // Editors on Windows start files with a byte-order mark.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let text = String::from_utf8(bytes.to_vec()).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        CliError::Config {
+            location: format!("{}:{line}", path.display()),
+            message: "not UTF-8 text".into(),
+        }
     })?;
     let mut config = parse_config(&text, path)?;
     resolve(&mut config, path.parent().unwrap_or(Path::new(".")));
     config.validate().map_err(|e| match e {
-        TaskError::Invalid { field, message } => {
-            let (section, key) = field.split_once('.').unwrap_or(("", &field));
-            CliError::Config {
-                location: match line_of(&text, section, key) {
-                    Some(line) => format!("{}:{line}", path.display()),
-                    None => path.display().to_string(),
-                },
-                message: format!("[{section}] {key}: {message}"),
-            }
-        }
+        TaskError::Invalid { field, message } => field_error(path, &text, &field, &message),
         other => other.into(),
     })?;
     Ok(config)
+}
+
+/// A bad value of the config key `field` (`train.lr`) as one line naming the file and
+/// the line where the key is set (`text` is the file's text).
+pub fn field_error(path: &Path, text: &str, field: &str, message: &str) -> CliError {
+    let (section, key) = field.split_once('.').unwrap_or(("", field));
+    CliError::Config {
+        location: match line_of(text, section, key) {
+            Some(line) => format!("{}:{line}", path.display()),
+            None => path.display().to_string(),
+        },
+        message: format!("[{section}] {key}: {message}"),
+    }
 }
 
 /// Parses TOML text; `path` only names the source in errors. Paths stay as written.
@@ -104,7 +118,8 @@ pub fn parse_config(text: &str, path: &Path) -> Result<RunConfig, CliError> {
 /// Makes relative paths relative to the config file's directory `base`.
 fn resolve(config: &mut RunConfig, base: &Path) {
     let fix = |p: &mut PathBuf| {
-        if p.is_relative() {
+        // An empty path stays empty, for validation to name it.
+        if p.is_relative() && !p.as_os_str().is_empty() {
             *p = tidy(&base.join(&*p));
         }
     };

@@ -7,7 +7,7 @@ mod plot;
 mod progress;
 
 pub use bench::{BenchOptions, BenchReport, bench};
-pub use config::{parse_config, read_config};
+pub use config::{field_error, parse_config, read_config};
 pub use error::CliError;
 pub use plot::{Curves, plot_run};
 pub use progress::Progress;

@@ -14,7 +14,9 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
 use burnish::backend::CpuTrain;
-use burnish_cli::{BenchOptions, CliError, Progress, bench, plot_run, read_config};
+use burnish_cli::{
+    BenchOptions, CliError, Progress, bench, field_error, plot_run, read_config,
+};
 use burnish_data::Task;
 use burnish_tasks::{
     EvalOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune, predict_dir,
@@ -102,8 +104,12 @@ enum Command {
         /// Resume even when the configuration or the training data changed.
         #[arg(long)]
         force: bool,
+        /// Start afresh in an output directory that holds another run, removing its
+        /// outputs (final/, best/, checkpoints/, logs; the token cache stays).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
         /// End after this optimizer step, as a preemption would (for testing resumes).
-        #[arg(long, value_name = "STEP")]
+        #[arg(long, value_name = "STEP", value_parser = clap::value_parser!(u64).range(1..))]
         stop_after: Option<u64>,
         /// No progress output.
         #[arg(long)]
@@ -135,11 +141,11 @@ enum Command {
         /// The task; read from the model's `architectures` when absent.
         #[arg(long, value_enum)]
         task: Option<TaskArg>,
-        /// Longest sequence in tokens.
-        #[arg(long, default_value_t = 512)]
-        max_length: usize,
+        /// Longest sequence in tokens (default: the model's positions, at most 512).
+        #[arg(long, value_parser = at_least_one)]
+        max_length: Option<usize>,
         /// Examples per forward pass.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = at_least_one)]
         batch_size: usize,
     },
     /// Write one JSON line of outputs per input line.
@@ -156,13 +162,31 @@ enum Command {
         /// The task; read from the model's `architectures` when absent.
         #[arg(long, value_enum)]
         task: Option<TaskArg>,
-        /// Longest input in tokens.
-        #[arg(long, default_value_t = 512)]
-        max_length: usize,
+        /// Longest input in tokens (default: the model's positions, at most 512).
+        #[arg(long, value_parser = at_least_one)]
+        max_length: Option<usize>,
         /// Tokens generated per prompt (causal LM).
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
     },
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A library setting named as the flag that sets it (`max_length` → `--max-length`).
+fn flag_error(e: TaskError) -> CliError {
+    match e {
+        TaskError::Invalid { field, message } if !field.contains('.') => {
+            CliError::Usage(format!("--{}: {message}", field.replace('_', "-")))
+        }
+        other => other.into(),
+    }
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
@@ -249,6 +273,7 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
             output_dir,
             resume,
             force,
+            overwrite,
             stop_after,
             quiet,
         } => {
@@ -257,6 +282,7 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
                 resume: resume.map(|dir| dir.map_or(Resume::Latest, Resume::From)),
                 force,
                 stop_after,
+                overwrite,
             };
             train::<B>(&config, &options, quiet, device)
         }
@@ -278,7 +304,8 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
                 batch_size,
                 ..EvalOptions::default()
             };
-            let metrics = evaluate_dir::<B::InnerBackend>(&model, &data, &options, device)?;
+            let metrics = evaluate_dir::<B::InnerBackend>(&model, &data, &options, device)
+                .map_err(flag_error)?;
             println!("{}", serde_json::to_string(&metrics).unwrap_or_default());
             Ok(())
         }
@@ -296,7 +323,8 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
                 max_new_tokens,
                 ..EvalOptions::default()
             };
-            let n = predict_dir::<B::InnerBackend>(&model, &input, &output, &options, device)?;
+            let n = predict_dir::<B::InnerBackend>(&model, &input, &output, &options, device)
+                .map_err(flag_error)?;
             eprintln!("{n} predictions written to {}", output.display());
             Ok(())
         }
@@ -304,18 +332,31 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
 }
 
 fn train<B: AutodiffBackend>(
-    config: &std::path::Path,
+    path: &std::path::Path,
     options: &RunOptions,
     quiet: bool,
     device: &B::Device,
 ) -> Result<(), CliError> {
-    let config = read_config(config)?;
+    let config = read_config(path)?;
     let outcome = fine_tune::<B>(&config, options, &mut Progress::new(quiet), device).map_err(
         |e| match e {
             TaskError::Inconsistent { dir, detail } => CliError::Usage(format!(
                 "cannot resume {} exactly: {detail} (pass --force to resume anyway)",
                 dir.display()
             )),
+            TaskError::Invalid { field, message } if field == "train.output_dir" => {
+                CliError::Usage(format!(
+                    "[train] output_dir: {message} (--resume continues it, --overwrite \
+                     replaces it)"
+                ))
+            }
+            TaskError::Invalid { field, message } if field == "resume" => {
+                CliError::Usage(format!("--resume: {message}"))
+            }
+            TaskError::Invalid { field, message } if field.contains('.') => {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                field_error(path, &text, &field, &message)
+            }
             other => other.into(),
         },
     )?;
@@ -386,7 +427,26 @@ fn keep_freed_memory() {
 fn main() -> ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, as every other error: clap's message up to its usage hint.
+            let text = e.render().to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("{}", message.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

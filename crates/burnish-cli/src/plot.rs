@@ -52,11 +52,11 @@ impl Curves {
         let mut curves = Curves::default();
         let mut metric = Vec::new();
         let add_eval = |curves: &mut Curves, metric: &mut Vec<_>, step: f64, metrics: &Value| {
-            if let Some(loss) = metrics["eval_loss"].as_f64() {
-                curves.eval_loss.push((step, loss));
+            if let Some(p) = point(step, metrics["eval_loss"].as_f64()) {
+                curves.eval_loss.push(p);
             }
-            if let Some(v) = name.as_deref().and_then(|n| metrics[n].as_f64()) {
-                metric.push((step, v));
+            if let Some(p) = point(step, name.as_deref().and_then(|n| metrics[n].as_f64())) {
+                metric.push(p);
             }
         };
         add_eval(&mut curves, &mut metric, 0.0, &results["validation_before"]);
@@ -69,8 +69,8 @@ impl Curves {
             };
             match event["event"].as_str() {
                 Some("train") => {
-                    if let Some(loss) = event["loss"].as_f64().filter(|l| l.is_finite()) {
-                        train_loss.push((step, loss));
+                    if let Some(p) = point(step, event["loss"].as_f64()) {
+                        train_loss.push(p);
                     }
                 }
                 Some("eval") => add_eval(&mut curves, &mut metric, step, &event["metrics"]),
@@ -120,6 +120,13 @@ fn register_font() {
         // The bundled font is known to parse; a failure would only lose the labels.
         let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
     });
+}
+
+/// A point that can be drawn: a diverged loss (NaN, infinite, or beyond any useful
+/// axis, such as 1e308) is left out rather than stretching the axes past f64.
+fn point(step: f64, value: Option<f64>) -> Option<(f64, f64)> {
+    const LIMIT: f64 = 1e12;
+    value.filter(|v| v.abs() <= LIMIT && step.abs() <= LIMIT).map(|v| (step, v))
 }
 
 /// `lo..hi` around the values, with a margin, never empty.

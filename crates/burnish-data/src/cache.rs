@@ -26,7 +26,7 @@ use crate::jsonl::JsonlRows;
 use crate::task::{LabelLayout, RowFormat};
 use crate::{BadRow, BadRows, DataError, IGNORE_INDEX};
 
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 const RECORD: usize = 32;
 /// Rows tokenized together (one parallel `encode_batch`); bounds memory while caching.
 const CHUNK_ROWS: usize = 4096;
@@ -38,8 +38,12 @@ const LISTED_BAD_ROWS: usize = 100;
 pub struct CacheMeta {
     /// Cache format version.
     pub format: u32,
-    /// Hex SHA-256 of everything that determines the contents.
+    /// Hex SHA-256 that finds the cache again: the source's identity (path, size,
+    /// modification time), the tokenizer and the settings.
     pub fingerprint: String,
+    /// Hex SHA-256 of what the cache holds: the source's bytes, the tokenizer and the
+    /// settings, not where the file is or when it was touched. A resumed run compares it.
+    pub content: String,
     /// The JSONL file.
     pub source: PathBuf,
     /// The kind of rows ([`RowFormat::kind`]).
@@ -152,8 +156,8 @@ fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<
     Ok(())
 }
 
-/// SHA-256 over the source's identity (path, size, modification time), the tokenizer file,
-/// and every setting that changes the tokens.
+/// The [`CacheMeta::fingerprint`]: settings and the source's identity (path, size,
+/// modification time), cheap to compute before every run.
 fn fingerprint(
     source: &Path,
     encoder: &dyn RowFormat,
@@ -165,14 +169,27 @@ fn fingerprint(
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
+    let mut h = settings_hash(encoder, bad_rows)?;
+    let identity = serde_json::json!({
+        "source": std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned()),
+        "size": meta.len(),
+        "modified": modified.to_string(),
+    });
+    h.update(identity.to_string().as_bytes());
+    Ok(hex(h))
+}
+
+fn hex(h: Sha256) -> String {
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 state over the tokenizer file and every setting that changes the tokens.
+fn settings_hash(encoder: &dyn RowFormat, bad_rows: BadRows) -> Result<Sha256, DataError> {
     let tokenizer_path = encoder.tokenizer().path();
     let tokenizer = std::fs::read(tokenizer_path).map_err(io(tokenizer_path))?;
     let mut h = Sha256::new();
     let settings = serde_json::json!({
         "format": FORMAT,
-        "source": std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned()),
-        "size": meta.len(),
-        "modified": modified.to_string(),
         "tokenizer": encoder.tokenizer().config(),
         "kind": encoder.kind(),
         "layout": encoder.layout(),
@@ -182,7 +199,19 @@ fn fingerprint(
     });
     h.update(settings.to_string().as_bytes());
     h.update(&tokenizer);
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(h)
+}
+
+/// The [`CacheMeta::content`] hash: settings and the source's bytes.
+fn content_hash(
+    source: &Path,
+    encoder: &dyn RowFormat,
+    bad_rows: BadRows,
+) -> Result<String, DataError> {
+    let mut h = settings_hash(encoder, bad_rows)?;
+    let mut file = File::open(source).map_err(io(source))?;
+    std::io::copy(&mut file, &mut h).map_err(io(source))?;
+    Ok(hex(h))
 }
 
 struct Writers {
@@ -267,6 +296,7 @@ impl TokenCache {
         let mut meta = CacheMeta {
             format: FORMAT,
             fingerprint,
+            content: content_hash(source, encoder, bad_rows)?,
             source: source.to_owned(),
             kind: encoder.kind(),
             layout: encoder.layout(),

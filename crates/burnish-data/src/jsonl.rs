@@ -27,7 +27,7 @@ pub struct JsonlRows {
     path: PathBuf,
     line: u64,
     offset: u64,
-    buffer: String,
+    buffer: Vec<u8>,
 }
 
 impl JsonlRows {
@@ -45,7 +45,7 @@ impl JsonlRows {
             path: path.to_owned(),
             line: 0,
             offset: 0,
-            buffer: String::new(),
+            buffer: Vec::new(),
         })
     }
 }
@@ -57,7 +57,7 @@ impl Iterator for JsonlRows {
         loop {
             self.buffer.clear();
             let start = self.offset;
-            match self.reader.read_line(&mut self.buffer) {
+            match self.reader.read_until(b'\n', &mut self.buffer) {
                 Ok(0) => return None,
                 Ok(n) => {
                     self.offset += n as u64;
@@ -70,18 +70,30 @@ impl Iterator for JsonlRows {
                     }));
                 }
             }
-            let text = self.buffer.trim();
-            if text.is_empty() {
-                continue;
-            }
+            let bytes = match self.line {
+                // Editors on Windows start files with a byte-order mark.
+                1 => self.buffer.strip_prefix(BOM).unwrap_or(&self.buffer),
+                _ => &self.buffer,
+            };
+            let value = match std::str::from_utf8(bytes) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => serde_json::from_str(text.trim()).map_err(|e| format!("not JSON: {e}")),
+                Err(e) => Err(format!(
+                    "not UTF-8 text (byte {} of the line)",
+                    e.valid_up_to() + 1
+                )),
+            };
             return Some(Ok(Row {
                 line: self.line,
                 offset: start,
-                value: serde_json::from_str(text).map_err(|e| format!("not JSON: {e}")),
+                value,
             }));
         }
     }
 }
+
+/// The UTF-8 byte-order mark, accepted at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Reads the row that starts at byte `offset` of `path` (an offset from [`Row::offset`]).
 ///
@@ -94,9 +106,12 @@ pub fn read_row_at(path: &Path, offset: u64, line: u64) -> Result<Value, DataErr
     };
     let mut file = File::open(path).map_err(io)?;
     file.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut text = String::new();
-    BufReader::new(file).read_line(&mut text).map_err(io)?;
-    serde_json::from_str(text.trim()).map_err(|e| {
+    let mut bytes = Vec::new();
+    BufReader::new(file)
+        .read_until(b'\n', &mut bytes)
+        .map_err(io)?;
+    let text = bytes.strip_prefix(BOM).unwrap_or(&bytes);
+    serde_json::from_slice(text.trim_ascii()).map_err(|e| {
         DataError::BadRow(crate::BadRow {
             path: path.to_owned(),
             line: line as usize,
@@ -112,15 +127,19 @@ mod tests {
     #[test]
     fn rows_carry_lines_and_offsets_that_read_back() {
         let f = tempfile::NamedTempFile::new().unwrap();
-        let text = "{\"a\": 1}\n\n  \n{\"a\": \"é\"}\r\nnope\n{\"a\": 3}";
-        std::fs::write(f.path(), text).unwrap();
+        let text = "\u{feff}{\"a\": 1}\n\n  \n{\"a\": \"é\"}\r\nnope\n{\"a\": 3}\n";
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\"\xff\"");
+        std::fs::write(f.path(), bytes).unwrap();
         let rows: Vec<Row> = JsonlRows::open(f.path())
             .unwrap()
             .map(Result::unwrap)
             .collect();
         let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
-        assert_eq!(lines, [1, 4, 5, 6]);
+        assert_eq!(lines, [1, 4, 5, 6, 7]);
         assert!(rows[2].value.is_err());
+        let not_utf8 = rows[4].value.as_ref().unwrap_err();
+        assert_eq!(not_utf8, "not UTF-8 text (byte 2 of the line)");
         for row in [&rows[0], &rows[1], &rows[3]] {
             let again = read_row_at(f.path(), row.offset, row.line).unwrap();
             assert_eq!(&again, row.value.as_ref().unwrap());

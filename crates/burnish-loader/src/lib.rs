@@ -33,6 +33,18 @@ pub struct HfModelDir {
     config: ModelConfig,
 }
 
+/// The index of the encoder or decoder layer a tensor belongs to (`…layer.3.…`,
+/// `…layers.3.…`).
+fn layer_index(name: &str) -> Option<usize> {
+    let mut parts = name.split('.');
+    while let Some(part) = parts.next() {
+        if part == "layer" || part == "layers" {
+            return parts.next()?.parse().ok();
+        }
+    }
+    None
+}
+
 impl HfModelDir {
     /// Reads and validates `dir/config.json`.
     ///
@@ -48,11 +60,13 @@ impl HfModelDir {
             });
         }
         let text = std::fs::read_to_string(&config_path).map_err(LoadError::io(&config_path))?;
-        let config = ModelConfig::from_json(&text).map_err(|source| LoadError::Config {
+        // Editors on Windows start files with a byte-order mark.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let config = ModelConfig::from_json(text).map_err(|source| LoadError::Config {
             path: config_path.clone(),
             source,
         })?;
-        let config_json = serde_json::from_str(&text)
+        let config_json = serde_json::from_str(text)
             .map_err(|e| LoadError::format(&config_path, e.to_string()))?;
         Ok(HfModelDir {
             path: dir.to_owned(),
@@ -85,12 +99,75 @@ impl HfModelDir {
         }
     }
 
-    /// Opens the checkpoint's weights.
+    /// Opens the checkpoint's weights and checks `config.json`'s sizes against them, so
+    /// that a config describing another (or an absurdly large) model is refused before
+    /// anything is allocated.
     ///
     /// # Errors
-    /// See [`Weights::open_dir`].
+    /// See [`Weights::open_dir`]; [`LoadError::Format`] naming `config.json` when its
+    /// vocabulary, hidden size or layer count does not match the weights.
     pub fn weights(&self) -> Result<Weights, LoadError> {
-        Weights::open_dir(&self.path)
+        let weights = Weights::open_dir(&self.path)?;
+        self.check_sizes(&weights)?;
+        Ok(weights)
+    }
+
+    fn check_sizes(&self, weights: &Weights) -> Result<(), LoadError> {
+        let config_path = self.path.join("config.json");
+        let (vocab, hidden, layers) = match &self.config {
+            ModelConfig::Bert(c) => (c.vocab_size, c.hidden_size, c.num_hidden_layers),
+            ModelConfig::Llama(c) => (c.vocab_size, c.hidden_size, c.num_hidden_layers),
+        };
+        let embedding = [
+            "embeddings.word_embeddings.weight",
+            "bert.embeddings.word_embeddings.weight",
+            "roberta.embeddings.word_embeddings.weight",
+            "model.embed_tokens.weight",
+            "embed_tokens.weight",
+        ]
+        .into_iter()
+        .find_map(|name| Some((name, weights.entry(name)?)));
+        if let Some((name, entry)) = embedding
+            && entry.shape != [vocab, hidden]
+        {
+            return Err(LoadError::format(
+                &config_path,
+                format!(
+                    "vocab_size {vocab} × hidden_size {hidden} does not match `{name}` of shape \
+                     {:?} in the weights",
+                    entry.shape
+                ),
+            ));
+        }
+        let held_layers = weights
+            .names()
+            .iter()
+            .filter_map(|name| layer_index(name))
+            .max()
+            .map_or(0, |i| i + 1);
+        if layers > held_layers {
+            return Err(LoadError::format(
+                &config_path,
+                format!("num_hidden_layers is {layers}, but the weights hold {held_layers} layers"),
+            ));
+        }
+        let held: u128 = weights
+            .files()
+            .iter()
+            .flat_map(|file| file.tensors().values())
+            .map(|entry| entry.shape.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        let needed = self.config.min_parameters();
+        if needed > held {
+            return Err(LoadError::format(
+                &config_path,
+                format!(
+                    "its sizes describe a model of at least {needed} parameters, but the \
+                     weights hold {held} values"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn bert_config(&self) -> Result<&BertConfig, LoadError> {

@@ -210,6 +210,13 @@ impl<B: Backend> BertEmbeddings<B> {
     }
 }
 
+impl<B: Backend> BertEmbeddings<B> {
+    /// RoBERTa's padding id (positions start after it); `None` for BERT.
+    pub fn padding_idx(&self) -> Option<usize> {
+        self.padding_idx
+    }
+}
+
 impl<B: Backend> BertSelfAttention<B> {
     fn forward(
         &self,

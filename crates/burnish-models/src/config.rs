@@ -196,6 +196,37 @@ pub enum ModelConfig {
 }
 
 impl ModelConfig {
+    /// The fewest parameters a model of this configuration has; see
+    /// [`BertConfig::min_parameters`].
+    pub fn min_parameters(&self) -> u128 {
+        match self {
+            ModelConfig::Bert(c) => c.min_parameters(),
+            ModelConfig::Llama(c) => c.min_parameters(),
+        }
+    }
+
+    /// The number of rows of the token embedding table.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.vocab_size,
+            ModelConfig::Llama(c) => c.vocab_size,
+        }
+    }
+
+    /// The longest sequence the position table covers; `None` for rotary positions,
+    /// which are computed for any length.
+    pub fn max_positions(&self) -> Option<usize> {
+        match self {
+            // RoBERTa's positions start after the padding id.
+            ModelConfig::Bert(c) if c.flavor == BertFlavor::Roberta => Some(
+                c.max_position_embeddings
+                    .saturating_sub(c.pad_token_id.unwrap_or(1) + 1),
+            ),
+            ModelConfig::Bert(c) => Some(c.max_position_embeddings),
+            ModelConfig::Llama(_) => None,
+        }
+    }
+
     /// Parses a `config.json` text and validates it.
     ///
     /// # Errors
@@ -251,6 +282,40 @@ fn nonzero(field: &'static str, value: usize) -> Result<(), ModelError> {
     Ok(())
 }
 
+fn positive(field: &'static str, value: f64) -> Result<(), ModelError> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(ModelError::Inconsistent(format!(
+            "{field} must be a finite number > 0, got {value}"
+        )));
+    }
+    Ok(())
+}
+
+/// Every id of a special-token field (a number or a list of numbers, as transformers
+/// writes `eos_token_id`) must be a row of the embedding table.
+fn token_ids(
+    field: &'static str,
+    value: Option<&serde_json::Value>,
+    vocab_size: usize,
+) -> Result<(), ModelError> {
+    let ids: Vec<&serde_json::Value> = match value {
+        None | Some(serde_json::Value::Null) => return Ok(()),
+        Some(serde_json::Value::Array(ids)) => ids.iter().collect(),
+        Some(one) => vec![one],
+    };
+    for id in ids {
+        match id.as_u64() {
+            Some(id) if id < vocab_size as u64 => {}
+            _ => {
+                return Err(ModelError::Inconsistent(format!(
+                    "{field} {id} is not a token id below vocab_size {vocab_size}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn probability(field: &'static str, p: f64) -> Result<(), ModelError> {
     if !(0.0..1.0).contains(&p) {
         return Err(ModelError::Inconsistent(format!(
@@ -272,6 +337,24 @@ impl BertConfig {
     /// Size of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// The fewest parameters an encoder of this configuration has (embedding tables and
+    /// the layers' projections, no biases or norms): what a weights file must at least
+    /// hold before the model is allocated.
+    pub fn min_parameters(&self) -> u128 {
+        let n = |v: usize| v as u128;
+        let (h, i) = (n(self.hidden_size), n(self.intermediate_size));
+        let tables = n(self.vocab_size)
+            .saturating_add(n(self.max_position_embeddings))
+            .saturating_add(n(self.type_vocab_size));
+        let layer = h
+            .saturating_mul(h)
+            .saturating_mul(4)
+            .saturating_add(h.saturating_mul(i).saturating_mul(2));
+        tables
+            .saturating_mul(h)
+            .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))
     }
 
     /// Sets every dropout probability of the encoder (embeddings, attention, outputs).
@@ -304,6 +387,11 @@ impl BertConfig {
             )));
         }
         self.activation()?;
+        positive("layer_norm_eps", self.layer_norm_eps)?;
+        positive("initializer_range", self.initializer_range)?;
+        if let Some(pad) = self.pad_token_id {
+            token_ids("pad_token_id", Some(&pad.into()), self.vocab_size)?;
+        }
         probability("hidden_dropout_prob", self.hidden_dropout_prob)?;
         probability(
             "attention_probs_dropout_prob",
@@ -450,6 +538,31 @@ impl LlamaConfig {
             ));
         }
         self.activation()?;
+        positive("rms_norm_eps", self.rms_norm_eps)?;
+        positive("initializer_range", self.initializer_range)?;
+        for (field, ids) in [
+            ("bos_token_id", &self.bos_token_id),
+            ("eos_token_id", &self.eos_token_id),
+            ("pad_token_id", &self.pad_token_id),
+        ] {
+            token_ids(field, ids.as_ref(), self.vocab_size)?;
+        }
         probability("attention_dropout", self.attention_dropout)
+    }
+
+    /// The fewest parameters a model of this configuration has (embedding and the
+    /// layers' projections, no biases or norms), saturating: what a weights file must at
+    /// least hold before the model is allocated.
+    pub fn min_parameters(&self) -> u128 {
+        let n = |v: usize| v as u128;
+        let (h, i) = (n(self.hidden_size), n(self.intermediate_size));
+        let q = n(self.num_attention_heads).saturating_mul(n(self.head_dim()));
+        let kv = n(self.kv_heads()).saturating_mul(n(self.head_dim()));
+        let layer = [(2, q), (2, kv), (3, i)]
+            .into_iter()
+            .fold(0u128, |sum, (k, d)| sum.saturating_add(h.saturating_mul(d).saturating_mul(k)));
+        n(self.vocab_size)
+            .saturating_mul(h)
+            .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))
     }
 }

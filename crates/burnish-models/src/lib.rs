@@ -4,6 +4,7 @@ use burn::tensor::FloatDType;
 
 mod bert;
 mod config;
+mod input;
 mod layers;
 mod llama;
 pub mod ops;
@@ -13,6 +14,7 @@ pub use bert::{
     BertPooler, BertResidual, BertSelfAttention,
 };
 pub use config::{Activation, BertConfig, BertFlavor, LlamaConfig, ModelConfig};
+pub use input::InputLimits;
 pub use layers::{RmsNorm, embedding, layer_norm, linear};
 pub use llama::{
     KvCache, LlamaAttention, LlamaForCausalLm, LlamaLayer, LlamaMlp, LlamaModel,
@@ -67,4 +69,7 @@ pub enum ModelError {
     /// Sizes or options that do not fit together.
     #[error("inconsistent config: {0}")]
     Inconsistent(String),
+    /// A batch the model cannot look up (an id or a length beyond its tables).
+    #[error("bad input: {0}")]
+    Input(String),
 }

@@ -60,7 +60,8 @@ impl AdamWConfig {
         };
         check("beta1", self.beta1, (0.0..1.0).contains(&self.beta1))?;
         check("beta2", self.beta2, (0.0..1.0).contains(&self.beta2))?;
-        check("epsilon", self.epsilon, self.epsilon >= 0.0)?;
+        // ε = 0 divides by zero where a parameter has had no gradient yet.
+        check("epsilon", self.epsilon, self.epsilon > 0.0)?;
         check("weight_decay", self.weight_decay, self.weight_decay >= 0.0)
     }
 }
@@ -160,9 +161,11 @@ impl<B: AutodiffBackend> AdamW<B> {
     /// A new optimizer with empty state.
     ///
     /// # Errors
-    /// [`OptimError::InvalidHyperParameter`] when the config is out of range.
+    /// [`OptimError::InvalidHyperParameter`] when the config or a group rule is out of
+    /// range.
     pub fn new(config: AdamWConfig, groups: ParamGroups) -> Result<Self, OptimError> {
         config.validate()?;
+        groups.validate()?;
         Ok(AdamW {
             config,
             groups,

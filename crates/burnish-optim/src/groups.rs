@@ -5,6 +5,8 @@ use std::fmt;
 use burnish_params::ParamInfo;
 use serde::{Deserialize, Serialize};
 
+use crate::OptimError;
+
 /// How a [`GroupRule`] selects parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -157,6 +159,25 @@ impl ParamGroups {
     /// No rules: every parameter decays with the optimizer's settings (torch's plain AdamW).
     pub fn all_decay() -> Self {
         ParamGroups::new(Vec::new())
+    }
+
+    /// Checks every rule: `lr_scale` finite and > 0, `weight_decay` finite and ≥ 0.
+    ///
+    /// # Errors
+    /// [`OptimError::InvalidHyperParameter`] with field `lr_scale` or `weight_decay`.
+    pub fn validate(&self) -> Result<(), OptimError> {
+        for rule in &self.rules {
+            let decay = rule.weight_decay.unwrap_or(0.0);
+            for (field, value, ok) in [
+                ("lr_scale", rule.lr_scale, rule.lr_scale > 0.0),
+                ("weight_decay", decay, decay >= 0.0),
+            ] {
+                if !(ok && value.is_finite()) {
+                    return Err(OptimError::InvalidHyperParameter { field, value });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The rules, in order.

@@ -3,6 +3,9 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burnish_data::Batch;
+use burnish_models::InputLimits;
+
+use crate::TaskError;
 
 /// A batch moved to a device: what every [`TaskModel`](crate::TaskModel) reads.
 #[derive(Debug, Clone)]
@@ -38,5 +41,46 @@ impl<B: Backend> DeviceBatch<B> {
             items: batch.items,
             shape,
         }
+    }
+
+    /// Uploads `batch` after checking its ids and length against `limits` (a model's
+    /// [`TaskModel::input_limits`](crate::TaskModel::input_limits)): an id beyond an
+    /// embedding table never reaches the device.
+    ///
+    /// # Errors
+    /// [`TaskError::Input`] naming the examples of the batch.
+    pub fn checked(
+        batch: &Batch,
+        limits: Option<InputLimits>,
+        device: &B::Device,
+    ) -> Result<Self, TaskError> {
+        let e = &batch.encoded;
+        let [rows, seq] = e.shape;
+        let cells = rows * seq;
+        let fits = e.input_ids.len() == cells
+            && e.attention_mask.len() == cells
+            && e.token_type_ids.len() == cells
+            && (batch.labels.is_empty() || batch.labels.len() == rows || batch.labels.len() == cells)
+            && (batch.targets.is_empty() || batch.targets.len().is_multiple_of(rows.max(1)));
+        if !fits {
+            return Err(TaskError::Input {
+                examples: batch.indices.clone(),
+                source: burnish_models::ModelError::Input(format!(
+                    "a batch of shape {rows} × {seq} with {} ids, {} labels and {} targets",
+                    e.input_ids.len(),
+                    batch.labels.len(),
+                    batch.targets.len()
+                )),
+            });
+        }
+        if let Some(limits) = limits {
+            limits
+                .check(&e.input_ids, &e.token_type_ids, e.shape)
+                .map_err(|source| TaskError::Input {
+                    examples: batch.indices.clone(),
+                    source,
+                })?;
+        }
+        Ok(Self::new(batch, device))
     }
 }

@@ -270,6 +270,27 @@ impl RunConfig {
         if self.model.num_labels == Some(0) {
             return err("model.num_labels", "must be at least 1".into());
         }
+        let causal = self.model.task == Task::CausalLm;
+        if causal && (self.model.labels.is_some() || self.model.num_labels.is_some()) {
+            let key = if self.model.labels.is_some() {
+                "model.labels"
+            } else {
+                "model.num_labels"
+            };
+            return err(key, "a causal-LM run has no labels: remove it".into());
+        }
+        if let Some(labels) = &self.model.labels {
+            if labels.is_empty() {
+                return err("model.labels", "is empty: name the classes or tags".into());
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            if let Some(twice) = labels.iter().find(|l| !seen.insert(l.as_str())) {
+                return err("model.labels", format!("{twice:?} is named twice"));
+            }
+            if let Some(blank) = labels.iter().position(|l| l.trim().is_empty()) {
+                return err("model.labels", format!("label {blank} is blank"));
+            }
+        }
         if let Some(p) = self.model.dropout
             && !(0.0..1.0).contains(&p)
         {
@@ -315,6 +336,37 @@ impl RunConfig {
         }
         if t.early_stopping_patience.is_some() && self.data.validation.is_none() {
             return err("early_stopping_patience", "needs [data] validation".into());
+        }
+        if t.early_stopping_patience == Some(0) {
+            return err("early_stopping_patience", "must be at least 1".into());
+        }
+        if let Some(metric) = &t.metric_for_best {
+            let known = crate::metric_names(self.model.task);
+            if !known.contains(&metric.as_str()) {
+                return err(
+                    "metric_for_best",
+                    format!(
+                        "{metric:?} is not a metric of {}: {}",
+                        self.model.task.name(),
+                        known.join(", ")
+                    ),
+                );
+            }
+            if self.data.validation.is_none() {
+                return err("metric_for_best", "needs [data] validation".into());
+            }
+        }
+        if let Some(dir) = &t.output_dir {
+            if dir.as_os_str().is_empty() {
+                return err("output_dir", "is empty".into());
+            }
+            if crate::run::same_path(dir, &self.model.path) {
+                return err(
+                    "output_dir",
+                    "is the model's directory: the run would write over the pretrained model"
+                        .into(),
+                );
+            }
         }
         if t.keep_last.is_some() && t.save_every.is_none() {
             return err("keep_last", "needs save_every".into());

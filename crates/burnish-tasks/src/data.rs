@@ -5,6 +5,8 @@ use burn::tensor::backend::Backend;
 use burnish_data::{TokenCache, sample_order};
 use burnish_trainer::{BoxError, TrainData};
 
+use burnish_models::InputLimits;
+
 use crate::{DeviceBatch, TaskError};
 
 /// Batches of a [`TokenCache`] in a seeded order (shuffled per epoch, optionally grouped by
@@ -23,6 +25,7 @@ pub struct CacheData<'a, B: Backend> {
     pad_id: u32,
     device: B::Device,
     plan: Option<(usize, Vec<usize>)>,
+    limits: Option<InputLimits>,
 }
 
 impl<'a, B: Backend> CacheData<'a, B> {
@@ -54,7 +57,15 @@ impl<'a, B: Backend> CacheData<'a, B> {
             pad_id,
             device: device.clone(),
             plan: None,
+            limits: None,
         })
+    }
+
+    /// Checks every batch against a model's [`TaskModel::input_limits`](crate::TaskModel::input_limits) before upload
+    /// (an out-of-range id fails as [`TaskError::Input`] instead of reaching the device).
+    pub fn with_limits(mut self, limits: Option<InputLimits>) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Batches examples of similar length together (less padding), still seeded.
@@ -105,6 +116,6 @@ impl<B: Backend> TrainData for CacheData<'_, B> {
             .ok_or_else(|| format!("batch {index} of epoch {epoch} does not exist"))?
             .to_vec();
         let batch = self.cache.batch(&indices, self.pad_id)?;
-        Ok(DeviceBatch::new(&batch, &self.device))
+        Ok(DeviceBatch::checked(&batch, self.limits, &self.device)?)
     }
 }

@@ -20,6 +20,14 @@ pub enum TaskError {
         /// What does not fit.
         source: burnish_models::ModelError,
     },
+    /// A batch the model cannot take (an id or a length beyond its tables).
+    #[error("examples {examples:?} of the data: {source}")]
+    Input {
+        /// The data's example indices (0-based, in file order) in the batch.
+        examples: Vec<usize>,
+        /// What is out of range.
+        source: burnish_models::ModelError,
+    },
     /// The model directory is of a family the task cannot use.
     #[error("{path}: task {task} needs {needs}", path = path.display())]
     WrongFamily {
@@ -61,6 +69,18 @@ pub enum TaskError {
     /// A checkpoint cannot be written or trusted.
     #[error(transparent)]
     Checkpoint(#[from] burnish_checkpoint::CheckpointError),
+    /// The state to checkpoint has NaN or infinite values: nothing was written, the
+    /// earlier checkpoints stay.
+    #[error(
+        "step {step}: NaN or infinite values in {what} (the run diverged: lower the \
+         learning rate); no checkpoint was written, the earlier ones are kept"
+    )]
+    NonFinite {
+        /// The step of the refused checkpoint.
+        step: u64,
+        /// What is not finite.
+        what: String,
+    },
     /// A checkpoint does not belong to this run (refused unless forced).
     #[error("cannot resume {} exactly: {detail} (force the resume to accept it)", dir.display())]
     Inconsistent {

@@ -167,6 +167,15 @@ impl Metrics for LanguageModelMetrics {
     }
 }
 
+/// The names of the metrics [`metrics_for`] reports for `task`.
+pub fn metric_names(task: Task) -> &'static [&'static str] {
+    match task {
+        Task::SequenceClassification => &["eval_loss", "accuracy", "macro_f1"],
+        Task::TokenClassification => &["eval_loss", "precision", "recall", "f1", "accuracy"],
+        Task::CausalLm => &["eval_loss", "perplexity"],
+    }
+}
+
 /// The metrics of a built-in task with label names `labels`.
 pub fn metrics_for(task: Task, labels: &[String]) -> Box<dyn Metrics> {
     match task {
@@ -194,7 +203,7 @@ pub fn evaluate<B: Backend, M: TaskModel<B>>(
     let indices: Vec<usize> = (0..cache.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = cache.batch(chunk, pad_id)?;
-        let db = DeviceBatch::<B>::new(&batch, device);
+        let db = DeviceBatch::<B>::checked(&batch, model.input_limits(), device)?;
         let logits = model.logits(&db);
         let shape = logits.dims();
         let parts = model.loss(logits.clone(), &db);
@@ -233,7 +242,11 @@ pub fn predict<B: Backend, M: TaskModel<B>>(
     let mut written = 0;
     for chunk in indices.chunks(batch_size.max(1)) {
         let batch = cache.batch(chunk, setup.tokenizer.pad_id())?;
-        let logits = model.logits(&DeviceBatch::<B>::new(&batch, device));
+        let logits = model.logits(&DeviceBatch::<B>::checked(
+            &batch,
+            model.input_limits(),
+            device,
+        )?);
         let [b, positions, k] = logits.dims();
         let values: Vec<f32> = logits
             .into_data()

@@ -19,8 +19,8 @@ use crate::{
 pub struct EvalOptions {
     /// The task; `None` reads it from the model's `architectures`.
     pub task: Option<Task>,
-    /// Longest sequence in tokens.
-    pub max_length: usize,
+    /// Longest sequence in tokens; `None` takes the model's positions, at most 512.
+    pub max_length: Option<usize>,
     /// Examples per forward pass.
     pub batch_size: usize,
     /// Skip unusable rows instead of failing.
@@ -33,7 +33,7 @@ impl Default for EvalOptions {
     fn default() -> Self {
         EvalOptions {
             task: None,
-            max_length: 512,
+            max_length: None,
             batch_size: 32,
             skip_bad_rows: false,
             max_new_tokens: 64,
@@ -42,7 +42,16 @@ impl Default for EvalOptions {
 }
 
 fn open_for(model_dir: &Path, options: &EvalOptions) -> Result<(HfModelDir, TaskSetup), TaskError> {
+    if options.batch_size == 0 {
+        return Err(TaskError::Invalid {
+            field: "batch_size".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     let hf = HfModelDir::open(model_dir)?;
+    let max_length = options
+        .max_length
+        .unwrap_or_else(|| hf.config().max_positions().unwrap_or(512).min(512));
     let task = match options.task {
         Some(t) => t,
         None => task_of(&hf)?,
@@ -57,7 +66,7 @@ fn open_for(model_dir: &Path, options: &EvalOptions) -> Result<(HfModelDir, Task
             ),
         });
     }
-    let setup = TaskSetup::new(&hf, task, options.max_length, labels)?;
+    let setup = TaskSetup::new(&hf, task, max_length, labels)?;
     Ok((hf, setup))
 }
 
@@ -127,6 +136,15 @@ pub fn predict_dir<B: Backend>(
     options: &EvalOptions,
     device: &B::Device,
 ) -> Result<usize, TaskError> {
+    if crate::run::same_path(input, output) {
+        return Err(TaskError::Invalid {
+            field: "output".into(),
+            message: format!(
+                "{} is the input file: the predictions would replace it",
+                output.display()
+            ),
+        });
+    }
     let (hf, setup) = open_for(model_dir, options)?;
     let dir = output.parent().filter(|p| !p.as_os_str().is_empty());
     let staging = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))

@@ -18,7 +18,7 @@ pub use data::CacheData;
 pub use error::TaskError;
 pub use eval::{
     ClassificationMetrics, LanguageModelMetrics, Metrics, TaggingMetrics, evaluate, generate_rows,
-    metrics_for, predict,
+    metric_names, metrics_for, predict,
 };
 pub use infer::{EvalOptions, evaluate_dir, predict_dir};
 pub use load::{
@@ -28,7 +28,7 @@ pub use load::{
 pub use model::{TaskModel, with_precision};
 pub use resume::{Checkpointer, Resumed, RunFingerprint, RunState, new_run_id};
 pub use run::{
-    FREE_KEYS, Resume, RunObserver, RunOptions, RunOutcome, Silent, export, fine_tune,
+    FREE_KEYS, RUN_OUTPUTS, Resume, RunObserver, RunOptions, RunOutcome, Silent, export, fine_tune,
     format_metrics,
 };
 pub use setup::{TaskSetup, label_names, labels_of, task_of};

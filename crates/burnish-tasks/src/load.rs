@@ -164,6 +164,8 @@ fn encoder_head<B: Backend, M: Module<B>>(
     device: &B::Device,
 ) -> Result<(M, HeadReport), TaskError> {
     let config = encoder_config(hf, spec.dropout)?;
+    // The sizes are checked against the weights before the model is allocated.
+    hf.weights()?;
     let backbone = config.init::<B>(pooler, device).map_err(model_error(hf))?;
     let head = make(backbone, &config).map_err(model_error(hf))?;
     let new: &[&str] = if spec.strict {

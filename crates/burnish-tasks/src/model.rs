@@ -8,7 +8,7 @@ use burnish_heads::{
     RobertaForSequenceClassification, RobertaForTokenClassification, SequenceLabels,
     causal_lm_loss,
 };
-use burnish_models::{Autocast, LlamaForCausalLm};
+use burnish_models::{Autocast, InputLimits, LlamaForCausalLm};
 use burnish_trainer::StepLoss;
 use serde_json::Value;
 
@@ -58,6 +58,13 @@ pub trait TaskModel<B: Backend>: Module<B> {
         self.loss(self.logits(batch), batch).into()
     }
 
+    /// The ranges the model's embedding tables cover; batches are checked against them
+    /// on the host before upload ([`DeviceBatch::checked`]). `None` (the default) checks
+    /// nothing.
+    fn input_limits(&self) -> Option<InputLimits> {
+        None
+    }
+
     /// `config.json` of the exported model (architecture and label fields set); by
     /// default the backbone's own.
     fn export_config(&self, base: &Value, _labels: &LabelNames) -> Value {
@@ -93,11 +100,11 @@ fn sequence_labels<B: Backend>(problem: ProblemType, batch: &DeviceBatch<B>) -> 
     }
 }
 
-/// `TaskModel` for an encoder head: `$shape` turns the head's output `$out` into
+/// `TaskModel` for an encoder head whose encoder is `$ty.$backbone`: `$shape` turns the head's output `$out` into
 /// `[batch, positions, outputs]`, `$loss` is the loss of `$logits` for `$batch` (`$m` is
 /// the model).
 macro_rules! encoder_head {
-    ($ty:ident, |$out:ident| $shape:expr, |$m:ident, $logits:ident, $batch:ident| $loss:expr) => {
+    ($ty:ident . $backbone:ident, |$out:ident| $shape:expr, |$m:ident, $logits:ident, $batch:ident| $loss:expr) => {
         impl<B: Backend> TaskModel<B> for $ty<B> {
             fn logits(&self, batch: &DeviceBatch<B>) -> Tensor<B, 3> {
                 let $out = self.forward(
@@ -113,6 +120,10 @@ macro_rules! encoder_head {
                 $loss
             }
 
+            fn input_limits(&self) -> Option<InputLimits> {
+                Some(self.$backbone.input_limits())
+            }
+
             fn export_config(&self, base: &Value, labels: &LabelNames) -> Value {
                 $ty::export_config(self, base, labels)
             }
@@ -126,8 +137,8 @@ macro_rules! encoder_head {
 
 /// Sequence classification: one position; the labels' form follows the problem type.
 macro_rules! sequence_classifier {
-    ($ty:ident) => {
-        encoder_head!($ty, |out| out.unsqueeze_dim(1), |m, logits, batch| {
+    ($ty:ident . $backbone:ident) => {
+        encoder_head!($ty.$backbone, |out| out.unsqueeze_dim(1), |m, logits, batch| {
             let [b, _, k] = logits.dims();
             let labels = sequence_labels(m.problem(), batch);
             // The labels' form follows the problem type and the cache checked their count
@@ -138,13 +149,13 @@ macro_rules! sequence_classifier {
     };
 }
 
-sequence_classifier!(BertForSequenceClassification);
-sequence_classifier!(RobertaForSequenceClassification);
-encoder_head!(BertForTokenClassification, |out| out, |m, logits, batch| {
+sequence_classifier!(BertForSequenceClassification.bert);
+sequence_classifier!(RobertaForSequenceClassification.roberta);
+encoder_head!(BertForTokenClassification.bert, |out| out, |m, logits, batch| {
     BertForTokenClassification::loss(m, logits, &batch.labels)
 });
 encoder_head!(
-    RobertaForTokenClassification,
+    RobertaForTokenClassification.roberta,
     |out| out,
     |m, logits, batch| RobertaForTokenClassification::loss(m, logits, &batch.labels)
 );
@@ -160,6 +171,10 @@ impl<B: Backend> TaskModel<B> for LlamaForCausalLm<B> {
 
     fn loss(&self, logits: Tensor<B, 3>, batch: &DeviceBatch<B>) -> LossParts<B> {
         causal_lm_loss(logits, &batch.labels)
+    }
+
+    fn input_limits(&self) -> Option<InputLimits> {
+        Some(LlamaForCausalLm::input_limits(self))
     }
 
     fn export_config(&self, base: &Value, _labels: &LabelNames) -> Value {

@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor};
 use burnish_checkpoint::{
     Checkpoint, FsStorage, ManifestInfo, clean_partials, latest_valid, rotate,
 };
@@ -239,8 +240,13 @@ impl Checkpointer {
             config_hash: self.run.hash(),
         };
         let model = trainer.model();
-        let hf_config = model.export_config(&self.hf_config, &self.labels);
         let optim = trainer.optimizer_state_bytes()?;
+        // A checkpoint of a diverged run would pass verification and, through rotation,
+        // push out the last good one.
+        if let Some(what) = non_finite(&model.valid(), &optim) {
+            return Err(TaskError::NonFinite { step, what });
+        }
+        let hf_config = model.export_config(&self.hf_config, &self.labels);
         let naming = self.naming;
         let json = |out: &mut dyn std::io::Write, value: &dyn erased::Json| value.write(out);
         let dir = burnish_checkpoint::save(&self.root, &info, &FsStorage, |w| {
@@ -262,6 +268,39 @@ impl Checkpointer {
         }
         Ok(dir)
     }
+}
+
+/// 1 for a float parameter with a NaN or an infinity.
+struct NonFiniteFlags<B: Backend>(Vec<Tensor<B, 1>>);
+
+impl<B: Backend> ModuleVisitor<B> for NonFiniteFlags<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().is_finite().bool_not().any().float());
+    }
+}
+
+/// What is not finite: the model's parameters (one device read for all of them) or, when
+/// the optimizer state is safetensors of f32/f64 tensors, a tensor of it.
+fn non_finite<B: Backend, M: Module<B>>(model: &M, optim: &[u8]) -> Option<String> {
+    let mut flags = NonFiniteFlags::<B>(Vec::new());
+    model.visit(&mut flags);
+    if !flags.0.is_empty() && Tensor::cat(flags.0, 0).sum().into_scalar().elem::<f64>() > 0.0 {
+        return Some("the model's parameters".into());
+    }
+    let tensors = safetensors::SafeTensors::deserialize(optim).ok()?;
+    tensors.iter().find_map(|(name, view)| {
+        let finite = match view.dtype() {
+            safetensors::Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            safetensors::Dtype::F64 => view.data().chunks_exact(8).all(|b| {
+                f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]).is_finite()
+            }),
+            _ => true,
+        };
+        (!finite).then(|| format!("the optimizer state `{name}`"))
+    })
 }
 
 /// Pretty JSON of any serializable value into a writer.
@@ -315,9 +354,16 @@ impl Resumed {
     /// Opens and verifies the checkpoint `dir` and reads its state.
     ///
     /// # Errors
+    /// [`TaskError::Invalid`] (field `resume`) when `dir` is not a directory;
     /// [`TaskError::Checkpoint`] for a damaged checkpoint; [`TaskError::BadState`] when its
     /// state files are unreadable or disagree with its manifest.
     pub fn open(dir: &Path) -> Result<Self, TaskError> {
+        if !dir.is_dir() {
+            return Err(TaskError::Invalid {
+                field: "resume".into(),
+                message: format!("{} is not a checkpoint directory", dir.display()),
+            });
+        }
         Self::from_checkpoint(burnish_checkpoint::load(dir)?)
     }
 

@@ -75,7 +75,23 @@ pub struct RunOptions {
     /// End the run after this optimizer step, as a preemption would (after its
     /// checkpoint, when one is due).
     pub stop_after: Option<u64>,
+    /// Start afresh in an output directory that holds another run, removing that run's
+    /// outputs ([`RUN_OUTPUTS`] and its checkpoints; the token cache stays). Without it such a directory is
+    /// refused unless the run resumes.
+    pub overwrite: bool,
 }
+
+/// What a run writes into its output directory besides its `checkpoint-<step>/`
+/// directories and the token cache: a directory holding any of them holds a run.
+pub const RUN_OUTPUTS: [&str; 7] = [
+    "metrics.jsonl",
+    "results.json",
+    "trainer_state.json",
+    "final",
+    "best",
+    "curves.svg",
+    "curves.png",
+];
 
 /// What a run produced.
 #[derive(Debug, Clone)]
@@ -123,9 +139,21 @@ pub fn fine_tune<B: AutodiffBackend>(
         config.model.labels.as_deref(),
         config.model.num_labels,
     )?;
+    // Everything that can be refused is, before the model is loaded.
+    let setup = TaskSetup::new(&hf, config.model.task, config.data.max_length, labels)
+        .map_err(|e| match e {
+            TaskError::Invalid { field, message } if field == "max_length" => {
+                TaskError::Invalid {
+                    field: "data.max_length".into(),
+                    message,
+                }
+            }
+            other => other,
+        })?;
+    let output = prepare_output_dir(config, options)?;
     let spec = HeadSpec {
         dropout: config.model.dropout,
-        ..HeadSpec::new(config.model.task, labels.len())
+        ..HeadSpec::new(config.model.task, setup.labels.len())
     };
     // Head initialization draws from the backend generator: seed it for a reproducible run.
     B::seed(device, config.train.seed);
@@ -134,10 +162,78 @@ pub fn fine_tune<B: AutodiffBackend>(
         options,
         observer,
         hf: &hf,
-        labels,
+        setup,
+        output,
         device: device.clone(),
     };
     with_train_model(&hf, &spec, device, run)?
+}
+
+/// Whether two paths name the same existing file or directory (links resolved).
+pub(crate) fn same_path(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The run's output directory, checked: not empty, not the model's directory, not a
+/// file, and not holding another run unless the run resumes or overwrites it (then the
+/// earlier run's outputs are removed first).
+fn prepare_output_dir(config: &RunConfig, options: &RunOptions) -> Result<PathBuf, TaskError> {
+    let invalid = |message: String| TaskError::Invalid {
+        field: "train.output_dir".into(),
+        message,
+    };
+    let dir = options
+        .output_dir
+        .clone()
+        .or_else(|| config.train.output_dir.clone())
+        .ok_or_else(|| invalid("no output directory: set it (or pass one)".into()))?;
+    if dir.as_os_str().is_empty() {
+        return Err(invalid("is empty".into()));
+    }
+    if same_path(&dir, &config.model.path) {
+        return Err(invalid(format!(
+            "{} is the model's directory: the run would write over the pretrained model",
+            dir.display()
+        )));
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(invalid(format!("{} is a file, not a directory", dir.display())));
+    }
+    let checkpoints = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("checkpoint-"));
+    let earlier: Vec<String> = RUN_OUTPUTS
+        .iter()
+        .map(|name| name.to_string())
+        .chain(checkpoints)
+        .filter(|name| dir.join(name).exists())
+        .collect();
+    if !earlier.is_empty() && options.resume.is_none() {
+        if !options.overwrite {
+            return Err(invalid(format!(
+                "{} holds another run ({}): resume it, or overwrite it",
+                dir.display(),
+                earlier.join(", ")
+            )));
+        }
+        for name in &earlier {
+            let path = dir.join(name);
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(TaskError::io(&path))?;
+        }
+    }
+    std::fs::create_dir_all(&dir).map_err(TaskError::io(&dir))?;
+    Ok(dir)
 }
 
 struct Run<'a, B: AutodiffBackend> {
@@ -145,7 +241,8 @@ struct Run<'a, B: AutodiffBackend> {
     options: &'a RunOptions,
     observer: &'a mut dyn RunObserver,
     hf: &'a HfModelDir,
-    labels: Vec<String>,
+    setup: TaskSetup,
+    output: PathBuf,
     device: B::Device,
 }
 
@@ -169,21 +266,7 @@ struct Caches {
 }
 
 impl<B: AutodiffBackend> Run<'_, B> {
-    fn output_dir(&self) -> Result<PathBuf, TaskError> {
-        let dir = self
-            .options
-            .output_dir
-            .clone()
-            .or_else(|| self.config.train.output_dir.clone())
-            .ok_or_else(|| TaskError::Invalid {
-                field: "train.output_dir".into(),
-                message: "no output directory: set it (or pass one)".into(),
-            })?;
-        std::fs::create_dir_all(&dir).map_err(TaskError::io(&dir))?;
-        Ok(dir)
-    }
-
-    fn open_caches(&mut self, setup: &TaskSetup, output: &Path) -> Result<Caches, TaskError> {
+    fn open_caches(&mut self, output: &Path) -> Result<Caches, TaskError> {
         let data = &self.config.data;
         let root = data
             .cache_dir
@@ -194,7 +277,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
         } else {
             BadRows::Fail
         };
-        let encoder = setup.encoder(true);
+        let encoder = self.setup.encoder(true);
         let mut open = |path: &Path| -> Result<TokenCache, TaskError> {
             let started = Instant::now();
             let (cache, built) = TokenCache::open_or_build(path, &encoder, bad, &root)?;
@@ -227,13 +310,13 @@ impl<B: AutodiffBackend> Run<'_, B> {
     }
 
     fn find_resume(
-        &mut self,
+        options: &RunOptions,
+        observer: &mut dyn RunObserver,
         output: &Path,
         run: &RunFingerprint,
         data_fingerprint: &str,
     ) -> Result<Option<Resumed>, TaskError> {
-        let observer = &mut *self.observer;
-        let resumed = match &self.options.resume {
+        let resumed = match &options.resume {
             None => return Ok(None),
             Some(Resume::From(dir)) => Resumed::open(dir)?,
             Some(Resume::Latest) => match Resumed::latest(output, &mut |l| observer.line(l))? {
@@ -247,7 +330,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 }
             },
         };
-        if !self.options.force {
+        if !options.force {
             resumed.check(run, data_fingerprint)?;
         }
         let (dir, step) = (resumed.checkpoint.dir().display(), resumed.step());
@@ -261,21 +344,17 @@ impl<B: AutodiffBackend> Run<'_, B> {
         M::InnerModule: TaskModel<B::InnerBackend>,
     {
         let (config, t) = (self.config, &self.config.train);
-        let output = self.output_dir()?;
+        let output = self.output.clone();
         let model = with_precision(model, t.precision, &self.device)?;
+        let limits = model.input_limits();
         if !head.new_parameters.is_empty() {
             let names = head.new_parameters.join(", ");
             self.observer.line(&format!(
                 "new head parameters, N(0, initializer_range): {names}"
             ));
         }
-        let setup = TaskSetup::new(
-            self.hf,
-            config.model.task,
-            config.data.max_length,
-            self.labels.clone(),
-        )?;
-        let caches = self.open_caches(&setup, &output)?;
+        let caches = self.open_caches(&output)?;
+        let setup = &self.setup;
         let mut data = CacheData::<B>::new(
             &caches.train,
             t.batch_size,
@@ -283,16 +362,32 @@ impl<B: AutodiffBackend> Run<'_, B> {
             t.seed,
             config.data.shuffle,
             &self.device,
-        )?;
+        )?
+        .with_limits(limits);
         if config.data.group_by_length {
             data = data.grouped_by_length()?;
         }
         let fit = config.fit_config(Some(output.clone()));
         let plan = fit.plan(data.batches_per_epoch())?;
+        if t.warmup_steps > plan.total_steps {
+            return Err(TaskError::Invalid {
+                field: "train.warmup_steps".into(),
+                message: format!(
+                    "{} is more than the run's {} optimizer steps",
+                    t.warmup_steps, plan.total_steps
+                ),
+            });
+        }
         let run = RunFingerprint::new(serde_json::to_value(config).unwrap_or(Value::Null))
             .ignoring(&FREE_KEYS);
-        let data_fingerprint = caches.train.meta().fingerprint.clone();
-        let resumed = self.find_resume(&output, &run, &data_fingerprint)?;
+        let data_fingerprint = caches.train.meta().content.clone();
+        let resumed = Self::find_resume(
+            self.options,
+            &mut *self.observer,
+            &output,
+            &run,
+            &data_fingerprint,
+        )?;
         let model = match &resumed {
             Some(r) => r.load_model(model, self.hf.naming())?,
             None => model,

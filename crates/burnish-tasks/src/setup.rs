@@ -23,20 +23,52 @@ pub struct TaskSetup {
 }
 
 impl TaskSetup {
-    /// Reads what `task` needs from `hf`, truncating to `max_length` tokens.
+    /// Reads what `task` needs from `hf`, truncating to `max_length` tokens. The
+    /// tokenizer must fit the model: every id it can produce is a row of the embedding
+    /// table, and `max_length` is within the model's positions.
     ///
     /// # Errors
-    /// [`TaskError::Load`] for an unreadable tokenizer or template.
+    /// [`TaskError::Load`] for an unreadable tokenizer or template, or a tokenizer with
+    /// ids beyond the model's `vocab_size`; [`TaskError::Invalid`] (field `max_length`)
+    /// for a length beyond the position table.
     pub fn new(
         hf: &HfModelDir,
         task: Task,
         max_length: usize,
         labels: Vec<String>,
     ) -> Result<Self, TaskError> {
+        if let Some(positions) = hf.config().max_positions()
+            && max_length > positions
+        {
+            return Err(TaskError::Invalid {
+                field: "max_length".into(),
+                message: format!(
+                    "{max_length} tokens, but the model in {} has {positions} positions",
+                    hf.path().display()
+                ),
+            });
+        }
         let tokenizer = hf.tokenizer(TokenizerConfig {
             max_length,
             ..TokenizerConfig::default()
         })?;
+        let vocab_size = hf.config().vocab_size();
+        if let Some((token, id)) = tokenizer
+            .inner()
+            .get_vocab(true)
+            .into_iter()
+            .max_by_key(|(_, id)| *id)
+            .filter(|(_, id)| *id as usize >= vocab_size)
+        {
+            return Err(burnish_loader::LoadError::Format {
+                path: hf.path().join("tokenizer.json"),
+                detail: format!(
+                    "token {token:?} has id {id}, beyond the model's vocab_size {vocab_size} \
+                     (config.json): the tokenizer belongs to another model"
+                ),
+            }
+            .into());
+        }
         let template = ChatTemplate::from_dir(hf.path())?;
         let eos_id = match task {
             Task::CausalLm => eos_id(hf, template.as_ref(), &tokenizer),

@@ -93,7 +93,7 @@ fn run(
         ..TrainerConfig::default()
     };
     let run = RunFingerprint::new(serde_json::json!({"train": trainer_config}));
-    let print = cache.meta().fingerprint.clone();
+    let print = cache.meta().content.clone();
     let labels = LabelNames::generic(2);
     let mut saver = Checkpointer::new(out, &hf, labels, run.clone(), &print).keep_last(Some(1));
     if let Some(r) = resume {

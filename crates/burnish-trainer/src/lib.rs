@@ -118,11 +118,19 @@ impl TrainerConfig {
                 },
                 message: match field {
                     "beta1" | "beta2" => format!("must be in [0, 1), got {value}"),
+                    "epsilon" => format!("must be > 0 and finite, got {value}"),
                     _ => format!("must be ≥ 0 and finite, got {value}"),
                 },
             }),
             other => other.map_err(TrainError::Optim),
-        }
+        }?;
+        self.groups.validate().map_err(|e| match e {
+            OptimError::InvalidHyperParameter { field, value } => TrainError::Invalid {
+                field: format!("groups.{field}"),
+                message: format!("a group rule's {field} is {value}: must be > 0 (≥ 0 for weight_decay) and finite"),
+            },
+            other => TrainError::Optim(other),
+        })
     }
 }
 
@@ -401,7 +409,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Trainer<B, M, O> {
     /// The schedule's position: steps done minus the skipped ones (transformers skips
     /// `lr_scheduler.step()` when the scaler skipped the optimizer).
     fn schedule_position(&self) -> u64 {
-        self.step - self.skipped_steps()
+        self.step.saturating_sub(self.skipped_steps())
     }
 }
 
@@ -423,6 +431,14 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
     /// [`TrainError::Amp`] for an invalid scaler state; [`TrainError::Config`] when the
     /// scaler state is missing in fp16 or present in another precision.
     pub fn restore(&mut self, optimizer: &[u8], state: TrainerState) -> Result<(), TrainError> {
+        if let Some(saved) = &state.scaler
+            && saved.total_skips > state.steps_done
+        {
+            return Err(TrainError::Config(format!(
+                "the saved state has {} skipped steps out of {} steps done",
+                saved.total_skips, state.steps_done
+            )));
+        }
         match (&mut self.scaler, state.scaler) {
             (Some(current), Some(saved)) => current.load_state(saved)?,
             (None, None) => {}
