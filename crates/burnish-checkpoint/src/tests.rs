@@ -300,3 +300,37 @@ proptest! {
         prop_assert_eq!(left, expected);
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// A manifest with any bytes overwritten, cut or replaced by random bytes: `load` gives
+    /// a checkpoint or a typed error, never a panic; a checkpoint that loads is the saved one.
+    #[test]
+    fn any_manifest_loads_or_is_refused(
+        pokes in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 0..6),
+        cut in proptest::option::of(proptest::prelude::any::<usize>()),
+        random in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)),
+    ) {
+        let root = tempfile::tempdir().unwrap();
+        let dir = save(root.path(), &info(3), &FsStorage, |w| {
+            w.file("state.json", |out| write!(out, "{{\"step\": 3}}"))
+        })
+        .unwrap();
+        let manifest = dir.join("manifest.json");
+        let mut bytes = random.unwrap_or_else(|| std::fs::read(&manifest).unwrap());
+        for (at, b) in pokes {
+            if !bytes.is_empty() {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        std::fs::write(&manifest, &bytes).unwrap();
+        if let Ok(checkpoint) = load(&dir) {
+            proptest::prop_assert_eq!(checkpoint.read("state.json").unwrap(), b"{\"step\": 3}".to_vec());
+        }
+    }
+}

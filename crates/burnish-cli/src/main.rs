@@ -14,9 +14,7 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
 use burnish::backend::CpuTrain;
-use burnish_cli::{
-    BenchOptions, CliError, Progress, bench, field_error, plot_run, read_config,
-};
+use burnish_cli::{BenchOptions, CliError, Progress, bench, field_error, plot_run, read_config};
 use burnish_data::Task;
 use burnish_tasks::{
     EvalOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune, predict_dir,

@@ -126,7 +126,9 @@ fn register_font() {
 /// axis, such as 1e308) is left out rather than stretching the axes past f64.
 fn point(step: f64, value: Option<f64>) -> Option<(f64, f64)> {
     const LIMIT: f64 = 1e12;
-    value.filter(|v| v.abs() <= LIMIT && step.abs() <= LIMIT).map(|v| (step, v))
+    value
+        .filter(|v| v.abs() <= LIMIT && step.abs() <= LIMIT)
+        .map(|v| (step, v))
 }
 
 /// `lo..hi` around the values, with a margin, never empty.

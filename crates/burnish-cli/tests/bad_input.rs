@@ -109,7 +109,11 @@ fn workspace(dir: &Path) {
     ] {
         std::fs::copy(a.join(from), dir.join(to)).unwrap();
     }
-    for (name, text) in [("run.toml", RUN), ("ner.toml", NER), ("causal.toml", CAUSAL)] {
+    for (name, text) in [
+        ("run.toml", RUN),
+        ("ner.toml", NER),
+        ("causal.toml", CAUSAL),
+    ] {
         std::fs::write(dir.join(name), text).unwrap();
     }
 }
@@ -148,7 +152,9 @@ fn run(dir: &Path, args: &str) -> Result<(i32, String), String> {
 }
 
 fn str_of<'a>(op: &'a toml::Table, key: &str) -> &'a str {
-    op.get(key).and_then(toml::Value::as_str).unwrap_or_else(|| panic!("`{key}` in {op}"))
+    op.get(key)
+        .and_then(toml::Value::as_str)
+        .unwrap_or_else(|| panic!("`{key}` in {op}"))
 }
 
 /// Sets (`to`) or removes a `section.key` line of a TOML file, as a person would edit it.
@@ -156,7 +162,10 @@ fn edit_toml(path: &Path, field: &str, to: Option<&str>) {
     let (section, key) = field.split_once('.').unwrap();
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let header = lines.iter().position(|l| l.trim() == format!("[{section}]")).unwrap();
+    let header = lines
+        .iter()
+        .position(|l| l.trim() == format!("[{section}]"))
+        .unwrap();
     let end = lines[header + 1..]
         .iter()
         .position(|l| l.starts_with('['))
@@ -213,7 +222,10 @@ fn apply(dir: &Path, op: &toml::Table) -> Result<(), String> {
         std::fs::write(path("append"), bytes).unwrap();
     } else if op.contains_key("truncate") {
         let len = op["len"].as_integer().unwrap() as u64;
-        let file = std::fs::OpenOptions::new().write(true).open(path("truncate")).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path("truncate"))
+            .unwrap();
         file.set_len(len).unwrap();
     } else if op.contains_key("poke") {
         let file = path("poke");
@@ -227,8 +239,12 @@ fn apply(dir: &Path, op: &toml::Table) -> Result<(), String> {
     } else if op.contains_key("mkdir") {
         std::fs::create_dir_all(path("mkdir")).unwrap();
     } else if op.contains_key("touch") {
-        let file = std::fs::File::options().append(true).open(path("touch")).unwrap();
-        file.set_modified(SystemTime::now() + Duration::from_secs(10)).unwrap();
+        let file = std::fs::File::options()
+            .append(true)
+            .open(path("touch"))
+            .unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(10))
+            .unwrap();
     } else if op.contains_key("run") {
         let (status, stderr) = run(dir, str_of(op, "run"))?;
         if status != 0 {
@@ -250,7 +266,10 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                files.insert(p.strip_prefix(dir).unwrap().to_owned(), std::fs::read(&p).unwrap());
+                files.insert(
+                    p.strip_prefix(dir).unwrap().to_owned(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -300,7 +319,11 @@ fn check(case: &Case) -> Result<(), String> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(format!("{}; stderr: {}", problems.join(", "), stderr.trim()))
+        Err(format!(
+            "{}; stderr: {}",
+            problems.join(", "),
+            stderr.trim()
+        ))
     }
 }
 

@@ -146,4 +146,29 @@ mod tests {
         }
         assert_eq!(rows[1].value.as_ref().unwrap()["a"], "é");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any bytes read as rows: each a value or a reason, with increasing lines, and
+        /// each offset reading back the same row.
+        #[test]
+        fn any_bytes_are_rows_or_reasons(bytes in proptest::collection::vec(
+            proptest::prop_oneof![proptest::prelude::any::<u8>(), proptest::strategy::Just(b'\n'), proptest::strategy::Just(b'{')],
+            0..400,
+        )) {
+            let f = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(f.path(), &bytes).unwrap();
+            let mut last = 0;
+            for row in JsonlRows::open(f.path()).unwrap() {
+                let row = row.unwrap();
+                proptest::prop_assert!(row.line > last);
+                last = row.line;
+                if let Ok(value) = &row.value {
+                    let again = read_row_at(f.path(), row.offset, row.line).unwrap();
+                    proptest::prop_assert_eq!(&again, value);
+                }
+            }
+        }
+    }
 }

@@ -95,7 +95,10 @@ pub(crate) fn sequence_config(base: &Value, labels: &LabelNames, problem: Proble
 }
 
 /// Cross-entropy of per-token logits `[batch, seq, labels]` against row-major labels.
-pub(crate) fn token_loss<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
+pub(crate) fn token_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: &[i64],
+) -> Result<LossParts<B>, ModelError> {
     let [b, s, k] = logits.dims();
     cross_entropy(logits.reshape([b * s, k]), labels)
 }
@@ -127,7 +130,7 @@ pub(crate) fn sequence_loss<B: Backend>(
         (ProblemType::SingleLabelClassification, SequenceLabels::Classes(c))
             if c.len() == batch =>
         {
-            Ok(cross_entropy(logits, c))
+            cross_entropy(logits, c)
         }
         (ProblemType::MultiLabelClassification, SequenceLabels::MultiHot(v))
             if v.len() == batch * k =>
@@ -332,7 +335,10 @@ impl<B: Backend> BertForTokenClassification<B> {
     }
 
     /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.
-    pub fn loss(&self, logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when there are not `batch × seq` labels.
+    pub fn loss(&self, logits: Tensor<B, 3>, labels: &[i64]) -> Result<LossParts<B>, ModelError> {
         token_loss(logits, labels)
     }
 

@@ -4,6 +4,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use burnish_models::ModelError;
 
 /// The label value that is ignored (transformers' `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -28,8 +29,20 @@ impl<B: Backend> LossParts<B> {
 ///
 /// Labels outside `0..classes` other than −100 are ignored too rather than panicking; the
 /// data layer rejects them before they get here.
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> LossParts<B> {
+///
+/// # Errors
+/// [`ModelError::Input`] when there are not `n` labels.
+pub fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[i64],
+) -> Result<LossParts<B>, ModelError> {
     let [n, classes] = logits.dims();
+    if labels.len() != n {
+        return Err(ModelError::Input(format!(
+            "{} labels for {n} rows of logits",
+            labels.len()
+        )));
+    }
     let device = logits.device();
     let valid: Vec<bool> = labels
         .iter()
@@ -45,10 +58,10 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: &[i64]) -> LossPa
     let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [n, 1]), &device);
     let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, [n, 1]), &device);
     let picked = log_softmax(logits, 1).gather(1, index);
-    LossParts {
+    Ok(LossParts {
         sum: picked.mul(mask).sum().neg(),
         count,
-    }
+    })
 }
 
 /// Binary cross-entropy with logits over every element (multi-label classification),
@@ -77,13 +90,25 @@ pub fn mse<B: Backend>(predictions: Tensor<B, 2>, targets: Tensor<B, 2>) -> Loss
 
 /// Causal-LM loss: `logits[:, :-1]` against `labels[:, 1:]` (−100 ignored), as
 /// transformers' `ForCausalLMLoss`; `labels` is row-major `[batch, seq]`.
-pub fn causal_lm_loss<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
+///
+/// # Errors
+/// [`ModelError::Input`] when there are not `batch × seq` labels.
+pub fn causal_lm_loss<B: Backend>(
+    logits: Tensor<B, 3>,
+    labels: &[i64],
+) -> Result<LossParts<B>, ModelError> {
     let [batch, seq, vocab] = logits.dims();
+    if labels.len() != batch * seq {
+        return Err(ModelError::Input(format!(
+            "{} labels for logits of {batch} × {seq} positions",
+            labels.len()
+        )));
+    }
     if seq < 2 {
-        return LossParts {
+        return Ok(LossParts {
             sum: Tensor::zeros([1], &logits.device()),
             count: 0,
-        };
+        });
     }
     let shifted = logits
         .slice([0..batch, 0..seq - 1, 0..vocab])
@@ -119,11 +144,19 @@ mod tests {
     #[test]
     fn cross_entropy_ignores_minus_100() {
         let logits = t2(vec![2.0, 0.0, 0.0, 0.0, 3.0, 0.0, 1.0, 1.0, 1.0], [3, 3]);
-        let parts = cross_entropy(logits, &[0, IGNORE_INDEX, 2]);
+        let parts = cross_entropy(logits, &[0, IGNORE_INDEX, 2]).unwrap();
         assert_eq!(parts.count, 2);
         let expected = -((2f32.exp() / (2f32.exp() + 2.0)).ln()) + 3f32.ln();
         let got = parts.sum.into_scalar();
         assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn a_label_count_not_matching_the_logits_is_an_error() {
+        let err = cross_entropy(t2(vec![0.0; 6], [3, 2]), &[0, 1]).unwrap_err();
+        assert_eq!(err.to_string(), "bad input: 2 labels for 3 rows of logits");
+        let logits = Tensor::<B, 3>::zeros([2, 3, 4], &Default::default());
+        assert!(causal_lm_loss(logits, &[0; 5]).is_err());
     }
 
     #[test]
@@ -153,7 +186,7 @@ mod tests {
             ),
             &Default::default(),
         );
-        let parts = causal_lm_loss(logits, &[IGNORE_INDEX, 1, 2]);
+        let parts = causal_lm_loss(logits, &[IGNORE_INDEX, 1, 2]).unwrap();
         assert_eq!(parts.count, 2);
         let each = -(5f32.exp() / (5f32.exp() + 2.0)).ln();
         assert!((parts.sum.into_scalar() - 2.0 * each).abs() < 1e-5);

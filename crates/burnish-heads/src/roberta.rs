@@ -157,7 +157,10 @@ impl<B: Backend> RobertaForTokenClassification<B> {
     }
 
     /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.
-    pub fn loss(&self, logits: Tensor<B, 3>, labels: &[i64]) -> LossParts<B> {
+    ///
+    /// # Errors
+    /// [`ModelError::Input`] when there are not `batch × seq` labels.
+    pub fn loss(&self, logits: Tensor<B, 3>, labels: &[i64]) -> Result<LossParts<B>, ModelError> {
         token_loss(logits, labels)
     }
 

@@ -560,7 +560,9 @@ impl LlamaConfig {
         let kv = n(self.kv_heads()).saturating_mul(n(self.head_dim()));
         let layer = [(2, q), (2, kv), (3, i)]
             .into_iter()
-            .fold(0u128, |sum, (k, d)| sum.saturating_add(h.saturating_mul(d).saturating_mul(k)));
+            .fold(0u128, |sum, (k, d)| {
+                sum.saturating_add(h.saturating_mul(d).saturating_mul(k))
+            });
         n(self.vocab_size)
             .saturating_mul(h)
             .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))

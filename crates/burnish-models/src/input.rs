@@ -53,7 +53,9 @@ impl InputLimits {
             )));
         }
         if let Some(types) = self.type_vocab_size.map(|t| t as i64)
-            && let Some(i) = token_type_ids.iter().position(|&t| !(0..types).contains(&t))
+            && let Some(i) = token_type_ids
+                .iter()
+                .position(|&t| !(0..types).contains(&t))
         {
             return Err(ModelError::Input(format!(
                 "segment id {} at {} is not below type_vocab_size {types}",

@@ -197,9 +197,32 @@ impl<B: AutodiffBackend> AdamW<B> {
             .collect()
     }
 
+    /// Checks that every float parameter of `module` can be trained and saved: ranks 1
+    /// to 6 (what state files hold). [`step`](Self::step) leaves any other parameter as
+    /// it is, so call this once before training (the trainer does).
+    ///
+    /// # Errors
+    /// [`OptimError::Format`] naming the first parameter of another rank.
+    pub fn check_module<M: AutodiffModule<B>>(&self, module: &M) -> Result<(), OptimError> {
+        match named_params(module)
+            .into_iter()
+            .find(|info| !(1..=6).contains(&info.shape.len()))
+        {
+            Some(info) => Err(OptimError::Format {
+                detail: format!(
+                    "{}: a parameter of rank {}; AdamW trains ranks 1 to 6",
+                    info.path,
+                    info.shape.len()
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Performs one optimizer update with learning rate `lr` (before group scaling) and
     /// returns the updated module. Gradients are those of the *inner* backend, as
-    /// `GradientsParams::from_grads` produces them.
+    /// `GradientsParams::from_grads` produces them. Parameters of rank above 6 are left
+    /// as they are ([`check_module`](Self::check_module) refuses them).
     ///
     /// # Panics
     /// When `lr` is negative or not finite: a schedule never produces one, so this is a

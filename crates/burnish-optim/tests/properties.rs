@@ -88,7 +88,8 @@ proptest! {
     fn updates_ignore_the_gradient_scale(w in six(), g in proptest::collection::vec(0.1f32..10.0, 6), c in 0.01f32..100.0) {
         let run = |scale: f32| {
             let model = net(&w);
-            let mut optim = AdamW::new(AdamWConfig { epsilon: 0.0, ..Default::default() }, ParamGroups::default()).unwrap();
+            // ε > 0 is required; this one is far below every √v here, so the update is exactly scale-free.
+            let mut optim = AdamW::new(AdamWConfig { epsilon: 1e-30, ..Default::default() }, ParamGroups::default()).unwrap();
             let mut model = model;
             for step in 0..3 {
                 let gs: Vec<f32> = g.iter().map(|x| x * scale * (step + 1) as f32).collect();
@@ -209,4 +210,46 @@ fn torch_defaults() {
         (c.beta1, c.beta2, c.epsilon, c.weight_decay, c.amsgrad),
         (0.9, 0.999, 1e-8, 1e-2, false)
     );
+}
+
+#[derive(Module, Debug)]
+struct Deep<B: Backend> {
+    weight: Param<Tensor<B, 7>>,
+}
+
+#[test]
+fn a_parameter_of_rank_seven_is_refused_not_skipped() {
+    let deep = Deep::<B> {
+        weight: Param::from_tensor(Tensor::zeros([1, 1, 1, 1, 1, 1, 2], &Default::default())),
+    };
+    let optim = AdamW::<B>::new(AdamWConfig::default(), ParamGroups::default()).unwrap();
+    let err = optim.check_module(&deep).unwrap_err();
+    assert!(
+        err.to_string().contains("weight: a parameter of rank 7"),
+        "{err}"
+    );
+    assert!(optim.check_module(&net(&[0.0; 6])).is_ok());
+}
+
+#[test]
+fn group_rules_out_of_range_are_refused() {
+    use burnish_optim::{GroupRule, Matcher};
+    for (lr_scale, weight_decay) in [(0.0, None), (-1.0, None), (f64::NAN, None), (1.0, Some(-0.1))] {
+        let rule = GroupRule {
+            name: "g".into(),
+            matcher: Matcher::HfNoDecay,
+            weight_decay,
+            lr_scale,
+        };
+        let groups = ParamGroups::new(vec![rule]);
+        assert!(matches!(
+            AdamW::<B>::new(AdamWConfig::default(), groups),
+            Err(OptimError::InvalidHyperParameter { .. })
+        ));
+    }
+    let zero_eps = AdamWConfig {
+        epsilon: 0.0,
+        ..Default::default()
+    };
+    assert!(AdamW::<B>::new(zero_eps, ParamGroups::default()).is_err());
 }

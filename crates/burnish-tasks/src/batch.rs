@@ -60,7 +60,9 @@ impl<B: Backend> DeviceBatch<B> {
         let fits = e.input_ids.len() == cells
             && e.attention_mask.len() == cells
             && e.token_type_ids.len() == cells
-            && (batch.labels.is_empty() || batch.labels.len() == rows || batch.labels.len() == cells)
+            && (batch.labels.is_empty()
+                || batch.labels.len() == rows
+                || batch.labels.len() == cells)
             && (batch.targets.is_empty() || batch.targets.len().is_multiple_of(rows.max(1)));
         if !fits {
             return Err(TaskError::Input {

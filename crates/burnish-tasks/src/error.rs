@@ -28,6 +28,9 @@ pub enum TaskError {
         /// What is out of range.
         source: burnish_models::ModelError,
     },
+    /// A batch whose labels do not fit the model's output.
+    #[error("bad batch: {0}")]
+    Batch(#[from] burnish_models::ModelError),
     /// The model directory is of a family the task cannot use.
     #[error("{path}: task {task} needs {needs}", path = path.display())]
     WrongFamily {

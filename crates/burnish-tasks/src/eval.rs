@@ -112,11 +112,11 @@ impl Metrics for TaggingMetrics {
                 .unwrap_or_else(|| "O".into())
         };
         let rows = logits
-            .chunks(positions * k)
-            .zip(batch.labels.chunks(positions));
+            .chunks((positions * k).max(1))
+            .zip(batch.labels.chunks(positions.max(1)));
         for (p_row, g_row) in rows {
             let kept: Vec<(i64, i64)> = p_row
-                .chunks(k)
+                .chunks(k.max(1))
                 .zip(g_row)
                 .filter(|(_, g)| **g >= 0)
                 .map(|(p, g)| (argmax(p) as i64, *g))
@@ -206,7 +206,7 @@ pub fn evaluate<B: Backend, M: TaskModel<B>>(
         let db = DeviceBatch::<B>::checked(&batch, model.input_limits(), device)?;
         let logits = model.logits(&db);
         let shape = logits.dims();
-        let parts = model.loss(logits.clone(), &db);
+        let parts = model.loss(logits.clone(), &db)?;
         loss += parts.sum.into_scalar().elem::<f64>();
         items += parts.count;
         let values = if metrics.needs_logits() {

@@ -24,7 +24,7 @@ use crate::{DeviceBatch, TaskError};
 /// use burn::tensor::backend::Backend;
 /// use burn::tensor::Tensor;
 /// use burnish_heads::{LossParts, cross_entropy};
-/// use burnish_tasks::{DeviceBatch, TaskModel};
+/// use burnish_tasks::{DeviceBatch, TaskError, TaskModel};
 ///
 /// /// A bag-of-embeddings classifier: mean of token embeddings, then a linear layer.
 /// #[derive(Module, Debug)]
@@ -38,9 +38,13 @@ use crate::{DeviceBatch, TaskError};
 ///         let pooled = self.embedding.forward(batch.input_ids.clone()).mean_dim(1);
 ///         self.out.forward(pooled)
 ///     }
-///     fn loss(&self, logits: Tensor<B, 3>, batch: &DeviceBatch<B>) -> LossParts<B> {
+///     fn loss(
+///         &self,
+///         logits: Tensor<B, 3>,
+///         batch: &DeviceBatch<B>,
+///     ) -> Result<LossParts<B>, TaskError> {
 ///         let [b, _, k] = logits.dims();
-///         cross_entropy(logits.reshape([b, k]), &batch.labels)
+///         Ok(cross_entropy(logits.reshape([b, k]), &batch.labels)?)
 ///     }
 /// }
 /// ```
@@ -49,13 +53,20 @@ pub trait TaskModel<B: Backend>: Module<B> {
     fn logits(&self, batch: &DeviceBatch<B>) -> Tensor<B, 3>;
 
     /// Summed loss over the labels that count, and their number.
-    fn loss(&self, logits: Tensor<B, 3>, batch: &DeviceBatch<B>) -> LossParts<B>;
+    ///
+    /// # Errors
+    /// [`TaskError::Batch`] when the batch's labels do not fit the logits.
+    fn loss(&self, logits: Tensor<B, 3>, batch: &DeviceBatch<B>)
+    -> Result<LossParts<B>, TaskError>;
 
     /// The loss of one training micro-batch, with any extra metrics to report (a sum
     /// over the batch's items each, see [`StepLoss`]); by default [`loss`](Self::loss) of
     /// [`logits`](Self::logits) alone.
-    fn step_loss(&self, batch: &DeviceBatch<B>) -> StepLoss<B> {
-        self.loss(self.logits(batch), batch).into()
+    ///
+    /// # Errors
+    /// As [`loss`](Self::loss).
+    fn step_loss(&self, batch: &DeviceBatch<B>) -> Result<StepLoss<B>, TaskError> {
+        Ok(self.loss(self.logits(batch), batch)?.into())
     }
 
     /// The ranges the model's embedding tables cover; batches are checked against them
@@ -115,9 +126,13 @@ macro_rules! encoder_head {
                 $shape
             }
 
-            fn loss(&self, $logits: Tensor<B, 3>, $batch: &DeviceBatch<B>) -> LossParts<B> {
+            fn loss(
+                &self,
+                $logits: Tensor<B, 3>,
+                $batch: &DeviceBatch<B>,
+            ) -> Result<LossParts<B>, TaskError> {
                 let $m = self;
-                $loss
+                Ok($loss?)
             }
 
             fn input_limits(&self) -> Option<InputLimits> {
@@ -138,22 +153,25 @@ macro_rules! encoder_head {
 /// Sequence classification: one position; the labels' form follows the problem type.
 macro_rules! sequence_classifier {
     ($ty:ident . $backbone:ident) => {
-        encoder_head!($ty.$backbone, |out| out.unsqueeze_dim(1), |m, logits, batch| {
-            let [b, _, k] = logits.dims();
-            let labels = sequence_labels(m.problem(), batch);
-            // The labels' form follows the problem type and the cache checked their count
-            // per example, so they always fit the head.
-            $ty::loss(m, logits.reshape([b, k]), &labels)
-                .expect("the labels' form follows the head's problem type")
-        });
+        encoder_head!(
+            $ty.$backbone,
+            |out| out.unsqueeze_dim(1),
+            |m, logits, batch| {
+                let [b, _, k] = logits.dims();
+                let labels = sequence_labels(m.problem(), batch);
+                $ty::loss(m, logits.reshape([b, k]), &labels)
+            }
+        );
     };
 }
 
 sequence_classifier!(BertForSequenceClassification.bert);
 sequence_classifier!(RobertaForSequenceClassification.roberta);
-encoder_head!(BertForTokenClassification.bert, |out| out, |m, logits, batch| {
-    BertForTokenClassification::loss(m, logits, &batch.labels)
-});
+encoder_head!(
+    BertForTokenClassification.bert,
+    |out| out,
+    |m, logits, batch| BertForTokenClassification::loss(m, logits, &batch.labels)
+);
 encoder_head!(
     RobertaForTokenClassification.roberta,
     |out| out,
@@ -169,8 +187,12 @@ impl<B: Backend> TaskModel<B> for LlamaForCausalLm<B> {
         )
     }
 
-    fn loss(&self, logits: Tensor<B, 3>, batch: &DeviceBatch<B>) -> LossParts<B> {
-        causal_lm_loss(logits, &batch.labels)
+    fn loss(
+        &self,
+        logits: Tensor<B, 3>,
+        batch: &DeviceBatch<B>,
+    ) -> Result<LossParts<B>, TaskError> {
+        Ok(causal_lm_loss(logits, &batch.labels)?)
     }
 
     fn input_limits(&self) -> Option<InputLimits> {

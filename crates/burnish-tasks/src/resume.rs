@@ -275,7 +275,8 @@ struct NonFiniteFlags<B: Backend>(Vec<Tensor<B, 1>>);
 
 impl<B: Backend> ModuleVisitor<B> for NonFiniteFlags<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.val().is_finite().bool_not().any().float());
+        self.0
+            .push(param.val().is_finite().bool_not().any().float());
     }
 }
 

@@ -140,16 +140,15 @@ pub fn fine_tune<B: AutodiffBackend>(
         config.model.num_labels,
     )?;
     // Everything that can be refused is, before the model is loaded.
-    let setup = TaskSetup::new(&hf, config.model.task, config.data.max_length, labels)
-        .map_err(|e| match e {
-            TaskError::Invalid { field, message } if field == "max_length" => {
-                TaskError::Invalid {
-                    field: "data.max_length".into(),
-                    message,
-                }
-            }
+    let setup = TaskSetup::new(&hf, config.model.task, config.data.max_length, labels).map_err(
+        |e| match e {
+            TaskError::Invalid { field, message } if field == "max_length" => TaskError::Invalid {
+                field: "data.max_length".into(),
+                message,
+            },
             other => other,
-        })?;
+        },
+    )?;
     let output = prepare_output_dir(config, options)?;
     let spec = HeadSpec {
         dropout: config.model.dropout,
@@ -200,7 +199,10 @@ fn prepare_output_dir(config: &RunConfig, options: &RunOptions) -> Result<PathBu
         )));
     }
     if dir.exists() && !dir.is_dir() {
-        return Err(invalid(format!("{} is a file, not a directory", dir.display())));
+        return Err(invalid(format!(
+            "{} is a file, not a directory",
+            dir.display()
+        )));
     }
     let checkpoints = std::fs::read_dir(&dir)
         .into_iter()

@@ -187,9 +187,12 @@ fn a_model_without_half_precision_compute_is_refused() {
             &self,
             logits: Tensor<B, 3>,
             batch: &DeviceBatch<B>,
-        ) -> burnish_heads::LossParts<B> {
+        ) -> Result<burnish_heads::LossParts<B>, burnish_tasks::TaskError> {
             let [b, _, k] = logits.dims();
-            burnish_heads::cross_entropy(logits.reshape([b, k]), &batch.labels)
+            Ok(burnish_heads::cross_entropy(
+                logits.reshape([b, k]),
+                &batch.labels,
+            )?)
         }
     }
 

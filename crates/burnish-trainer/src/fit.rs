@@ -12,7 +12,7 @@ use burnish_optim::AdamW;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{Optimizer, StepLoss, StepReport, TrainError, Trainer};
+use crate::{IntoStepLoss, Optimizer, StepReport, TrainError, Trainer};
 
 /// The validation metric that decides the best model (transformers'
 /// `metric_for_best_model` and `greater_is_better`).
@@ -592,7 +592,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
     ///
     /// # Errors
     /// As [`fit_from`](Self::fit_from).
-    pub fn fit<D: TrainData, L: Into<StepLoss<B>>>(
+    pub fn fit<D: TrainData, L: IntoStepLoss<B>>(
         &mut self,
         config: &FitConfig,
         data: &mut D,
@@ -619,7 +619,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
     /// Any [`TrainError`] of a step, of the data or the evaluation, of a hook, or an I/O
     /// error writing the logs; [`TrainError::Invalid`] or [`TrainError::Config`] for
     /// invalid settings.
-    pub fn fit_from<D: TrainData, L: Into<StepLoss<B>>>(
+    pub fn fit_from<D: TrainData, L: IntoStepLoss<B>>(
         &mut self,
         mut state: FitState,
         config: &FitConfig,
@@ -690,7 +690,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
 
     /// One optimizer step of the loop with everything around it; `Some(reason)` ends the
     /// run.
-    fn one_step<D: TrainData, L: Into<StepLoss<B>>>(
+    fn one_step<D: TrainData, L: IntoStepLoss<B>>(
         &mut self,
         run: &mut Run<'_, impl FnMut(&M::InnerModule) -> EvalResult>,
         state: &mut FitState,

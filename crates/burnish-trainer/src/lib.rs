@@ -8,7 +8,7 @@ pub use fit::{
     BestMetric, BoxError, Control, EarlyStopping, EvalEvent, FitConfig, FitState, FitSummary,
     Hooks, NoHooks, StepPlan, TrainData,
 };
-pub use parts::{LrSchedule, Optimizer, StepLoss};
+pub use parts::{IntoStepLoss, LrSchedule, Optimizer, StepLoss};
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
@@ -193,6 +193,9 @@ pub enum TrainError {
     /// A hook failed (a checkpoint could not be saved, say).
     #[error("{0}")]
     Hook(BoxError),
+    /// The loss function returned an error.
+    #[error("loss: {0}")]
+    Loss(BoxError),
     /// The optimizer state could not be saved or restored.
     #[error("optimizer state: {0}")]
     OptimState(BoxError),
@@ -287,6 +290,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> Trainer<B, M> {
             ..config.adam.clone()
         };
         let optim = AdamW::new(adam, config.groups.clone())?;
+        optim.check_module(&model)?;
         Trainer::with_parts(model, config, optim, schedule)
     }
 }
@@ -479,7 +483,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
     /// [`TrainError::NoMicroBatch`]; [`TrainError::Grad`] when the cycle has no item or
     /// (without loss scaling; with or without clipping) the gradient norm is not finite
     /// (the model is left unchanged then).
-    pub fn step<T, L: Into<StepLoss<B>>>(
+    pub fn step<T, L: IntoStepLoss<B>>(
         &mut self,
         micro_batches: &[T],
         loss: impl Fn(&M, &T) -> L,
@@ -499,7 +503,9 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
         let mut loss_sum = 0.0;
         let mut metrics = BTreeMap::<String, f64>::new();
         for batch in micro_batches {
-            let StepLoss { parts, metrics: m } = loss(model, batch).into();
+            let StepLoss { parts, metrics: m } = loss(model, batch)
+                .into_step_loss()
+                .map_err(TrainError::Loss)?;
             for (name, sum) in m {
                 *metrics.entry(name).or_default() += sum;
             }

@@ -100,7 +100,8 @@ impl<F: Fn(u64) -> f64 + Send> LrSchedule for F {
 /// What a loss function gives the trainer for one micro-batch: the summed loss with its
 /// item count and, optionally, extra metrics to report with the step (each a *sum* over
 /// the micro-batch's items, like the loss; the step reports them as means over the
-/// cycle's items). A plain [`LossParts`] converts into it.
+/// cycle's items). A plain [`LossParts`] converts into it; a loss function may also return
+/// a `Result` of either (see [`IntoStepLoss`]).
 #[derive(Debug, Clone)]
 pub struct StepLoss<B: burn::tensor::backend::Backend> {
     /// The summed loss and its item count.
@@ -124,5 +125,39 @@ impl<B: burn::tensor::backend::Backend> From<LossParts<B>> for StepLoss<B> {
             parts,
             metrics: BTreeMap::new(),
         }
+    }
+}
+
+/// What a loss function may return: a [`StepLoss`], a [`LossParts`], or a `Result` of
+/// either whose error stops the step as [`TrainError::Loss`](crate::TrainError::Loss)
+/// (a batch the loss cannot take, say).
+pub trait IntoStepLoss<B: burn::tensor::backend::Backend> {
+    /// The step loss, or why there is none.
+    ///
+    /// # Errors
+    /// The loss function's own error.
+    fn into_step_loss(self) -> Result<StepLoss<B>, BoxError>;
+}
+
+impl<B: burn::tensor::backend::Backend> IntoStepLoss<B> for StepLoss<B> {
+    fn into_step_loss(self) -> Result<StepLoss<B>, BoxError> {
+        Ok(self)
+    }
+}
+
+impl<B: burn::tensor::backend::Backend> IntoStepLoss<B> for LossParts<B> {
+    fn into_step_loss(self) -> Result<StepLoss<B>, BoxError> {
+        Ok(self.into())
+    }
+}
+
+impl<B, T, E> IntoStepLoss<B> for Result<T, E>
+where
+    B: burn::tensor::backend::Backend,
+    T: IntoStepLoss<B>,
+    E: Into<BoxError>,
+{
+    fn into_step_loss(self) -> Result<StepLoss<B>, BoxError> {
+        self.map_err(Into::into)?.into_step_loss()
     }
 }

@@ -27,7 +27,7 @@ use burnish::models::BertModel;
 use burnish::schedule::Warmup;
 use burnish::tasks::{
     CacheData, Checkpointer, ClassificationMetrics, DeviceBatch, Resumed, RunFingerprint,
-    TaskModel, TaskSetup, encoder_config, evaluate, load_pretrained,
+    TaskError, TaskModel, TaskSetup, encoder_config, evaluate, load_pretrained,
 };
 use burnish::trainer::{
     BoxError, Control, FitConfig, FitState, Hooks, StepLoss, StepReport, Trainer, TrainerConfig,
@@ -68,20 +68,24 @@ impl<B: Backend> TaskModel<B> for MeanPoolClassifier<B> {
 
     /// Cross-entropy with label smoothing 0.1 (as `nn.CrossEntropyLoss(label_smoothing=0.1)`:
     /// 0.9 of the usual loss plus 0.1 of the mean negative log-probability of all classes).
-    fn loss(&self, logits: Tensor<B, 3>, batch: &DeviceBatch<B>) -> LossParts<B> {
+    fn loss(
+        &self,
+        logits: Tensor<B, 3>,
+        batch: &DeviceBatch<B>,
+    ) -> Result<LossParts<B>, TaskError> {
         let [b, _, k] = logits.dims();
         let logits = logits.reshape([b, k]);
-        let hard = cross_entropy(logits.clone(), &batch.labels);
+        let hard = cross_entropy(logits.clone(), &batch.labels)?;
         let log_probs = burn::tensor::activation::log_softmax(logits, 1);
         let uniform = log_probs.sum().neg().div_scalar(k as f64).reshape([1]);
-        LossParts {
+        Ok(LossParts {
             sum: hard.sum.mul_scalar(0.9) + uniform.mul_scalar(0.1),
             count: hard.count,
-        }
+        })
     }
 
     /// The loss, plus the batch's correct predictions as a training metric.
-    fn step_loss(&self, batch: &DeviceBatch<B>) -> StepLoss<B> {
+    fn step_loss(&self, batch: &DeviceBatch<B>) -> Result<StepLoss<B>, TaskError> {
         let logits = self.logits(batch);
         let predicted = logits.clone().argmax(2).flatten::<1>(0, 2);
         let gold = Tensor::<B, 1, Int>::from_data(
@@ -89,7 +93,7 @@ impl<B: Backend> TaskModel<B> for MeanPoolClassifier<B> {
             &predicted.device(),
         );
         let correct: f64 = predicted.equal(gold).int().sum().into_scalar().elem();
-        StepLoss::from(self.loss(logits, batch)).with_metric("train_accuracy", correct)
+        Ok(StepLoss::from(self.loss(logits, batch)?).with_metric("train_accuracy", correct))
     }
 }
 
