@@ -234,7 +234,12 @@ fn a_parameter_of_rank_seven_is_refused_not_skipped() {
 #[test]
 fn group_rules_out_of_range_are_refused() {
     use burnish_optim::{GroupRule, Matcher};
-    for (lr_scale, weight_decay) in [(0.0, None), (-1.0, None), (f64::NAN, None), (1.0, Some(-0.1))] {
+    for (lr_scale, weight_decay) in [
+        (0.0, None),
+        (-1.0, None),
+        (f64::NAN, None),
+        (1.0, Some(-0.1)),
+    ] {
         let rule = GroupRule {
             name: "g".into(),
             matcher: Matcher::HfNoDecay,
