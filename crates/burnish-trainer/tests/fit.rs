@@ -558,3 +558,25 @@ fn hooks_can_change_the_model_between_steps() {
         four.model().weight.val().into_data()
     );
 }
+
+#[test]
+fn a_restore_with_more_skipped_steps_than_steps_is_refused() {
+    let mut t = trainer();
+    let bytes = t.optimizer_state_bytes().unwrap();
+    let state = burnish_trainer::TrainerState {
+        steps_done: 2,
+        scaler: Some(burnish_amp::ScalerState {
+            scale: 65536.0,
+            growth_tracker: 0,
+            consecutive_skips: 0,
+            total_skips: 5,
+        }),
+    };
+    let err = t.restore(&bytes, state).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("5 skipped steps out of 2 steps done"),
+        "{err}"
+    );
+    assert_eq!(t.steps_done(), 0);
+}
