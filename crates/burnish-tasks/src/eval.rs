@@ -9,7 +9,9 @@ use burnish_data::jsonl::{JsonlRows, read_row_at};
 use burnish_data::{Batch, Task, TokenCache};
 use burnish_heads::{GenerationConfig, generate};
 use burnish_loader::Message;
-use burnish_trainer::metrics::{accuracy, entity_scores, macro_f1, perplexity};
+use burnish_trainer::metrics::{
+    accuracy, entity_scores, macro_f1, mse, multi_label_scores, pearson, perplexity, spearman,
+};
 use serde_json::{Value, json};
 
 use crate::{DeviceBatch, TaskError, TaskModel, TaskSetup};
@@ -146,6 +148,102 @@ fn as_strs(rows: &[Vec<String>]) -> Vec<Vec<&str>> {
     rows.iter()
         .map(|r| r.iter().map(String::as_str).collect())
         .collect()
+}
+
+/// `mse`, `pearson` and `spearman` of regression (transformers' STS-B metrics): the
+/// sequence head's outputs `[batch, 1, k]` against the batch's float targets `[batch, k]`;
+/// with several targets, each score is the mean over the targets.
+#[derive(Debug, Clone, Default)]
+pub struct RegressionMetrics {
+    predictions: Vec<Vec<f64>>,
+    targets: Vec<Vec<f64>>,
+}
+
+impl Metrics for RegressionMetrics {
+    fn update(&mut self, logits: &[f32], [_, _, k]: [usize; 3], batch: &Batch) {
+        let k = k.max(1);
+        if self.predictions.len() < k {
+            self.predictions.resize(k, Vec::new());
+            self.targets.resize(k, Vec::new());
+        }
+        for (row, target) in logits.chunks(k).zip(batch.targets.chunks(k)) {
+            for (j, (&p, &t)) in row.iter().zip(target).enumerate() {
+                self.predictions[j].push(f64::from(p));
+                self.targets[j].push(f64::from(t));
+            }
+        }
+    }
+
+    fn finish(&mut self, eval_loss: f64) -> BTreeMap<String, f64> {
+        let n = self.predictions.len().max(1) as f64;
+        let mean = |f: fn(&[f64], &[f64]) -> f64| {
+            self.predictions
+                .iter()
+                .zip(&self.targets)
+                .map(|(p, t)| f(p, t))
+                .sum::<f64>()
+                / n
+        };
+        BTreeMap::from([
+            ("eval_loss".into(), eval_loss),
+            ("mse".into(), mean(mse)),
+            ("pearson".into(), mean(pearson)),
+            ("spearman".into(), mean(spearman)),
+        ])
+    }
+}
+
+/// `micro_f1`, `macro_f1` and `subset_accuracy` of multi-label classification: a label is
+/// predicted when its sigmoid is above `threshold` (0.5 by default), against the batch's
+/// 0/1 targets `[batch, num_labels]`.
+#[derive(Debug, Clone)]
+pub struct MultiLabelMetrics {
+    /// The probability above which a label is predicted.
+    pub threshold: f64,
+    predicted: Vec<bool>,
+    gold: Vec<bool>,
+    num_labels: usize,
+}
+
+impl MultiLabelMetrics {
+    /// Metrics at `threshold` (a probability in (0, 1)).
+    pub fn new(threshold: f64) -> Self {
+        MultiLabelMetrics {
+            threshold,
+            predicted: Vec::new(),
+            gold: Vec::new(),
+            num_labels: 0,
+        }
+    }
+}
+
+impl Default for MultiLabelMetrics {
+    fn default() -> Self {
+        Self::new(0.5)
+    }
+}
+
+impl Metrics for MultiLabelMetrics {
+    fn update(&mut self, logits: &[f32], [_, _, k]: [usize; 3], batch: &Batch) {
+        self.num_labels = k;
+        // sigmoid(x) > t  ⇔  x > ln(t / (1 − t)), without computing a sigmoid per logit.
+        let cut = (self.threshold / (1.0 - self.threshold)).ln();
+        let rows = logits.len().min(batch.targets.len());
+        self.predicted
+            .extend(logits[..rows].iter().map(|&x| f64::from(x) > cut));
+        self.gold
+            .extend(batch.targets[..rows].iter().map(|&t| t >= 0.5));
+    }
+
+    fn finish(&mut self, eval_loss: f64) -> BTreeMap<String, f64> {
+        let s = multi_label_scores(&self.predicted, &self.gold, self.num_labels);
+        BTreeMap::from([
+            ("eval_loss".into(), eval_loss),
+            ("micro_f1".into(), s.micro_f1),
+            ("macro_f1".into(), s.macro_f1),
+            ("subset_accuracy".into(), s.subset_accuracy),
+        ])
+    }
 }
 
 /// `perplexity` of a language model (from the loss alone).
@@ -365,5 +463,56 @@ fn prompt_of(setup: &TaskSetup, value: &Value) -> Result<(String, bool), String>
             true,
         )),
         None => Err("needs `prompt`, `messages` or `text`".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burnish_loader::Encoded;
+
+    fn batch(targets: Vec<f32>, rows: usize) -> Batch {
+        Batch {
+            encoded: Encoded {
+                shape: [rows, 1],
+                input_ids: vec![0; rows],
+                attention_mask: vec![1; rows],
+                token_type_ids: vec![0; rows],
+            },
+            labels: Vec::new(),
+            targets,
+            items: rows as u64,
+            indices: (0..rows).collect(),
+        }
+    }
+
+    #[test]
+    fn regression_metrics_over_batches() {
+        let mut m = RegressionMetrics::default();
+        // Two batches of the pairs (1, 2), (2, 4), (3, 5) | (4, 4), (5, 5).
+        m.update(&[1.0, 2.0, 3.0], [3, 1, 1], &batch(vec![2.0, 4.0, 5.0], 3));
+        m.update(&[4.0, 5.0], [2, 1, 1], &batch(vec![4.0, 5.0], 2));
+        let out = m.finish(0.25);
+        assert_eq!(out["eval_loss"], 0.25);
+        assert!((out["pearson"] - 6.0 / 60f64.sqrt()).abs() < 1e-12);
+        assert!((out["spearman"] - 7.0 / 90f64.sqrt()).abs() < 1e-12);
+        assert!((out["mse"] - 9.0 / 5.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn multi_label_metrics_threshold_the_sigmoid() {
+        // Logits 0.3 → p 0.574, −0.3 → p 0.426: predicted at 0.5, not at 0.6.
+        let logits = [0.3, -2.0, 0.3, -0.3, 2.0, 1.0];
+        let targets = vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let mut half = MultiLabelMetrics::default();
+        half.update(&logits, [2, 1, 3], &batch(targets.clone(), 2));
+        let out = half.finish(0.0);
+        // Row 0 exact; row 1 predicts labels 1 and 2 for gold {1}: tp 3, fp 1, fn 0.
+        assert_eq!(out["subset_accuracy"], 0.5);
+        assert!((out["micro_f1"] - 6.0 / 7.0).abs() < 1e-12);
+        let mut strict = MultiLabelMetrics::new(0.6);
+        strict.update(&logits, [2, 1, 3], &batch(targets, 2));
+        // Now row 0 predicts nothing (fn 2); row 1 still tp 1, fp 1.
+        assert!((strict.finish(0.0)["micro_f1"] - 2.0 / 5.0).abs() < 1e-12);
     }
 }

@@ -17,8 +17,8 @@ pub use config::{DataSection, ModelSection, RunConfig, Schedule, TrainSection};
 pub use data::CacheData;
 pub use error::TaskError;
 pub use eval::{
-    ClassificationMetrics, LanguageModelMetrics, Metrics, TaggingMetrics, evaluate, generate_rows,
-    metric_names, metrics_for, predict,
+    ClassificationMetrics, LanguageModelMetrics, Metrics, MultiLabelMetrics, RegressionMetrics,
+    TaggingMetrics, evaluate, generate_rows, metric_names, metrics_for, predict,
 };
 pub use infer::{EvalOptions, evaluate_dir, predict_dir};
 pub use load::{

@@ -113,9 +113,195 @@ pub fn perplexity(mean_loss: f64) -> f64 {
     mean_loss.exp()
 }
 
+/// Mean squared error; 0 for no pairs.
+pub fn mse(predictions: &[f64], targets: &[f64]) -> f64 {
+    let n = predictions.len().min(targets.len());
+    if n == 0 {
+        return 0.0;
+    }
+    let sum: f64 = predictions
+        .iter()
+        .zip(targets)
+        .map(|(p, t)| (p - t).powi(2))
+        .sum();
+    sum / n as f64
+}
+
+/// Pearson's correlation coefficient (SciPy's `pearsonr` statistic); NaN when either side
+/// is constant or there are fewer than 2 pairs, as SciPy.
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    if n < 2 {
+        return f64::NAN;
+    }
+    let (x, y) = (&x[..n], &y[..n]);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / n as f64;
+    let (mx, my) = (mean(x), mean(y));
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        let (dx, dy) = (a - mx, b - my);
+        sxy += dx * dy;
+        sxx += dx * dx;
+        syy += dy * dy;
+    }
+    if sxx == 0.0 || syy == 0.0 {
+        return f64::NAN;
+    }
+    (sxy / (sxx.sqrt() * syy.sqrt())).clamp(-1.0, 1.0)
+}
+
+/// 1-based ranks with ties given their average rank (SciPy's `rankdata(method="average")`).
+pub fn average_ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0.0; values.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && values[order[end]] == values[order[start]] {
+            end += 1;
+        }
+        // Positions start..end (0-based) share the mean of ranks start+1 ..= end.
+        let rank = (start + end + 1) as f64 / 2.0;
+        for &i in &order[start..end] {
+            ranks[i] = rank;
+        }
+        start = end;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation (SciPy's `spearmanr` statistic): Pearson's coefficient of
+/// the average ranks.
+pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    pearson(&average_ranks(&x[..n]), &average_ranks(&y[..n]))
+}
+
+/// Scores of multi-label predictions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MultiLabelScores {
+    /// F1 over all (example, label) decisions (scikit-learn `average="micro"`).
+    pub micro_f1: f64,
+    /// Mean of the per-label F1 (`average="macro"`, 0 for a label never predicted nor
+    /// present).
+    pub macro_f1: f64,
+    /// Fraction of examples whose whole label set is right (`accuracy_score`).
+    pub subset_accuracy: f64,
+}
+
+/// Multi-label scores of row-major `[examples, num_labels]` decisions.
+pub fn multi_label_scores(
+    predicted: &[bool],
+    gold: &[bool],
+    num_labels: usize,
+) -> MultiLabelScores {
+    let k = num_labels.max(1);
+    let f1 = |tp: usize, fp: usize, fn_: usize| match 2 * tp + fp + fn_ {
+        0 => 0.0,
+        d => 2.0 * tp as f64 / d as f64,
+    };
+    let mut per_label = vec![(0usize, 0usize, 0usize); k];
+    for (i, (&p, &g)) in predicted.iter().zip(gold).enumerate() {
+        let c = &mut per_label[i % k];
+        match (p, g) {
+            (true, true) => c.0 += 1,
+            (true, false) => c.1 += 1,
+            (false, true) => c.2 += 1,
+            (false, false) => {}
+        }
+    }
+    let total = per_label
+        .iter()
+        .fold((0, 0, 0), |t, c| (t.0 + c.0, t.1 + c.1, t.2 + c.2));
+    let rows = predicted.len().min(gold.len()) / k;
+    let exact = predicted
+        .chunks(k)
+        .zip(gold.chunks(k))
+        .take(rows)
+        .filter(|(p, g)| p == g)
+        .count();
+    MultiLabelScores {
+        micro_f1: f1(total.0, total.1, total.2),
+        macro_f1: per_label.iter().map(|c| f1(c.0, c.1, c.2)).sum::<f64>() / k as f64,
+        subset_accuracy: if rows == 0 {
+            0.0
+        } else {
+            exact as f64 / rows as f64
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn regression_scores_by_hand() {
+        let (x, y) = ([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 4.0, 5.0, 4.0, 5.0]);
+        // Σdxdy = 6, Σdx² = 10, Σdy² = 6.
+        assert!((pearson(&x, &y) - 6.0 / 60f64.sqrt()).abs() < 1e-12);
+        // Ranks of y with ties: [1, 2.5, 4.5, 2.5, 4.5]; Σdxdy = 7, Σdy² = 9.
+        assert_eq!(average_ranks(&y), [1.0, 2.5, 4.5, 2.5, 4.5]);
+        assert!((spearman(&x, &y) - 7.0 / 90f64.sqrt()).abs() < 1e-12);
+        assert!((mse(&x, &y) - (1.0 + 4.0 + 4.0 + 0.0 + 0.0) / 5.0).abs() < 1e-12);
+        assert!(pearson(&x, &[3.0; 5]).is_nan());
+        assert!(pearson(&[1.0], &[2.0]).is_nan());
+    }
+
+    #[test]
+    fn multi_label_scores_as_scikit_learn() {
+        let gold = [true, false, true, false, true, false];
+        let pred = [true, false, false, false, true, true];
+        let s = multi_label_scores(&pred, &gold, 3);
+        // micro: tp 2, fp 1, fn 1; per label F1: 1, 1, 0; no row fully right.
+        assert!((s.micro_f1 - 4.0 / 6.0).abs() < 1e-12);
+        assert!((s.macro_f1 - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.subset_accuracy, 0.0);
+        let perfect = multi_label_scores(&gold, &gold, 3);
+        assert_eq!((perfect.micro_f1, perfect.subset_accuracy), (1.0, 1.0));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Pearson is symmetric, in [−1, 1], and unchanged by a positive affine map of one
+        /// side; Spearman is unchanged by any strictly increasing map.
+        #[test]
+        fn correlation_invariants(
+            pairs in prop::collection::vec((-1e3f64..1e3, -1e3f64..1e3), 2..40),
+            scale in 0.1f64..10.0,
+            shift in -100f64..100.0,
+        ) {
+            let (x, y): (Vec<f64>, Vec<f64>) = pairs.into_iter().unzip();
+            let r = pearson(&x, &y);
+            prop_assume!(r.is_finite());
+            prop_assert!((-1.0..=1.0).contains(&r));
+            prop_assert!((r - pearson(&y, &x)).abs() < 1e-9);
+            let moved: Vec<f64> = x.iter().map(|v| v * scale + shift).collect();
+            prop_assert!((r - pearson(&moved, &y)).abs() < 1e-6);
+            let cubed: Vec<f64> = x.iter().map(|v| v.powi(3) + v).collect();
+            let rho = spearman(&x, &y);
+            prop_assert!((rho - spearman(&cubed, &y)).abs() < 1e-12);
+            prop_assert!((spearman(&x, &x) - 1.0).abs() < 1e-12 || spearman(&x, &x).is_nan());
+        }
+
+        /// Multi-label scores lie in [0, 1] and are all 1 for perfect predictions.
+        #[test]
+        fn multi_label_bounds(
+            gold in prop::collection::vec(any::<bool>(), 0..60),
+            flips in prop::collection::vec(any::<bool>(), 60),
+            k in 1usize..6,
+        ) {
+            let pred: Vec<bool> = gold.iter().zip(&flips).map(|(g, f)| g ^ f).collect();
+            let s = multi_label_scores(&pred, &gold, k);
+            for v in [s.micro_f1, s.macro_f1, s.subset_accuracy] {
+                prop_assert!((0.0..=1.0).contains(&v));
+            }
+            prop_assert!(multi_label_scores(&gold, &gold, k).subset_accuracy == 1.0 || gold.len() < k);
+        }
+    }
 
     #[test]
     fn accuracy_and_macro_f1() {
