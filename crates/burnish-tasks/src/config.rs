@@ -356,17 +356,12 @@ impl RunConfig {
                 return err("metric_for_best", "needs [data] validation".into());
             }
         }
-        if let Some(dir) = &t.output_dir {
-            if dir.as_os_str().is_empty() {
-                return err("output_dir", "is empty".into());
-            }
-            if crate::run::same_path(dir, &self.model.path) {
-                return err(
-                    "output_dir",
-                    "is the model's directory: the run would write over the pretrained model"
-                        .into(),
-                );
-            }
+        if let Some(problem) = t
+            .output_dir
+            .as_deref()
+            .and_then(|dir| crate::run::unusable_output_dir(dir, &self.model.path))
+        {
+            return err("output_dir", problem);
         }
         if t.keep_last.is_some() && t.save_every.is_none() {
             return err("keep_last", "needs save_every".into());

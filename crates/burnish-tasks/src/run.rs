@@ -176,6 +176,21 @@ pub(crate) fn same_path(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Why `dir` cannot be a run's output directory for the model in `model`: empty, or the
+/// model's own directory. Checked on the config and again on the directory in use (which
+/// `RunOptions::output_dir` may override).
+pub(crate) fn unusable_output_dir(dir: &Path, model: &Path) -> Option<String> {
+    if dir.as_os_str().is_empty() {
+        return Some("is empty".into());
+    }
+    same_path(dir, model).then(|| {
+        format!(
+            "{} is the model's directory: the run would write over the pretrained model",
+            dir.display()
+        )
+    })
+}
+
 /// The run's output directory, checked: not empty, not the model's directory, not a
 /// file, and not holding another run unless the run resumes or overwrites it (then the
 /// earlier run's outputs are removed first).
@@ -189,14 +204,8 @@ fn prepare_output_dir(config: &RunConfig, options: &RunOptions) -> Result<PathBu
         .clone()
         .or_else(|| config.train.output_dir.clone())
         .ok_or_else(|| invalid("no output directory: set it (or pass one)".into()))?;
-    if dir.as_os_str().is_empty() {
-        return Err(invalid("is empty".into()));
-    }
-    if same_path(&dir, &config.model.path) {
-        return Err(invalid(format!(
-            "{} is the model's directory: the run would write over the pretrained model",
-            dir.display()
-        )));
+    if let Some(problem) = unusable_output_dir(&dir, &config.model.path) {
+        return Err(invalid(problem));
     }
     if dir.exists() && !dir.is_dir() {
         return Err(invalid(format!(
