@@ -202,18 +202,6 @@ fn settings_hash(encoder: &dyn RowFormat, bad_rows: BadRows) -> Result<Sha256, D
     Ok(h)
 }
 
-/// The [`CacheMeta::content`] hash: settings and the source's bytes.
-fn content_hash(
-    source: &Path,
-    encoder: &dyn RowFormat,
-    bad_rows: BadRows,
-) -> Result<String, DataError> {
-    let mut h = settings_hash(encoder, bad_rows)?;
-    let mut file = File::open(source).map_err(io(source))?;
-    std::io::copy(&mut file, &mut h).map_err(io(source))?;
-    Ok(hex(h))
-}
-
 struct Writers {
     records: BufWriter<File>,
     tokens: BufWriter<File>,
@@ -296,7 +284,8 @@ impl TokenCache {
         let mut meta = CacheMeta {
             format: FORMAT,
             fingerprint,
-            content: content_hash(source, encoder, bad_rows)?,
+            // Settings and the source's bytes, digested while the rows are read.
+            content: String::new(),
             source: source.to_owned(),
             kind: encoder.kind(),
             layout: encoder.layout(),
@@ -307,7 +296,7 @@ impl TokenCache {
             skipped_rows: Vec::new(),
         };
         let mut chunk = Vec::with_capacity(CHUNK_ROWS);
-        let mut rows = JsonlRows::open(source)?;
+        let mut rows = JsonlRows::open(source)?.hashing(settings_hash(encoder, bad_rows)?);
         loop {
             let row = rows.next().transpose()?;
             let end = row.is_none();
@@ -320,6 +309,7 @@ impl TokenCache {
                 break;
             }
         }
+        meta.content = rows.into_hasher().map(hex).unwrap_or_default();
         if meta.examples == 0 {
             return Err(DataError::Empty {
                 path: source.to_owned(),

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::DataError;
 
@@ -28,6 +29,7 @@ pub struct JsonlRows {
     line: u64,
     offset: u64,
     buffer: Vec<u8>,
+    hasher: Option<Sha256>,
 }
 
 impl JsonlRows {
@@ -46,7 +48,21 @@ impl JsonlRows {
             line: 0,
             offset: 0,
             buffer: Vec::new(),
+            hasher: None,
         })
+    }
+
+    /// Feeds every byte read from here on to `hasher`, so the file is digested in the
+    /// same pass that reads its rows.
+    #[must_use]
+    pub fn hashing(mut self, hasher: Sha256) -> Self {
+        self.hasher = Some(hasher);
+        self
+    }
+
+    /// The hasher given to [`hashing`](Self::hashing), having seen every byte read.
+    pub fn into_hasher(self) -> Option<Sha256> {
+        self.hasher
     }
 }
 
@@ -62,6 +78,9 @@ impl Iterator for JsonlRows {
                 Ok(n) => {
                     self.offset += n as u64;
                     self.line += 1;
+                    if let Some(h) = &mut self.hasher {
+                        h.update(&self.buffer);
+                    }
                 }
                 Err(source) => {
                     return Some(Err(DataError::Io {
