@@ -3,8 +3,9 @@
 //! without holding the data in memory.
 //!
 //! Layout of a cache directory (little-endian):
-//! - `records.bin`: 32 bytes per example: token start `u64`, source byte offset `u64`,
-//!   token count `u32`, source line `u32`, class label `i32`, 4 bytes zero;
+//! - `records.bin`: 40 bytes per example: token start `u64`, source byte offset `u64`,
+//!   token count `u32`, source line `u32`, class label (or answer start) `i32`, first
+//!   token of the second segment `u32`, answer end `i32`, 4 bytes zero;
 //! - `tokens.bin`: token ids, `u32` each;
 //! - `labels.bin`: per-token labels, `i32` each (empty for per-example labels);
 //! - `targets.bin`: float targets, `f32` each, `targets` per example (empty without);
@@ -26,8 +27,8 @@ use crate::jsonl::JsonlRows;
 use crate::task::{LabelLayout, RowFormat};
 use crate::{BadRow, BadRows, DataError, IGNORE_INDEX};
 
-const FORMAT: u32 = 3;
-const RECORD: usize = 32;
+const FORMAT: u32 = 4;
+const RECORD: usize = 40;
 /// Rows tokenized together (one parallel `encode_batch`); bounds memory while caching.
 const CHUNK_ROWS: usize = 4096;
 /// Bad rows listed in `meta.json` (all are counted).
@@ -52,6 +53,9 @@ pub struct CacheMeta {
     pub layout: LabelLayout,
     /// Float targets per example.
     pub targets: usize,
+    /// Whether the examples are text pairs (every one is, or none).
+    #[serde(default)]
+    pub pairs: bool,
     /// Examples cached.
     pub examples: u64,
     /// Tokens cached.
@@ -73,8 +77,12 @@ pub struct Record {
     pub len: u32,
     /// 1-based line of its row in the source file.
     pub line: u32,
-    /// Class label (sequence classification), −100 otherwise.
+    /// Class label (sequence classification) or answer start (span), −100 otherwise.
     pub label: i32,
+    /// First token of the second segment (token type id 1); 0 when there is one.
+    pub segment: u32,
+    /// Answer end (span), −100 otherwise.
+    pub end_label: i32,
 }
 
 impl Record {
@@ -85,6 +93,8 @@ impl Record {
         b[16..20].copy_from_slice(&self.len.to_le_bytes());
         b[20..24].copy_from_slice(&self.line.to_le_bytes());
         b[24..28].copy_from_slice(&self.label.to_le_bytes());
+        b[28..32].copy_from_slice(&self.segment.to_le_bytes());
+        b[32..36].copy_from_slice(&self.end_label.to_le_bytes());
         b
     }
 
@@ -97,6 +107,8 @@ impl Record {
             len: u32_at(16),
             line: u32_at(20),
             label: u32_at(24) as i32,
+            segment: u32_at(28),
+            end_label: u32_at(32) as i32,
         }
     }
 }
@@ -106,8 +118,9 @@ impl Record {
 pub struct Batch {
     /// Ids, attention mask and segment ids `[batch, seq]`.
     pub encoded: Encoded,
-    /// Class ids (sequence classification, one per example) or per-token labels
-    /// `[batch, seq]` row-major with −100 on padding.
+    /// Class ids (sequence classification, one per example), answer start and end
+    /// (span layout, two per example) or per-token labels `[batch, seq]` row-major with
+    /// −100 on padding.
     pub labels: Vec<i64>,
     /// Float targets `[batch, targets]` row-major (empty when the rows have none).
     pub targets: Vec<f32>,
@@ -207,6 +220,8 @@ struct Writers {
     tokens: BufWriter<File>,
     labels: BufWriter<File>,
     targets: BufWriter<File>,
+    /// Line of the first example (whose pair-ness every other example must share).
+    first_line: Option<u64>,
 }
 
 impl TokenCache {
@@ -280,6 +295,7 @@ impl TokenCache {
             tokens: create("tokens.bin")?,
             labels: create("labels.bin")?,
             targets: create("targets.bin")?,
+            first_line: None,
         };
         let mut meta = CacheMeta {
             format: FORMAT,
@@ -290,6 +306,7 @@ impl TokenCache {
             kind: encoder.kind(),
             layout: encoder.layout(),
             targets: encoder.targets(),
+            pairs: false,
             examples: 0,
             tokens: 0,
             skipped: 0,
@@ -347,6 +364,14 @@ impl TokenCache {
                 Ok(_) => encoded.next().unwrap_or_else(|| Err("not encoded".into())),
                 Err(reason) => Err(reason.clone()),
             };
+            let result = result.and_then(|e| match out.first_line {
+                Some(first) if e.pair != meta.pairs => Err(if meta.pairs {
+                    format!("no `text_pair`, but line {first} has one: a sentence-pair set needs it in every row")
+                } else {
+                    format!("a `text_pair`, but line {first} has none: give every row one text or every row two")
+                }),
+                _ => Ok(e),
+            });
             let example = match result {
                 Ok(e) => e,
                 Err(reason) => {
@@ -375,7 +400,13 @@ impl TokenCache {
                 len: example.ids.len() as u32,
                 line,
                 label: example.label as i32,
+                segment: example.segment,
+                end_label: example.end_label as i32,
             };
+            if out.first_line.is_none() {
+                out.first_line = Some(row.line);
+                meta.pairs = example.pair;
+            }
             let write = |w: &mut BufWriter<File>, bytes: &[u8], name: &str| {
                 w.write_all(bytes).map_err(io(&tmp.join(name)))
             };
@@ -560,12 +591,15 @@ impl TokenCache {
             attention_mask: Vec::with_capacity(n * seq),
             token_type_ids: vec![0; n * seq],
         };
-        let per_token = self.meta.layout != LabelLayout::Example;
+        let per_token = matches!(
+            self.meta.layout,
+            LabelLayout::Token | LabelLayout::ShiftedToken
+        );
         let k = self.meta.targets;
         let mut targets = Vec::with_capacity(n * k);
-        let mut labels = Vec::with_capacity(if per_token { n * seq } else { n });
+        let mut labels = Vec::with_capacity(if per_token { n * seq } else { 2 * n });
         let mut items = 0u64;
-        for r in &records {
+        for (row, r) in records.iter().enumerate() {
             let pad = seq - r.len as usize;
             let ids = self.read_u32s(&self.tokens, "tokens.bin", r.token_start, r.len)?;
             encoded.input_ids.extend(ids.iter().map(|&i| i64::from(i)));
@@ -576,12 +610,22 @@ impl TokenCache {
                 .attention_mask
                 .extend(std::iter::repeat_n(1, r.len as usize));
             encoded.attention_mask.extend(std::iter::repeat_n(0, pad));
+            if r.segment > 0 {
+                // Padding stays segment 0, as transformers pads token_type_ids.
+                let row = &mut encoded.token_type_ids[row * seq..row * seq + r.len as usize];
+                if let Some(second) = row.get_mut(r.segment as usize..) {
+                    second.fill(1);
+                }
+            }
             if per_token {
                 let row = self.read_u32s(&self.labels, "labels.bin", r.token_start, r.len)?;
                 let skip = usize::from(self.meta.layout == LabelLayout::ShiftedToken);
                 items += row.iter().skip(skip).filter(|&&l| l as i32 >= 0).count() as u64;
                 labels.extend(row.iter().map(|&l| i64::from(l as i32)));
                 labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+            } else if self.meta.layout == LabelLayout::Span {
+                items += 1;
+                labels.extend([i64::from(r.label), i64::from(r.end_label)]);
             } else {
                 items += u64::from(r.label >= 0 || k > 0);
                 labels.push(i64::from(r.label));
@@ -619,6 +663,7 @@ mod tests {
     fn labeled<'a>(task: Task, tokenizer: &'a HfTokenizer, labels: &'a [String]) -> RowEncoder<'a> {
         RowEncoder {
             task,
+            problem: crate::ProblemType::default(),
             tokenizer,
             labels,
             chat_template: None,
@@ -678,6 +723,42 @@ mod tests {
         assert!(built);
         assert_ne!(cut.dir(), cache.dir());
         assert_eq!(cut.lengths().unwrap(), vec![5; 256]);
+    }
+
+    #[test]
+    fn pairs_batch_with_segment_ids_and_may_not_mix_with_single_texts() {
+        let model = HfModelDir::open(&assets("toy-bert")).unwrap();
+        let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
+        let labels = ["no", "yes"].map(String::from);
+        let encoder = labeled(Task::SequenceClassification, &tokenizer, &labels);
+        let root = tempfile::tempdir().unwrap();
+        let source = root.path().join("pairs.jsonl");
+        let rows = [
+            r#"{"text": "good film", "text_pair": "bad", "label": 0}"#,
+            r#"{"text": "a good film", "text_pair": "bad plot", "label": 1}"#,
+        ];
+        std::fs::write(&source, rows.join("\n")).unwrap();
+        let (cache, _) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
+        assert!(cache.meta().pairs);
+        let batch = cache.batch(&[0, 1], tokenizer.pad_id()).unwrap();
+        assert_eq!(batch.encoded.shape, [2, 8]);
+        // [CLS] good film [SEP] | bad [SEP] | padding (segment 0, as transformers pads).
+        assert_eq!(batch.encoded.token_type_ids[..8], [0, 0, 0, 0, 1, 1, 0, 0]);
+        assert_eq!(batch.encoded.token_type_ids[8..], [0, 0, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(batch.labels, [0, 1]);
+
+        let mixed = root.path().join("mixed.jsonl");
+        std::fs::write(
+            &mixed,
+            [rows[0], r#"{"text": "good", "label": 1}"#].join("\n"),
+        )
+        .unwrap();
+        let err = TokenCache::open_or_build(&mixed, &encoder, BadRows::Fail, root.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mixed.jsonl:2"), "{err}");
+        assert!(err.contains("no `text_pair`, but line 1 has one"), "{err}");
     }
 
     #[test]
@@ -781,9 +862,8 @@ mod tests {
                     let score = row["score"].as_f64().ok_or("missing `score`")? as f32;
                     Ok(crate::TokenizedExample {
                         ids,
-                        token_labels: Vec::new(),
-                        label: IGNORE_INDEX,
                         targets: vec![score, 1.0 - score],
+                        ..Default::default()
                     })
                 })
                 .collect())

@@ -7,7 +7,7 @@ mod task;
 
 pub use cache::{Batch, CacheMeta, Record, TokenCache};
 pub use sampler::{grouped_order, sample_order};
-pub use task::{LabelLayout, RowEncoder, RowFormat, Task, TokenizedExample};
+pub use task::{LabelLayout, ProblemType, RowEncoder, RowFormat, Task, TokenizedExample};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use burnish_loader::{ChatTemplate, HfTokenizer, Message};
+pub use burnish_models::ProblemType;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -43,8 +44,30 @@ pub struct TokenizedExample {
     /// Class id (sequence classification), −100 when the row has no label.
     pub label: i64,
     /// Float targets of the example (regression values, multi-label 0/1 indicators):
-    /// exactly [`RowFormat::targets`] of them; empty for the built-in kinds.
+    /// exactly [`RowFormat::targets`] of them.
     pub targets: Vec<f32>,
+    /// Index of the first token of the second segment (token type id 1, the second text
+    /// of a BERT pair); 0 when every token is of segment 0.
+    pub segment: u32,
+    /// Whether the row had a second text (`text_pair`); a data set is all pairs or none.
+    pub pair: bool,
+    /// Answer end token ([`LabelLayout::Span`]), −100 otherwise.
+    pub end_label: i64,
+}
+
+impl Default for TokenizedExample {
+    /// No tokens, no labels (−100), no targets, one segment.
+    fn default() -> Self {
+        TokenizedExample {
+            ids: Vec::new(),
+            token_labels: Vec::new(),
+            label: IGNORE_INDEX,
+            targets: Vec::new(),
+            segment: 0,
+            pair: false,
+            end_label: IGNORE_INDEX,
+        }
+    }
 }
 
 /// How a row kind's labels are laid out in the token cache, and which of them a loss
@@ -60,6 +83,9 @@ pub enum LabelLayout {
     /// One label per token, predicted from the token before (causal LM): the first
     /// token never counts.
     ShiftedToken,
+    /// A start and an end token per example ([`TokenizedExample::label`] and
+    /// [`TokenizedExample::end_label`], extractive QA); every example counts.
+    Span,
 }
 
 /// A kind of JSON row and how it becomes token ids and labels: the open side of the data
@@ -105,6 +131,14 @@ impl RowFormat for RowEncoder<'_> {
         }
     }
 
+    fn targets(&self) -> usize {
+        match (self.task, self.problem) {
+            (Task::SequenceClassification, ProblemType::SingleLabelClassification) => 0,
+            (Task::SequenceClassification, _) => self.labels.len(),
+            _ => 0,
+        }
+    }
+
     fn tokenizer(&self) -> &HfTokenizer {
         self.tokenizer
     }
@@ -112,6 +146,7 @@ impl RowFormat for RowEncoder<'_> {
     fn settings(&self) -> Value {
         serde_json::json!({
             "task": self.task,
+            "problem": self.problem,
             "labels": self.labels,
             "eos": self.eos_id,
             "require_labels": self.require_labels,
@@ -129,10 +164,15 @@ impl RowFormat for RowEncoder<'_> {
 pub struct RowEncoder<'a> {
     /// The task.
     pub task: Task,
+    /// How a sequence-classification row's label is read: a class (`label`), several
+    /// classes (`labels`: names or ids; or `label`: a 0/1 list), or real values (`label`:
+    /// a number or a list). Other tasks ignore it.
+    pub problem: ProblemType,
     /// The tokenizer (its `max_length` truncates).
     pub tokenizer: &'a HfTokenizer,
     /// Class or tag names by id; labels in rows may be ids or these names. Empty accepts
-    /// any non-negative integer class id (sequence classification only).
+    /// any non-negative integer class id (single-label classification only). Multi-label
+    /// and regression have one output (target) per name.
     pub labels: &'a [String],
     /// Chat template for `{messages}` rows.
     pub chat_template: Option<&'a ChatTemplate>,
@@ -142,8 +182,15 @@ pub struct RowEncoder<'a> {
     pub require_labels: bool,
 }
 
+/// The label of a sequence row: a class id or float targets.
+enum SequenceLabel {
+    Class(i64),
+    Targets(Vec<f32>),
+}
+
 enum Parsed {
-    Text(String, i64),
+    /// Text, second text of a pair, label.
+    Text(String, Option<String>, SequenceLabel),
     Words(Vec<String>, Vec<i64>),
     /// Prompt (−100 labels), response (learned), and whether the prompt gets the
     /// tokenizer's special tokens (not when a chat template already wrote them).
@@ -202,6 +249,16 @@ pub(crate) fn parse_words(
     Ok((words, Some(tags)))
 }
 
+/// The optional second text of a sentence-pair row.
+fn text_pair(v: &Value) -> Result<Option<String>, String> {
+    match v.get("text_pair") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Err("empty `text_pair`".into()),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err("`text_pair` must be a string".into()),
+    }
+}
+
 fn string_field<'v>(v: &'v Value, field: &str) -> Result<&'v str, String> {
     v.get(field)
         .and_then(Value::as_str)
@@ -211,10 +268,7 @@ fn string_field<'v>(v: &'v Value, field: &str) -> Result<&'v str, String> {
 impl RowEncoder<'_> {
     fn parse(&self, v: &Value, index: &HashMap<&str, i64>) -> Result<Parsed, String> {
         match self.task {
-            Task::SequenceClassification => {
-                let (text, label) = parse_text(v, self.labels, index, self.require_labels)?;
-                Ok(Parsed::Text(text, label))
-            }
+            Task::SequenceClassification => self.parse_sequence(v, index),
             Task::TokenClassification => {
                 // Unlabeled rows (prediction) still mark each word's first sub-word.
                 let (words, tags) = parse_words(v, self.labels, index, self.require_labels)?;
@@ -223,6 +277,90 @@ impl RowEncoder<'_> {
             }
             Task::CausalLm => self.parse_causal(v),
         }
+    }
+
+    fn parse_sequence(&self, v: &Value, index: &HashMap<&str, i64>) -> Result<Parsed, String> {
+        let label = match self.problem {
+            ProblemType::SingleLabelClassification => {
+                let (text, label) = parse_text(v, self.labels, index, self.require_labels)?;
+                return Ok(Parsed::Text(
+                    text,
+                    text_pair(v)?,
+                    SequenceLabel::Class(label),
+                ));
+            }
+            ProblemType::Regression => SequenceLabel::Targets(self.regression_targets(v)?),
+            ProblemType::MultiLabelClassification => {
+                SequenceLabel::Targets(self.multi_hot(v, index)?)
+            }
+        };
+        let text = string_field(v, "text")?;
+        if text.trim().is_empty() {
+            return Err("empty `text`".into());
+        }
+        Ok(Parsed::Text(text.to_owned(), text_pair(v)?, label))
+    }
+
+    /// A regression row's `label`: a number (one output) or a list of one per output.
+    fn regression_targets(&self, v: &Value) -> Result<Vec<f32>, String> {
+        let k = self.labels.len();
+        let number = |x: &Value| {
+            x.as_f64()
+                .filter(|f| f.is_finite() && f.abs() <= f64::from(f32::MAX))
+                .map(|f| f as f32)
+                .ok_or_else(|| format!("regression label must be a number, got {x}"))
+        };
+        match v.get("label") {
+            None if self.require_labels => Err("missing field `label` (a number)".into()),
+            None => Ok(vec![0.0; k]),
+            Some(Value::Array(values)) if values.len() == k => values.iter().map(number).collect(),
+            Some(Value::Array(values)) => Err(format!(
+                "`label` has {} values, the model has {k} regression outputs",
+                values.len()
+            )),
+            Some(x) if k == 1 => Ok(vec![number(x)?]),
+            Some(_) => Err(format!(
+                "`label` must be a list of {k} numbers (the model has {k} regression outputs)"
+            )),
+        }
+    }
+
+    /// A multi-label row's classes as 0/1 per output: `labels` (names or ids of the
+    /// classes present) or `label` (a 0/1 list, one per class).
+    fn multi_hot(&self, v: &Value, index: &HashMap<&str, i64>) -> Result<Vec<f32>, String> {
+        let k = self.labels.len();
+        let mut hot = vec![0.0; k];
+        match (v.get("labels"), v.get("label")) {
+            (Some(Value::Array(names)), _) => {
+                for name in names {
+                    hot[label_id(name, self.labels, index)? as usize] = 1.0;
+                }
+            }
+            (Some(_), _) => return Err("`labels` must be a list of label names or ids".into()),
+            (None, Some(Value::Array(flags))) if flags.len() == k => {
+                for (h, f) in hot.iter_mut().zip(flags) {
+                    *h = match f.as_f64() {
+                        Some(x) if x == 0.0 || x == 1.0 => x as f32,
+                        _ => return Err(format!("`label` must hold 0 or 1 per class, got {f}")),
+                    };
+                }
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "multi-label `label` must be a list of {k} 0/1 values (or give `labels`: \
+                     the names of the row's classes)"
+                ));
+            }
+            (None, None) if self.require_labels => {
+                return Err(
+                    "missing field `labels` (the names of the row's classes) or `label` (a 0/1 \
+                     list)"
+                        .into(),
+                );
+            }
+            (None, None) => {}
+        }
+        Ok(hot)
     }
 
     fn parse_causal(&self, v: &Value) -> Result<Parsed, String> {
@@ -288,26 +426,7 @@ impl RowEncoder<'_> {
             rows.iter().map(|v| self.parse(v, &index)).collect();
         let ok = || parsed.iter().filter_map(|p| p.as_ref().ok());
         let mut encoded = match self.task {
-            Task::SequenceClassification => {
-                let texts: Vec<&str> = ok()
-                    .map(|p| match p {
-                        Parsed::Text(t, _) => t.as_str(),
-                        _ => "",
-                    })
-                    .collect();
-                let ids = self.tokenizer.encode_unpadded(&texts, true)?;
-                ok().zip(ids)
-                    .map(|(p, ids)| TokenizedExample {
-                        ids,
-                        token_labels: Vec::new(),
-                        label: match p {
-                            Parsed::Text(_, l) => *l,
-                            _ => IGNORE_INDEX,
-                        },
-                        targets: Vec::new(),
-                    })
-                    .collect::<Vec<_>>()
-            }
+            Task::SequenceClassification => self.encode_sequences(ok().collect())?,
             Task::TokenClassification => {
                 let words: Vec<Vec<&str>> = ok()
                     .map(|p| match p {
@@ -328,8 +447,7 @@ impl RowEncoder<'_> {
                                 .into_iter()
                                 .map(|l| l as i32)
                                 .collect(),
-                            label: IGNORE_INDEX,
-                            targets: Vec::new(),
+                            ..TokenizedExample::default()
                         }
                     })
                     .collect()
@@ -345,6 +463,57 @@ impl RowEncoder<'_> {
                     .ok_or_else(|| "tokenizer returned fewer rows than given".to_owned())
                     .and_then(|e| self.check(e)),
                 Err(reason) => Err(reason),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Single texts with the tokenizer's single template, pairs with its pair template.
+    fn encode_sequences(&self, parsed: Vec<&Parsed>) -> Result<Vec<TokenizedExample>, DataError> {
+        let mut singles = Vec::new();
+        let mut pairs = Vec::new();
+        for p in &parsed {
+            match p {
+                Parsed::Text(a, Some(b), _) => pairs.push((a.as_str(), b.as_str())),
+                Parsed::Text(a, None, _) => singles.push(a.as_str()),
+                _ => {}
+            }
+        }
+        let mut singles = self.tokenizer.encode_unpadded(&singles, true)?.into_iter();
+        let mut pairs = self.tokenizer.encode_pairs_unpadded(&pairs)?.into_iter();
+        let mut out = Vec::with_capacity(parsed.len());
+        for p in parsed {
+            let Parsed::Text(_, second, label) = p else {
+                continue;
+            };
+            let (ids, segment) = match second {
+                Some(_) => {
+                    let (ids, types) = pairs.next().unwrap_or_default();
+                    let segment = types.iter().position(|&t| t != 0).unwrap_or(0);
+                    if types[segment..].iter().any(|&t| t != 1) {
+                        return Err(burnish_loader::LoadError::Format {
+                            path: self.tokenizer.path().to_owned(),
+                            detail: format!(
+                                "the pair template's segment ids {types:?} are not 0s then 1s"
+                            ),
+                        }
+                        .into());
+                    }
+                    (ids, segment as u32)
+                }
+                None => (singles.next().unwrap_or_default(), 0),
+            };
+            let (label, targets) = match label {
+                SequenceLabel::Class(c) => (*c, Vec::new()),
+                SequenceLabel::Targets(t) => (IGNORE_INDEX, t.clone()),
+            };
+            out.push(TokenizedExample {
+                ids,
+                label,
+                targets,
+                segment,
+                pair: second.is_some(),
+                ..TokenizedExample::default()
             });
         }
         Ok(out)
@@ -392,8 +561,7 @@ impl RowEncoder<'_> {
             out.push(TokenizedExample {
                 ids,
                 token_labels: labels,
-                label: IGNORE_INDEX,
-                targets: Vec::new(),
+                ..TokenizedExample::default()
             });
         }
         Ok(out)
@@ -445,6 +613,7 @@ mod tests {
         let eos = tokenizer.token_to_id("<|im_end|>");
         let encoder = RowEncoder {
             task: Task::CausalLm,
+            problem: ProblemType::default(),
             tokenizer: &tokenizer,
             labels: &[],
             chat_template: Some(&template),
@@ -488,6 +657,7 @@ mod tests {
         let tokenizer = dir.tokenizer(config).unwrap();
         let encoder = RowEncoder {
             task: Task::CausalLm,
+            problem: ProblemType::default(),
             tokenizer: &tokenizer,
             labels: &[],
             chat_template: None,
@@ -497,5 +667,157 @@ mod tests {
         let long = json!({"prompt": "what is the color of sky ?", "response": "blue"});
         let out = encoder.encode(&[&long]).unwrap();
         assert!(out[0].as_ref().unwrap_err().contains("truncation to 4"));
+    }
+
+    fn bert_tokenizer(max_length: usize) -> HfTokenizer {
+        let dir = HfModelDir::open(&assets("toy-bert")).unwrap();
+        let config = TokenizerConfig {
+            max_length,
+            ..TokenizerConfig::default()
+        };
+        dir.tokenizer(config).unwrap()
+    }
+
+    fn sequence<'a>(
+        problem: ProblemType,
+        tokenizer: &'a HfTokenizer,
+        labels: &'a [String],
+    ) -> RowEncoder<'a> {
+        RowEncoder {
+            task: Task::SequenceClassification,
+            problem,
+            tokenizer,
+            labels,
+            chat_template: None,
+            eos_id: None,
+            require_labels: true,
+        }
+    }
+
+    #[test]
+    fn pairs_take_the_pair_template_and_a_second_segment() {
+        let tokenizer = bert_tokenizer(32);
+        let labels = ["no".to_owned(), "yes".to_owned()];
+        let encoder = sequence(ProblemType::SingleLabelClassification, &tokenizer, &labels);
+        let pair = json!({"text": "good film", "text_pair": "bad plot", "label": "yes"});
+        let single = json!({"text": "good film", "label": 0});
+        let out = encoder.encode(&[&pair, &single]).unwrap();
+        let id = |t: &str| tokenizer.token_to_id(t).unwrap();
+        let pair = out[0].as_ref().unwrap();
+        let expected = ["[CLS]", "good", "film", "[SEP]", "bad", "plot", "[SEP]"].map(id);
+        assert_eq!(pair.ids, expected);
+        assert_eq!((pair.segment, pair.pair, pair.label), (4, true, 1));
+        let single = out[1].as_ref().unwrap();
+        assert_eq!(
+            (single.segment, single.pair, single.ids.len()),
+            (0, false, 4)
+        );
+
+        // longest_first: a pair over max_length keeps both texts, within the limit.
+        let short = bert_tokenizer(7);
+        let encoder = sequence(ProblemType::SingleLabelClassification, &short, &labels);
+        let long =
+            json!({"text": "a good film and a great story", "text_pair": "bad plot", "label": 0});
+        let out = encoder.encode(&[&long]).unwrap();
+        let e = out[0].as_ref().unwrap();
+        assert_eq!(e.ids.len(), 7);
+        assert_eq!(
+            e.ids[e.segment as usize..],
+            [id("bad"), id("plot"), id("[SEP]")]
+        );
+
+        for (row, reason) in [
+            (
+                json!({"text": "good", "text_pair": 3, "label": 0}),
+                "`text_pair` must be a string",
+            ),
+            (
+                json!({"text": "good", "text_pair": " ", "label": 0}),
+                "empty `text_pair`",
+            ),
+        ] {
+            let out = encoder.encode(&[&row]).unwrap();
+            assert_eq!(out[0].as_ref().unwrap_err(), reason);
+        }
+    }
+
+    #[test]
+    fn regression_rows_carry_their_values() {
+        let tokenizer = bert_tokenizer(32);
+        let one = ["score".to_owned()];
+        let encoder = sequence(ProblemType::Regression, &tokenizer, &one);
+        assert_eq!(RowFormat::targets(&encoder), 1);
+        let rows = [
+            json!({"text": "good film", "label": 3.5}),
+            json!({"text": "good film", "label": [-1]}),
+            json!({"text": "good film", "label": "high"}),
+            json!({"text": "good film", "label": [1, 2]}),
+            json!({"text": "good film"}),
+        ];
+        let out = encoder.encode(&rows.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().targets, [3.5]);
+        assert_eq!(out[0].as_ref().unwrap().label, IGNORE_INDEX);
+        assert_eq!(out[1].as_ref().unwrap().targets, [-1.0]);
+        assert!(out[2].as_ref().unwrap_err().contains("must be a number"));
+        assert!(
+            out[3]
+                .as_ref()
+                .unwrap_err()
+                .contains("2 values, the model has 1")
+        );
+        assert!(
+            out[4]
+                .as_ref()
+                .unwrap_err()
+                .contains("missing field `label`")
+        );
+        let two = ["a".to_owned(), "b".to_owned()];
+        let encoder = sequence(ProblemType::Regression, &tokenizer, &two);
+        let out = encoder.encode(&[&rows[3], &rows[0]]).unwrap();
+        assert_eq!(out[0].as_ref().unwrap().targets, [1.0, 2.0]);
+        assert!(out[1].as_ref().unwrap_err().contains("list of 2 numbers"));
+    }
+
+    #[test]
+    fn multi_label_rows_by_names_ids_or_flags() {
+        let tokenizer = bert_tokenizer(32);
+        let labels = ["a".to_owned(), "b".to_owned(), "c".to_owned()];
+        let encoder = sequence(ProblemType::MultiLabelClassification, &tokenizer, &labels);
+        assert_eq!(RowFormat::targets(&encoder), 3);
+        let rows = [
+            json!({"text": "good", "labels": ["a", "c"]}),
+            json!({"text": "good", "labels": [1]}),
+            json!({"text": "good", "labels": []}),
+            json!({"text": "good", "label": [0, 1, 1]}),
+            json!({"text": "good", "labels": ["d"]}),
+            json!({"text": "good", "label": [0, 2, 1]}),
+            json!({"text": "good", "label": [0, 1]}),
+            json!({"text": "good"}),
+        ];
+        let out = encoder.encode(&rows.iter().collect::<Vec<_>>()).unwrap();
+        let hot = |i: usize| out[i].as_ref().unwrap().targets.clone();
+        assert_eq!(hot(0), [1.0, 0.0, 1.0]);
+        assert_eq!(hot(1), [0.0, 1.0, 0.0]);
+        assert_eq!(hot(2), [0.0, 0.0, 0.0]);
+        assert_eq!(hot(3), [0.0, 1.0, 1.0]);
+        assert!(out[4].as_ref().unwrap_err().contains("unknown label \"d\""));
+        assert!(
+            out[5]
+                .as_ref()
+                .unwrap_err()
+                .contains("0 or 1 per class, got 2")
+        );
+        assert!(
+            out[6]
+                .as_ref()
+                .unwrap_err()
+                .contains("list of 3 0/1 values")
+        );
+        assert!(
+            out[7]
+                .as_ref()
+                .unwrap_err()
+                .contains("missing field `labels`")
+        );
     }
 }

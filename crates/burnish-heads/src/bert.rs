@@ -6,23 +6,11 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use burnish_models::ops::linear_in;
-use burnish_models::{Autocast, BertConfig, BertModel, ModelError, linear};
+use burnish_models::{Autocast, BertConfig, BertModel, ModelError, ProblemType, linear};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::loss::{LossParts, bce_with_logits, cross_entropy, mse};
-
-/// transformers' `problem_type` of a sequence classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProblemType {
-    /// One class per example, cross-entropy.
-    SingleLabelClassification,
-    /// Any number of classes per example, BCE with logits.
-    MultiLabelClassification,
-    /// One real value per example (`num_labels` = 1), MSE.
-    Regression,
-}
 
 /// Labels of a batch for a sequence classifier.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +19,8 @@ pub enum SequenceLabels {
     Classes(Vec<i64>),
     /// Multi-hot rows, `[batch, num_labels]` row-major.
     MultiHot(Vec<f32>),
-    /// One target per example.
+    /// Real targets, `[batch, num_labels]` row-major (one per example for the usual
+    /// single-output regression).
     Values(Vec<f32>),
 }
 
@@ -105,9 +94,10 @@ pub(crate) fn token_loss<B: Backend>(
 
 /// Checks a head's label count against its problem type.
 pub(crate) fn check_labels(num_labels: usize, problem: ProblemType) -> Result<(), ModelError> {
-    if num_labels == 0 || (problem == ProblemType::Regression && num_labels != 1) {
+    if num_labels == 0 {
         return Err(ModelError::Inconsistent(format!(
-            "num_labels {num_labels} does not fit problem type {problem:?}"
+            "a {} head needs at least one label",
+            problem.name()
         )));
     }
     Ok(())
@@ -138,8 +128,8 @@ pub(crate) fn sequence_loss<B: Backend>(
             let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, k]), &device);
             Ok(bce_with_logits(logits, targets))
         }
-        (ProblemType::Regression, SequenceLabels::Values(v)) if v.len() == batch => {
-            let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, 1]), &device);
+        (ProblemType::Regression, SequenceLabels::Values(v)) if v.len() == batch * k => {
+            let targets = Tensor::from_data(TensorData::new(v.clone(), [batch, k]), &device);
             Ok(mse(logits, targets))
         }
         (_, SequenceLabels::Classes(_)) => Err(mismatch("class")),
@@ -220,8 +210,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
     /// A head on `bert` (which must have a pooler) with `num_labels` outputs.
     ///
     /// # Errors
-    /// [`ModelError::Inconsistent`] when `bert` has no pooler, `num_labels` is 0, or a
-    /// regression has more than one label.
+    /// [`ModelError::Inconsistent`] when `bert` has no pooler or `num_labels` is 0.
     pub fn new(
         bert: BertModel<B>,
         config: &BertConfig,

@@ -6,9 +6,9 @@ mod loss;
 mod roberta;
 
 pub use bert::{
-    BertForSequenceClassification, BertForTokenClassification, LabelNames, ProblemType,
-    SequenceLabels,
+    BertForSequenceClassification, BertForTokenClassification, LabelNames, SequenceLabels,
 };
+pub use burnish_models::ProblemType;
 pub use generate::{GenerationConfig, generate};
 pub use loss::{
     IGNORE_INDEX, LossParts, bce_with_logits, causal_lm_loss, count_causal_targets, cross_entropy,

@@ -8,12 +8,12 @@ use burn::nn::{Dropout, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use burnish_models::ops::linear_in;
-use burnish_models::{Autocast, BertConfig, BertModel, ModelError};
+use burnish_models::{Autocast, BertConfig, BertModel, ModelError, ProblemType};
 use serde_json::Value;
 
 use crate::bert::{
-    LabelNames, ProblemType, SequenceLabels, autocast_through, check_labels, dropout_of,
-    head_config, logits, new_head, sequence_config, sequence_loss, token_loss,
+    LabelNames, SequenceLabels, autocast_through, check_labels, dropout_of, head_config, logits,
+    new_head, sequence_config, sequence_loss, token_loss,
 };
 use crate::loss::LossParts;
 
@@ -46,8 +46,7 @@ impl<B: Backend> RobertaForSequenceClassification<B> {
     /// A head with `num_labels` outputs on `roberta` (built without pooler).
     ///
     /// # Errors
-    /// [`ModelError::Inconsistent`] when `num_labels` is 0 or a regression has more than
-    /// one label.
+    /// [`ModelError::Inconsistent`] when `num_labels` is 0.
     pub fn new(
         roberta: BertModel<B>,
         config: &BertConfig,

@@ -220,6 +220,40 @@ impl HfTokenizer {
         Ok(encodings.iter().map(|e| unpadded(e).0).collect())
     }
 
+    /// Tokenizes text pairs (in parallel) with the tokenizer's pair template (BERT
+    /// `[CLS] a [SEP] b [SEP]`, RoBERTa `<s> a </s></s> b </s>`) and no padding: per pair,
+    /// the ids and their segment (token type) ids. Pairs longer than `max_length` are cut
+    /// `longest_first`, as transformers does by default: one token at a time from the
+    /// longer of the two texts.
+    ///
+    /// # Errors
+    /// [`LoadError::Format`] naming the tokenizer file when the tokenizer fails.
+    pub fn encode_pairs_unpadded(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<(Vec<u32>, Vec<u32>)>, LoadError> {
+        let inputs: Vec<EncodeInput> = pairs
+            .iter()
+            .map(|&(a, b)| EncodeInput::Dual(a.into(), b.into()))
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        Ok(encodings
+            .iter()
+            .map(|e| {
+                e.get_ids()
+                    .iter()
+                    .zip(e.get_type_ids())
+                    .zip(e.get_attention_mask())
+                    .filter(|(_, mask)| **mask == 1)
+                    .map(|((&id, &segment), _)| (id, segment))
+                    .unzip()
+            })
+            .collect())
+    }
+
     /// Tokenizes pre-split words without padding: per sentence, the ids and the word
     /// index of each id (`None` for special tokens).
     ///

@@ -568,3 +568,27 @@ impl LlamaConfig {
             .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))
     }
 }
+
+/// transformers' `problem_type` of a sequence classifier: which loss its logits take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    /// One class per example, cross-entropy.
+    #[default]
+    SingleLabelClassification,
+    /// Any number of classes per example, BCE with logits on 0/1 targets.
+    MultiLabelClassification,
+    /// Real-valued targets (one per output, usually `num_labels` = 1), MSE.
+    Regression,
+}
+
+impl ProblemType {
+    /// transformers' spelling (`single_label_classification`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemType::SingleLabelClassification => "single_label_classification",
+            ProblemType::MultiLabelClassification => "multi_label_classification",
+            ProblemType::Regression => "regression",
+        }
+    }
+}

@@ -13,7 +13,7 @@ pub use bert::{
     BertAttention, BertEmbeddings, BertEncoder, BertIntermediate, BertLayer, BertModel, BertOutput,
     BertPooler, BertResidual, BertSelfAttention,
 };
-pub use config::{Activation, BertConfig, BertFlavor, LlamaConfig, ModelConfig};
+pub use config::{Activation, BertConfig, BertFlavor, LlamaConfig, ModelConfig, ProblemType};
 pub use input::InputLimits;
 pub use layers::{RmsNorm, embedding, layer_norm, linear};
 pub use llama::{

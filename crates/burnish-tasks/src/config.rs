@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use burnish_amp::Precision;
-use burnish_data::Task;
+use burnish_data::{ProblemType, Task};
 use burnish_optim::AdamWConfig;
 use burnish_schedule::{ScheduleKind, Warmup};
 use burnish_trainer::{BestMetric, EarlyStopping, FitConfig, TrainerConfig};
@@ -45,6 +45,17 @@ pub struct ModelSection {
     /// checkpoint's. Training has dropout on, evaluation off.
     #[serde(default)]
     pub dropout: Option<f64>,
+    /// Sequence classification's `problem_type`, as transformers names it:
+    /// `single_label_classification` (one class, cross-entropy),
+    /// `multi_label_classification` (any classes, BCE with logits) or `regression` (real
+    /// values, MSE). Absent: the checkpoint's, else single-label (regression for a
+    /// one-label checkpoint).
+    #[serde(default)]
+    pub problem_type: Option<ProblemType>,
+    /// Multi-label classification predicts the classes whose probability is above this
+    /// (default 0.5).
+    #[serde(default)]
+    pub threshold: Option<f64>,
 }
 
 /// `[data]`.
@@ -270,6 +281,34 @@ impl RunConfig {
         if self.model.num_labels == Some(0) {
             return err("model.num_labels", "must be at least 1".into());
         }
+        let sequence = self.model.task == Task::SequenceClassification;
+        if let Some(problem) = self.model.problem_type
+            && !sequence
+        {
+            return err(
+                "model.problem_type",
+                format!(
+                    "{} is a sequence-classification setting; task is {}",
+                    problem.name(),
+                    self.model.task.name()
+                ),
+            );
+        }
+        if let Some(threshold) = self.model.threshold {
+            if self.model.problem_type != Some(ProblemType::MultiLabelClassification) {
+                return err(
+                    "model.threshold",
+                    "applies to problem_type = \"multi_label_classification\" only".into(),
+                );
+            }
+            crate::setup::check_threshold(threshold).map_err(|e| match e {
+                TaskError::Invalid { message, .. } => TaskError::Invalid {
+                    field: "model.threshold".into(),
+                    message,
+                },
+                other => other,
+            })?;
+        }
         let causal = self.model.task == Task::CausalLm;
         if causal && (self.model.labels.is_some() || self.model.num_labels.is_some()) {
             let key = if self.model.labels.is_some() {
@@ -341,15 +380,16 @@ impl RunConfig {
             return err("early_stopping_patience", "must be at least 1".into());
         }
         if let Some(metric) = &t.metric_for_best {
-            let known = crate::metric_names(self.model.task);
+            let problem = self.model.problem_type.unwrap_or_default();
+            let known = crate::metric_names(self.model.task, problem);
             if !known.contains(&metric.as_str()) {
+                let what = match self.model.task {
+                    Task::SequenceClassification => problem.name(),
+                    task => task.name(),
+                };
                 return err(
                     "metric_for_best",
-                    format!(
-                        "{metric:?} is not a metric of {}: {}",
-                        self.model.task.name(),
-                        known.join(", ")
-                    ),
+                    format!("{metric:?} is not a metric of {what}: {}", known.join(", ")),
                 );
             }
             if self.data.validation.is_none() {
@@ -380,10 +420,14 @@ impl RunConfig {
     /// The metric that picks the best model: `metric_for_best`, or the task's default.
     pub fn metric_for_best(&self) -> String {
         self.train.metric_for_best.clone().unwrap_or_else(|| {
-            match self.model.task {
-                Task::SequenceClassification => "accuracy",
-                Task::TokenClassification => "f1",
-                Task::CausalLm => "eval_loss",
+            match (self.model.task, self.model.problem_type.unwrap_or_default()) {
+                (Task::SequenceClassification, ProblemType::SingleLabelClassification) => {
+                    "accuracy"
+                }
+                (Task::SequenceClassification, ProblemType::Regression) => "pearson",
+                (Task::SequenceClassification, ProblemType::MultiLabelClassification) => "micro_f1",
+                (Task::TokenClassification, _) => "f1",
+                (Task::CausalLm, _) => "eval_loss",
             }
             .to_owned()
         })

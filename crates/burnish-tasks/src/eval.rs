@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 use burnish_data::jsonl::{JsonlRows, read_row_at};
-use burnish_data::{Batch, Task, TokenCache};
+use burnish_data::{Batch, ProblemType, Task, TokenCache};
 use burnish_heads::{GenerationConfig, generate};
 use burnish_loader::Message;
 use burnish_trainer::metrics::{
@@ -217,6 +217,12 @@ impl MultiLabelMetrics {
     }
 }
 
+/// The logit above which a probability exceeds `threshold`: sigmoid(x) > t ⇔
+/// x > ln(t / (1 − t)), without computing a sigmoid per logit.
+fn threshold_logit(threshold: f64) -> f64 {
+    (threshold / (1.0 - threshold)).ln()
+}
+
 impl Default for MultiLabelMetrics {
     fn default() -> Self {
         Self::new(0.5)
@@ -226,8 +232,7 @@ impl Default for MultiLabelMetrics {
 impl Metrics for MultiLabelMetrics {
     fn update(&mut self, logits: &[f32], [_, _, k]: [usize; 3], batch: &Batch) {
         self.num_labels = k;
-        // sigmoid(x) > t  ⇔  x > ln(t / (1 − t)), without computing a sigmoid per logit.
-        let cut = (self.threshold / (1.0 - self.threshold)).ln();
+        let cut = threshold_logit(self.threshold);
         let rows = logits.len().min(batch.targets.len());
         self.predicted
             .extend(logits[..rows].iter().map(|&x| f64::from(x) > cut));
@@ -265,21 +270,39 @@ impl Metrics for LanguageModelMetrics {
     }
 }
 
-/// The names of the metrics [`metrics_for`] reports for `task`.
-pub fn metric_names(task: Task) -> &'static [&'static str] {
-    match task {
-        Task::SequenceClassification => &["eval_loss", "accuracy", "macro_f1"],
-        Task::TokenClassification => &["eval_loss", "precision", "recall", "f1", "accuracy"],
-        Task::CausalLm => &["eval_loss", "perplexity"],
+/// The names of the metrics [`metrics_for`] reports for `task` (and, for sequence
+/// classification, `problem`).
+pub fn metric_names(task: Task, problem: ProblemType) -> &'static [&'static str] {
+    match (task, problem) {
+        (Task::SequenceClassification, ProblemType::SingleLabelClassification) => {
+            &["eval_loss", "accuracy", "macro_f1"]
+        }
+        (Task::SequenceClassification, ProblemType::Regression) => {
+            &["eval_loss", "mse", "pearson", "spearman"]
+        }
+        (Task::SequenceClassification, ProblemType::MultiLabelClassification) => {
+            &["eval_loss", "micro_f1", "macro_f1", "subset_accuracy"]
+        }
+        (Task::TokenClassification, _) => &["eval_loss", "precision", "recall", "f1", "accuracy"],
+        (Task::CausalLm, _) => &["eval_loss", "perplexity"],
     }
 }
 
-/// The metrics of a built-in task with label names `labels`.
-pub fn metrics_for(task: Task, labels: &[String]) -> Box<dyn Metrics> {
-    match task {
-        Task::SequenceClassification => Box::new(ClassificationMetrics::new(labels.len())),
-        Task::TokenClassification => Box::new(TaggingMetrics::new(labels.to_vec())),
-        Task::CausalLm => Box::new(LanguageModelMetrics),
+/// The metrics of a built-in task as `setup` describes it (task, problem type, labels,
+/// multi-label threshold).
+pub fn metrics_for(setup: &TaskSetup) -> Box<dyn Metrics> {
+    match (setup.task, setup.problem) {
+        (Task::SequenceClassification, ProblemType::SingleLabelClassification) => {
+            Box::new(ClassificationMetrics::new(setup.labels.len()))
+        }
+        (Task::SequenceClassification, ProblemType::Regression) => {
+            Box::new(RegressionMetrics::default())
+        }
+        (Task::SequenceClassification, ProblemType::MultiLabelClassification) => {
+            Box::new(MultiLabelMetrics::new(setup.threshold))
+        }
+        (Task::TokenClassification, _) => Box::new(TaggingMetrics::new(setup.labels.to_vec())),
+        (Task::CausalLm, _) => Box::new(LanguageModelMetrics),
     }
 }
 
@@ -372,9 +395,28 @@ fn prediction_line(
     k: usize,
 ) -> Value {
     if setup.task == Task::SequenceClassification {
-        let mut line = json!({"label": setup.labels.get(argmax(logits)), "logits": logits});
-        if let Some(text) = source.get("text") {
-            line["text"] = text.clone();
+        let mut line = match setup.problem {
+            ProblemType::SingleLabelClassification => {
+                json!({"label": setup.labels.get(argmax(logits)), "logits": logits})
+            }
+            ProblemType::MultiLabelClassification => {
+                let cut = threshold_logit(setup.threshold);
+                let on: Vec<&String> = setup
+                    .labels
+                    .iter()
+                    .zip(logits)
+                    .filter(|(_, x)| f64::from(**x) > cut)
+                    .map(|(name, _)| name)
+                    .collect();
+                json!({"labels": on, "logits": logits})
+            }
+            ProblemType::Regression if logits.len() == 1 => json!({"score": logits[0]}),
+            ProblemType::Regression => json!({"scores": logits}),
+        };
+        for field in ["text", "text_pair"] {
+            if let Some(text) = source.get(field) {
+                line[field] = text.clone();
+            }
         }
         return line;
     }

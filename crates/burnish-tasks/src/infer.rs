@@ -27,6 +27,9 @@ pub struct EvalOptions {
     pub skip_bad_rows: bool,
     /// Tokens generated per prompt (causal LM prediction).
     pub max_new_tokens: usize,
+    /// Multi-label classification predicts the labels whose probability is above this
+    /// (0.5 by default).
+    pub threshold: Option<f64>,
 }
 
 impl Default for EvalOptions {
@@ -37,6 +40,7 @@ impl Default for EvalOptions {
             batch_size: 32,
             skip_bad_rows: false,
             max_new_tokens: 64,
+            threshold: None,
         }
     }
 }
@@ -66,7 +70,10 @@ fn open_for(model_dir: &Path, options: &EvalOptions) -> Result<(HfModelDir, Task
             ),
         });
     }
-    let setup = TaskSetup::new(&hf, task, max_length, labels)?;
+    let mut setup = TaskSetup::new(&hf, task, max_length, labels)?;
+    if let Some(threshold) = options.threshold {
+        setup = setup.with_threshold(threshold)?;
+    }
     Ok((hf, setup))
 }
 
@@ -91,6 +98,7 @@ fn scratch_cache(
 fn strict_spec(setup: &TaskSetup) -> HeadSpec {
     HeadSpec {
         strict: true,
+        problem: setup.problem,
         ..HeadSpec::new(setup.task, setup.labels.len())
     }
 }
@@ -113,7 +121,7 @@ pub fn evaluate_dir<B: Backend>(
         type Output = Result<BTreeMap<String, f64>, TaskError>;
         fn visit<M: TaskModel<B>>(self, model: M, _: HeadReport) -> Self::Output {
             let Eval(setup, cache, batch_size, device) = self;
-            let mut metrics = metrics_for(setup.task, &setup.labels);
+            let mut metrics = metrics_for(setup);
             let pad = setup.tokenizer.pad_id();
             evaluate::<B, M>(&model, cache, pad, batch_size, metrics.as_mut(), device)
         }

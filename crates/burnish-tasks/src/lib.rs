@@ -31,4 +31,4 @@ pub use run::{
     FREE_KEYS, RUN_OUTPUTS, Resume, RunObserver, RunOptions, RunOutcome, Silent, export, fine_tune,
     format_metrics,
 };
-pub use setup::{TaskSetup, label_names, labels_of, task_of};
+pub use setup::{TaskSetup, label_names, labels_of, problem_of, task_of};

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burnish_data::{BadRows, TokenCache};
+use burnish_data::{BadRows, Task, TokenCache};
 use burnish_heads::LabelNames;
 use burnish_loader::{HfModelDir, export_dir};
 use burnish_trainer::{
@@ -133,9 +133,20 @@ pub fn fine_tune<B: AutodiffBackend>(
 ) -> Result<RunOutcome, TaskError> {
     config.validate()?;
     let hf = HfModelDir::open(&config.model.path)?;
+    let problem = config
+        .model
+        .problem_type
+        .unwrap_or_else(|| crate::problem_of(&hf));
+    // The checkpoint's problem type, once read, is the run's (its default best metric).
+    let mut resolved = config.clone();
+    if config.model.task == Task::SequenceClassification {
+        resolved.model.problem_type = Some(problem);
+    }
+    let config = &resolved;
     let labels = label_names(
         &hf,
         config.model.task,
+        problem,
         config.model.labels.as_deref(),
         config.model.num_labels,
     )?;
@@ -149,9 +160,14 @@ pub fn fine_tune<B: AutodiffBackend>(
             other => other,
         },
     )?;
+    let mut setup = setup.with_problem(problem);
+    if let Some(threshold) = config.model.threshold {
+        setup = setup.with_threshold(threshold)?;
+    }
     let output = prepare_output_dir(config, options)?;
     let spec = HeadSpec {
         dropout: config.model.dropout,
+        problem,
         ..HeadSpec::new(config.model.task, setup.labels.len())
     };
     // Head initialization draws from the backend generator: seed it for a reproducible run.
@@ -406,7 +422,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let eval_batch = t.eval_batch_size.unwrap_or(t.batch_size);
         let (pad, inner_device) = (setup.tokenizer.pad_id(), self.device.clone());
         let evaluate_on = |m: &M::InnerModule, cache: &TokenCache| {
-            let mut metrics = metrics_for(setup.task, &setup.labels);
+            let mut metrics = metrics_for(setup);
             evaluate::<B::InnerBackend, _>(
                 m,
                 cache,

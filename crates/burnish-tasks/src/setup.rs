@@ -1,7 +1,7 @@
 //! What a task needs of a model directory besides the weights: tokenizer, chat template,
 //! end-of-sequence id, label names.
 
-use burnish_data::{RowEncoder, Task};
+use burnish_data::{ProblemType, RowEncoder, Task};
 use burnish_loader::{ChatTemplate, HfModelDir, HfTokenizer, TokenizerConfig};
 use serde_json::Value;
 
@@ -20,6 +20,11 @@ pub struct TaskSetup {
     pub labels: Vec<String>,
     /// The task.
     pub task: Task,
+    /// Sequence classification's problem type: how labels are read and which loss and
+    /// metrics apply.
+    pub problem: ProblemType,
+    /// Multi-label classification predicts the labels whose probability is above this.
+    pub threshold: f64,
 }
 
 impl TaskSetup {
@@ -80,7 +85,25 @@ impl TaskSetup {
             eos_id,
             labels,
             task,
+            problem: problem_of(hf),
+            threshold: 0.5,
         })
+    }
+
+    /// The same setup with sequence-classification problem type `problem`.
+    pub fn with_problem(mut self, problem: ProblemType) -> Self {
+        self.problem = problem;
+        self
+    }
+
+    /// The same setup predicting multi-label classes above probability `threshold`.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] (field `threshold`) unless `0 < threshold < 1`.
+    pub fn with_threshold(mut self, threshold: f64) -> Result<Self, TaskError> {
+        check_threshold(threshold)?;
+        self.threshold = threshold;
+        Ok(self)
     }
 
     /// The row encoder of this task (`require_labels`: training and evaluation rows must
@@ -88,6 +111,7 @@ impl TaskSetup {
     pub fn encoder(&self, require_labels: bool) -> RowEncoder<'_> {
         RowEncoder {
             task: self.task,
+            problem: self.problem,
             tokenizer: &self.tokenizer,
             labels: &self.labels,
             chat_template: self.template.as_ref(),
@@ -114,6 +138,43 @@ fn eos_id(
         .or_else(|| template.and_then(|t| tokenizer.token_to_id(t.eos_token())))
 }
 
+/// Checks a multi-label decision threshold: a probability strictly between 0 and 1.
+pub(crate) fn check_threshold(threshold: f64) -> Result<(), TaskError> {
+    if threshold > 0.0 && threshold < 1.0 {
+        return Ok(());
+    }
+    Err(TaskError::Invalid {
+        field: "threshold".into(),
+        message: format!("{threshold} is not a probability strictly between 0 and 1"),
+    })
+}
+
+/// The problem type of a checkpoint's sequence classifier, as transformers decides it:
+/// `problem_type` of config.json, else regression for one label, else single-label.
+pub fn problem_of(hf: &HfModelDir) -> ProblemType {
+    let json = hf.config_json();
+    if let Some(problem) = json
+        .get("problem_type")
+        .and_then(|p| serde_json::from_value(p.clone()).ok())
+    {
+        return problem;
+    }
+    let labels = json
+        .get("id2label")
+        .and_then(Value::as_object)
+        .map(serde_json::Map::len)
+        .or_else(|| {
+            json.get("num_labels")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+        });
+    if labels == Some(1) {
+        ProblemType::Regression
+    } else {
+        ProblemType::SingleLabelClassification
+    }
+}
+
 /// Label names of a fine-tuned directory (`id2label`), in id order.
 pub fn labels_of(hf: &HfModelDir) -> Vec<String> {
     let Some(map) = hf.config_json().get("id2label").and_then(Value::as_object) else {
@@ -128,13 +189,15 @@ pub fn labels_of(hf: &HfModelDir) -> Vec<String> {
 }
 
 /// The label names of a run: `names`, else `LABEL_<i>` for `num_labels`, else the
-/// checkpoint's own `id2label` (a model fine-tuned before); none for causal LM.
+/// checkpoint's own `id2label` (a model fine-tuned before), else one output for
+/// regression; none for causal LM.
 ///
 /// # Errors
 /// [`TaskError::Labels`] when a classification task has none of them.
 pub fn label_names(
     hf: &HfModelDir,
     task: Task,
+    problem: ProblemType,
     names: Option<&[String]>,
     num_labels: Option<usize>,
 ) -> Result<Vec<String>, TaskError> {
@@ -148,6 +211,9 @@ pub fn label_names(
         return Ok(burnish_heads::LabelNames::generic(n).0);
     }
     let own = labels_of(hf);
+    if own.is_empty() && problem == ProblemType::Regression {
+        return Ok(burnish_heads::LabelNames::generic(1).0);
+    }
     if own.is_empty() {
         return Err(TaskError::Labels {
             path: hf.path().to_owned(),

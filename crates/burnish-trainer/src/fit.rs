@@ -26,12 +26,14 @@ pub struct BestMetric {
 }
 
 impl BestMetric {
-    /// `metric`, with the direction guessed as transformers does: names containing
-    /// `loss` or `perplexity` are better smaller, everything else larger.
+    /// `metric`, with the direction guessed as transformers does, and for the errors it
+    /// does not know: names containing `loss`, `perplexity` or `mse` are better smaller,
+    /// everything else larger.
     pub fn named(metric: &str) -> Self {
+        let smaller = ["loss", "perplexity", "mse"];
         BestMetric {
             metric: metric.to_owned(),
-            greater_is_better: !(metric.contains("loss") || metric.contains("perplexity")),
+            greater_is_better: !smaller.iter().any(|s| metric.contains(s)),
         }
     }
 }
