@@ -17,7 +17,7 @@ use burnish::backend::CpuTrain;
 use burnish_cli::{BenchOptions, CliError, Progress, bench, field_error, plot_run, read_config};
 use burnish_data::Task;
 use burnish_tasks::{
-    EvalOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune, predict_dir,
+    EvalOptions, QaOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune, predict_dir,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -74,6 +74,7 @@ enum TaskArg {
     SequenceClassification,
     TokenClassification,
     CausalLm,
+    QuestionAnswering,
 }
 
 impl From<TaskArg> for Task {
@@ -82,6 +83,7 @@ impl From<TaskArg> for Task {
             TaskArg::SequenceClassification => Task::SequenceClassification,
             TaskArg::TokenClassification => Task::TokenClassification,
             TaskArg::CausalLm => Task::CausalLm,
+            TaskArg::QuestionAnswering => Task::QuestionAnswering,
         }
     }
 }
@@ -145,6 +147,8 @@ enum Command {
         /// Examples per forward pass.
         #[arg(long, default_value_t = 32, value_parser = at_least_one)]
         batch_size: usize,
+        #[command(flatten)]
+        outputs: OutputArgs,
     },
     /// Write one JSON line of outputs per input line.
     Predict {
@@ -166,7 +170,43 @@ enum Command {
         /// Tokens generated per prompt (causal LM).
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
+        #[command(flatten)]
+        outputs: OutputArgs,
     },
+}
+
+/// How outputs become predictions, per task.
+#[derive(clap::Args)]
+struct OutputArgs {
+    /// Multi-label classification: the probability above which a class is predicted
+    /// (default 0.5).
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Question answering: context tokens shared by consecutive windows of a long context.
+    #[arg(long, default_value_t = QaOptions::default().doc_stride)]
+    doc_stride: usize,
+    /// Question answering: the longest answer, in tokens.
+    #[arg(long, default_value_t = QaOptions::default().max_answer_length, value_parser = at_least_one)]
+    max_answer_length: usize,
+    /// Question answering: questions may have no answer (SQuAD v2).
+    #[arg(long)]
+    version_2_with_negative: bool,
+}
+
+impl OutputArgs {
+    /// `base` with these settings.
+    fn options(self, base: EvalOptions) -> EvalOptions {
+        EvalOptions {
+            threshold: self.threshold,
+            qa: QaOptions {
+                doc_stride: self.doc_stride,
+                max_answer_length: self.max_answer_length,
+                version_2_with_negative: self.version_2_with_negative,
+                ..base.qa
+            },
+            ..base
+        }
+    }
 }
 
 fn at_least_one(text: &str) -> Result<usize, String> {
@@ -295,13 +335,14 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
             task,
             max_length,
             batch_size,
+            outputs,
         } => {
-            let options = EvalOptions {
+            let options = outputs.options(EvalOptions {
                 task: task.map(Task::from),
                 max_length,
                 batch_size,
                 ..EvalOptions::default()
-            };
+            });
             let metrics = evaluate_dir::<B::InnerBackend>(&model, &data, &options, device)
                 .map_err(flag_error)?;
             println!("{}", serde_json::to_string(&metrics).unwrap_or_default());
@@ -314,13 +355,14 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
             task,
             max_length,
             max_new_tokens,
+            outputs,
         } => {
-            let options = EvalOptions {
+            let options = outputs.options(EvalOptions {
                 task: task.map(Task::from),
                 max_length,
                 max_new_tokens,
                 ..EvalOptions::default()
-            };
+            });
             let n = predict_dir::<B::InnerBackend>(&model, &input, &output, &options, device)
                 .map_err(flag_error)?;
             eprintln!("{n} predictions written to {}", output.display());

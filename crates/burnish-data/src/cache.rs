@@ -364,16 +364,28 @@ impl TokenCache {
                 Ok(_) => encoded.next().unwrap_or_else(|| Err("not encoded".into())),
                 Err(reason) => Err(reason.clone()),
             };
-            let result = result.and_then(|e| match out.first_line {
-                Some(first) if e.pair != meta.pairs => Err(if meta.pairs {
-                    format!("no `text_pair`, but line {first} has one: a sentence-pair set needs it in every row")
-                } else {
-                    format!("a `text_pair`, but line {first} has none: give every row one text or every row two")
-                }),
-                _ => Ok(e),
+            let result = result.and_then(|examples| {
+                match (
+                    out.first_line,
+                    examples.iter().find(|e| e.pair != meta.pairs),
+                ) {
+                    (Some(first), Some(_)) if meta.pairs => Err(format!(
+                        "no `text_pair`, but line {first} has one: a sentence-pair set needs it \
+                         in every row"
+                    )),
+                    (Some(first), Some(_)) => Err(format!(
+                        "a `text_pair`, but line {first} has none: give every row one text or \
+                         every row two"
+                    )),
+                    _ => Ok(examples),
+                }
             });
-            let example = match result {
-                Ok(e) => e,
+            match result {
+                Ok(examples) => {
+                    for example in examples {
+                        Self::write_example(&example, row, source, out, meta, tmp)?;
+                    }
+                }
                 Err(reason) => {
                     let bad = BadRow {
                         path: source.to_owned(),
@@ -387,58 +399,69 @@ impl TokenCache {
                     if meta.skipped_rows.len() < LISTED_BAD_ROWS {
                         meta.skipped_rows.push(bad.to_string());
                     }
-                    continue;
                 }
-            };
-            let line = u32::try_from(row.line).map_err(|_| DataError::Cache {
-                path: source.to_owned(),
-                detail: format!("line {} is past the 2^32 lines a cache indexes", row.line),
-            })?;
-            let record = Record {
-                token_start: meta.tokens,
-                offset: row.offset,
-                len: example.ids.len() as u32,
-                line,
-                label: example.label as i32,
-                segment: example.segment,
-                end_label: example.end_label as i32,
-            };
-            if out.first_line.is_none() {
-                out.first_line = Some(row.line);
-                meta.pairs = example.pair;
             }
-            let write = |w: &mut BufWriter<File>, bytes: &[u8], name: &str| {
-                w.write_all(bytes).map_err(io(&tmp.join(name)))
-            };
-            write(&mut out.records, &record.to_bytes(), "records.bin")?;
-            let ids: Vec<u8> = example.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-            write(&mut out.tokens, &ids, "tokens.bin")?;
-            let labels: Vec<u8> = example
-                .token_labels
-                .iter()
-                .flat_map(|l| l.to_le_bytes())
-                .collect();
-            write(&mut out.labels, &labels, "labels.bin")?;
-            if example.targets.len() != meta.targets {
-                return Err(DataError::Cache {
-                    path: tmp.join("targets.bin"),
-                    detail: format!(
-                        "line {}: {} targets, the row format declares {}",
-                        row.line,
-                        example.targets.len(),
-                        meta.targets
-                    ),
-                });
-            }
-            let targets: Vec<u8> = example
-                .targets
-                .iter()
-                .flat_map(|t| t.to_le_bytes())
-                .collect();
-            write(&mut out.targets, &targets, "targets.bin")?;
-            meta.examples += 1;
-            meta.tokens += example.ids.len() as u64;
         }
+        Ok(())
+    }
+
+    /// Appends one example of `row` to the cache files.
+    fn write_example(
+        example: &crate::TokenizedExample,
+        row: &crate::jsonl::Row,
+        source: &Path,
+        out: &mut Writers,
+        meta: &mut CacheMeta,
+        tmp: &Path,
+    ) -> Result<(), DataError> {
+        let line = u32::try_from(row.line).map_err(|_| DataError::Cache {
+            path: source.to_owned(),
+            detail: format!("line {} is past the 2^32 lines a cache indexes", row.line),
+        })?;
+        let record = Record {
+            token_start: meta.tokens,
+            offset: row.offset,
+            len: example.ids.len() as u32,
+            line,
+            label: example.label as i32,
+            segment: example.segment,
+            end_label: example.end_label as i32,
+        };
+        if out.first_line.is_none() {
+            out.first_line = Some(row.line);
+            meta.pairs = example.pair;
+        }
+        let write = |w: &mut BufWriter<File>, bytes: &[u8], name: &str| {
+            w.write_all(bytes).map_err(io(&tmp.join(name)))
+        };
+        write(&mut out.records, &record.to_bytes(), "records.bin")?;
+        let ids: Vec<u8> = example.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+        write(&mut out.tokens, &ids, "tokens.bin")?;
+        let labels: Vec<u8> = example
+            .token_labels
+            .iter()
+            .flat_map(|l| l.to_le_bytes())
+            .collect();
+        write(&mut out.labels, &labels, "labels.bin")?;
+        if example.targets.len() != meta.targets {
+            return Err(DataError::Cache {
+                path: tmp.join("targets.bin"),
+                detail: format!(
+                    "line {}: {} targets, the row format declares {}",
+                    row.line,
+                    example.targets.len(),
+                    meta.targets
+                ),
+            });
+        }
+        let targets: Vec<u8> = example
+            .targets
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect();
+        write(&mut out.targets, &targets, "targets.bin")?;
+        meta.examples += 1;
+        meta.tokens += example.ids.len() as u64;
         Ok(())
     }
 
@@ -472,10 +495,9 @@ impl TokenCache {
             }
             Ok(file)
         };
-        let label_bytes = if meta.layout == LabelLayout::Example {
-            0
-        } else {
-            meta.tokens * 4
+        let label_bytes = match meta.layout {
+            LabelLayout::Example | LabelLayout::Span => 0,
+            LabelLayout::Token | LabelLayout::ShiftedToken => meta.tokens * 4,
         };
         Ok(TokenCache {
             records: open("records.bin", meta.examples * RECORD as u64)?,
@@ -669,6 +691,7 @@ mod tests {
             chat_template: None,
             eos_id: None,
             require_labels: true,
+            doc_stride: crate::DEFAULT_DOC_STRIDE,
         }
     }
 
@@ -849,7 +872,7 @@ mod tests {
         fn encode(
             &self,
             rows: &[&serde_json::Value],
-        ) -> Result<Vec<Result<crate::TokenizedExample, String>>, DataError> {
+        ) -> Result<Vec<crate::RowExamples>, DataError> {
             let texts: Vec<&str> = rows
                 .iter()
                 .map(|r| r["text"].as_str().unwrap_or(""))
@@ -860,11 +883,11 @@ mod tests {
                 .zip(ids)
                 .map(|(row, ids)| {
                     let score = row["score"].as_f64().ok_or("missing `score`")? as f32;
-                    Ok(crate::TokenizedExample {
+                    Ok(vec![crate::TokenizedExample {
                         ids,
                         targets: vec![score, 1.0 - score],
                         ..Default::default()
-                    })
+                    }])
                 })
                 .collect())
         }

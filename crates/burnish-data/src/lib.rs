@@ -7,7 +7,10 @@ mod task;
 
 pub use cache::{Batch, CacheMeta, Record, TokenCache};
 pub use sampler::{grouped_order, sample_order};
-pub use task::{LabelLayout, ProblemType, RowEncoder, RowFormat, Task, TokenizedExample};
+pub use task::{
+    DEFAULT_DOC_STRIDE, LabelLayout, ProblemType, QaRow, RowEncoder, RowExamples, RowFormat, Task,
+    TokenizedExample, answer_tokens,
+};
 
 use std::collections::HashMap;
 use std::fmt;

@@ -19,6 +19,9 @@ pub enum Task {
     TokenClassification,
     /// `{prompt, response}`, `{messages}` (chat template) or `{text}` rows.
     CausalLm,
+    /// `{question, context, answers: {text, answer_start}}` rows (SQuAD's layout), long
+    /// contexts split into overlapping windows; the answer span is predicted.
+    QuestionAnswering,
 }
 
 impl Task {
@@ -28,6 +31,7 @@ impl Task {
             Task::SequenceClassification => "sequence-classification",
             Task::TokenClassification => "token-classification",
             Task::CausalLm => "causal-lm",
+            Task::QuestionAnswering => "question-answering",
         }
     }
 }
@@ -111,12 +115,16 @@ pub trait RowFormat: Sync {
     /// Every other setting that changes the encoding, for the cache fingerprint.
     fn settings(&self) -> Value;
 
-    /// Encodes a chunk of rows; each row gives an example or the reason it cannot be used.
+    /// Encodes a chunk of rows; each row gives its examples (one, or the windows of a
+    /// long QA context) or the reason it cannot be used.
     ///
     /// # Errors
     /// [`DataError::Tokenizer`] when the tokenizer itself fails.
-    fn encode(&self, rows: &[&Value]) -> Result<Vec<Result<TokenizedExample, String>>, DataError>;
+    fn encode(&self, rows: &[&Value]) -> Result<Vec<RowExamples>, DataError>;
 }
+
+/// The examples of one row, or why it cannot be used.
+pub type RowExamples = Result<Vec<TokenizedExample>, String>;
 
 impl RowFormat for RowEncoder<'_> {
     fn kind(&self) -> String {
@@ -128,6 +136,7 @@ impl RowFormat for RowEncoder<'_> {
             Task::SequenceClassification => LabelLayout::Example,
             Task::TokenClassification => LabelLayout::Token,
             Task::CausalLm => LabelLayout::ShiftedToken,
+            Task::QuestionAnswering => LabelLayout::Span,
         }
     }
 
@@ -151,10 +160,11 @@ impl RowFormat for RowEncoder<'_> {
             "eos": self.eos_id,
             "require_labels": self.require_labels,
             "template": self.chat_template.map(|t| format!("{t:?}")),
+            "doc_stride": self.doc_stride,
         })
     }
 
-    fn encode(&self, rows: &[&Value]) -> Result<Vec<Result<TokenizedExample, String>>, DataError> {
+    fn encode(&self, rows: &[&Value]) -> Result<Vec<RowExamples>, DataError> {
         RowEncoder::encode(self, rows)
     }
 }
@@ -180,7 +190,13 @@ pub struct RowEncoder<'a> {
     pub eos_id: Option<u32>,
     /// Whether rows must carry labels (training, evaluation) or may not (prediction).
     pub require_labels: bool,
+    /// Question answering: context tokens shared by consecutive windows of a long
+    /// context (transformers' `stride`, run_qa's `doc_stride`).
+    pub doc_stride: usize,
 }
+
+/// The context tokens consecutive QA windows share by default (transformers' run_qa).
+pub const DEFAULT_DOC_STRIDE: usize = 128;
 
 /// The label of a sequence row: a class id or float targets.
 enum SequenceLabel {
@@ -195,6 +211,93 @@ enum Parsed {
     /// Prompt (−100 labels), response (learned), and whether the prompt gets the
     /// tokenizer's special tokens (not when a chat template already wrote them).
     PromptResponse(String, String, bool),
+    /// Question, context, and the first answer's character span (`None`: unanswerable
+    /// or unlabeled).
+    Question(QaRow),
+}
+
+/// A question-answering row as read from JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QaRow {
+    /// The question, leading whitespace removed (as transformers' run_qa does).
+    pub question: String,
+    /// The context the answer is taken from.
+    pub context: String,
+    /// Gold answers as (text, character start in the context); empty when the question
+    /// has no answer (SQuAD v2) or the row is unlabeled.
+    pub answers: Vec<(String, usize)>,
+    /// The row's `id`, when it has one (copied into predictions).
+    pub id: Option<Value>,
+}
+
+impl QaRow {
+    /// Reads `{question, context, answers: {text: [...], answer_start: [...]}}`,
+    /// checking that every answer is where it says in the context.
+    ///
+    /// # Errors
+    /// The reason, naming the field.
+    pub fn parse(v: &Value, require_answers: bool) -> Result<Self, String> {
+        let question = string_field(v, "question")?.trim_start();
+        if question.trim().is_empty() {
+            return Err("empty `question`".into());
+        }
+        let context = string_field(v, "context")?;
+        if context.trim().is_empty() {
+            return Err("empty `context`".into());
+        }
+        let answers = match v.get("answers") {
+            None | Some(Value::Null) if require_answers => {
+                return Err("missing field `answers` ({text: [...], answer_start: [...]})".into());
+            }
+            None | Some(Value::Null) => Vec::new(),
+            Some(a) => parse_answers(a, context)?,
+        };
+        Ok(QaRow {
+            question: question.to_owned(),
+            context: context.to_owned(),
+            answers,
+            id: v.get("id").cloned(),
+        })
+    }
+}
+
+/// SQuAD's `answers`: parallel lists of texts and character starts, each checked against
+/// the context.
+fn parse_answers(a: &Value, context: &str) -> Result<Vec<(String, usize)>, String> {
+    let list = |field: &str| {
+        a.get(field)
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("`answers` needs a list `{field}`"))
+    };
+    let (texts, starts) = (list("text")?, list("answer_start")?);
+    if texts.len() != starts.len() {
+        return Err(format!(
+            "`answers` has {} texts and {} answer_start values",
+            texts.len(),
+            starts.len()
+        ));
+    }
+    let chars: Vec<char> = context.chars().collect();
+    texts
+        .iter()
+        .zip(starts)
+        .map(|(text, start)| {
+            let text = text.as_str().ok_or("`answers.text` must hold strings")?;
+            let start = start
+                .as_u64()
+                .ok_or("`answers.answer_start` must hold non-negative integers")?
+                as usize;
+            let len = text.chars().count();
+            let found: Option<String> = chars.get(start..start + len).map(|c| c.iter().collect());
+            if text.is_empty() || found.as_deref() != Some(text) {
+                return Err(format!(
+                    "answer {text:?} is not at character {start} of the context (found {:?})",
+                    found.unwrap_or_default()
+                ));
+            }
+            Ok((text.to_owned(), start))
+        })
+        .collect()
 }
 
 /// A `{text, label}` row: the text and the class id (−100 when the row has none and
@@ -249,6 +352,29 @@ pub(crate) fn parse_words(
     Ok((words, Some(tags)))
 }
 
+/// The first and last token of the character span `[start, end)` in a window whose
+/// context tokens cover `offsets`, when the window holds the whole span. The tokens are
+/// found among context tokens only (transformers' run_qa scans past the context into
+/// the trailing special token when an answer starts in the window's last token).
+pub fn answer_tokens(
+    offsets: &[Option<(usize, usize)>],
+    start: usize,
+    end: usize,
+) -> Option<(usize, usize)> {
+    let context: Vec<(usize, (usize, usize))> = offsets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| o.map(|o| (i, o)))
+        .collect();
+    let (first, last) = (context.first()?, context.last()?);
+    if !(first.1.0 <= start && last.1.1 >= end) {
+        return None;
+    }
+    let start_token = context.iter().rev().find(|(_, o)| o.0 <= start)?.0;
+    let end_token = context.iter().find(|(_, o)| o.1 >= end)?.0;
+    Some((start_token, end_token.max(start_token)))
+}
+
 /// The optional second text of a sentence-pair row.
 fn text_pair(v: &Value) -> Result<Option<String>, String> {
     match v.get("text_pair") {
@@ -276,6 +402,7 @@ impl RowEncoder<'_> {
                 Ok(Parsed::Words(words, tags))
             }
             Task::CausalLm => self.parse_causal(v),
+            Task::QuestionAnswering => Ok(Parsed::Question(QaRow::parse(v, self.require_labels)?)),
         }
     }
 
@@ -412,10 +539,7 @@ impl RowEncoder<'_> {
     ///
     /// # Errors
     /// [`DataError::Tokenizer`] when the tokenizer itself fails.
-    pub fn encode(
-        &self,
-        rows: &[&Value],
-    ) -> Result<Vec<Result<TokenizedExample, String>>, DataError> {
+    pub fn encode(&self, rows: &[&Value]) -> Result<Vec<RowExamples>, DataError> {
         let index: HashMap<&str, i64> = self
             .labels
             .iter()
@@ -453,6 +577,7 @@ impl RowEncoder<'_> {
                     .collect()
             }
             Task::CausalLm => self.encode_causal(ok().collect())?,
+            Task::QuestionAnswering => return self.encode_questions(parsed),
         };
         let mut out = Vec::with_capacity(rows.len());
         let mut encoded = encoded.drain(..);
@@ -461,9 +586,73 @@ impl RowEncoder<'_> {
                 Ok(_) => encoded
                     .next()
                     .ok_or_else(|| "tokenizer returned fewer rows than given".to_owned())
-                    .and_then(|e| self.check(e)),
+                    .and_then(|e| self.check(e))
+                    .map(|e| vec![e]),
                 Err(reason) => Err(reason),
             });
+        }
+        Ok(out)
+    }
+
+    /// The windows of each question/context row, labeled with the first answer's start
+    /// and end tokens where the window holds all of it, else with position 0 (`[CLS]`,
+    /// `<s>`: no answer here).
+    fn encode_questions(
+        &self,
+        parsed: Vec<Result<Parsed, String>>,
+    ) -> Result<Vec<RowExamples>, DataError> {
+        let rows: Vec<&QaRow> = parsed
+            .iter()
+            .filter_map(|p| match p {
+                Ok(Parsed::Question(row)) => Some(row),
+                _ => None,
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.question.as_str(), r.context.as_str()))
+            .collect();
+        let mut windows = self
+            .tokenizer
+            .encode_qa_windows(&pairs, self.doc_stride)?
+            .into_iter();
+        let mut rows = rows.into_iter();
+        let mut out = Vec::with_capacity(parsed.len());
+        for p in &parsed {
+            let Ok(_) = p else {
+                out.push(Err(p.as_ref().err().cloned().unwrap_or_default()));
+                continue;
+            };
+            let (Some(row), Some(encoded)) = (rows.next(), windows.next()) else {
+                out.push(Err("tokenizer returned fewer rows than given".into()));
+                continue;
+            };
+            out.push(encoded.map(|windows| {
+                windows
+                    .into_iter()
+                    .map(|w| {
+                        let (start, end) = row
+                            .answers
+                            .first()
+                            .and_then(|(text, start)| {
+                                answer_tokens(
+                                    &w.context_offsets,
+                                    *start,
+                                    start + text.chars().count(),
+                                )
+                            })
+                            .unwrap_or((0, 0));
+                        TokenizedExample {
+                            segment: w.type_ids.iter().position(|&t| t != 0).unwrap_or(0) as u32,
+                            ids: w.ids,
+                            label: start as i64,
+                            end_label: end as i64,
+                            pair: true,
+                            ..TokenizedExample::default()
+                        }
+                    })
+                    .collect()
+            }));
         }
         Ok(out)
     }
@@ -578,6 +767,7 @@ impl RowEncoder<'_> {
                 Task::TokenClassification => e.token_labels.iter().filter(|&&l| l >= 0).count(),
                 // The first token is never a target after the causal shift.
                 Task::CausalLm => e.token_labels.iter().skip(1).filter(|&&l| l >= 0).count(),
+                Task::QuestionAnswering => 1,
             };
             if learned == 0 {
                 return Err(format!(
@@ -614,6 +804,7 @@ mod tests {
         let encoder = RowEncoder {
             task: Task::CausalLm,
             problem: ProblemType::default(),
+            doc_stride: DEFAULT_DOC_STRIDE,
             tokenizer: &tokenizer,
             labels: &[],
             chat_template: Some(&template),
@@ -624,14 +815,14 @@ mod tests {
         let chat = json!({"messages": [{"role": "user", "content": "say hello"}, {"role": "assistant", "content": "hello there !"}]});
         let bad = json!({"messages": [{"role": "user", "content": "hi"}]});
         let out = encoder.encode(&[&pair, &chat, &bad]).unwrap();
-        let pair = out[0].as_ref().unwrap();
+        let pair = &out[0].as_ref().unwrap()[0];
         let blue = tokenizer.token_to_id("blue").unwrap() as i32;
         let eos = eos.unwrap() as i32;
         // Seven prompt words masked, then `blue` and the end token learned.
         assert_eq!(pair.ids.len(), 9);
         assert_eq!(pair.token_labels[..7], [-100; 7]);
         assert_eq!(pair.token_labels[7..], [blue, eos]);
-        let chat = out[1].as_ref().unwrap();
+        let chat = &out[1].as_ref().unwrap()[0];
         let learned: Vec<i32> = chat
             .token_labels
             .iter()
@@ -658,6 +849,7 @@ mod tests {
         let encoder = RowEncoder {
             task: Task::CausalLm,
             problem: ProblemType::default(),
+            doc_stride: DEFAULT_DOC_STRIDE,
             tokenizer: &tokenizer,
             labels: &[],
             chat_template: None,
@@ -691,6 +883,7 @@ mod tests {
             chat_template: None,
             eos_id: None,
             require_labels: true,
+            doc_stride: DEFAULT_DOC_STRIDE,
         }
     }
 
@@ -703,11 +896,11 @@ mod tests {
         let single = json!({"text": "good film", "label": 0});
         let out = encoder.encode(&[&pair, &single]).unwrap();
         let id = |t: &str| tokenizer.token_to_id(t).unwrap();
-        let pair = out[0].as_ref().unwrap();
+        let pair = &out[0].as_ref().unwrap()[0];
         let expected = ["[CLS]", "good", "film", "[SEP]", "bad", "plot", "[SEP]"].map(id);
         assert_eq!(pair.ids, expected);
         assert_eq!((pair.segment, pair.pair, pair.label), (4, true, 1));
-        let single = out[1].as_ref().unwrap();
+        let single = &out[1].as_ref().unwrap()[0];
         assert_eq!(
             (single.segment, single.pair, single.ids.len()),
             (0, false, 4)
@@ -719,7 +912,7 @@ mod tests {
         let long =
             json!({"text": "a good film and a great story", "text_pair": "bad plot", "label": 0});
         let out = encoder.encode(&[&long]).unwrap();
-        let e = out[0].as_ref().unwrap();
+        let e = &out[0].as_ref().unwrap()[0];
         assert_eq!(e.ids.len(), 7);
         assert_eq!(
             e.ids[e.segment as usize..],
@@ -755,9 +948,9 @@ mod tests {
             json!({"text": "good film"}),
         ];
         let out = encoder.encode(&rows.iter().collect::<Vec<_>>()).unwrap();
-        assert_eq!(out[0].as_ref().unwrap().targets, [3.5]);
-        assert_eq!(out[0].as_ref().unwrap().label, IGNORE_INDEX);
-        assert_eq!(out[1].as_ref().unwrap().targets, [-1.0]);
+        assert_eq!(out[0].as_ref().unwrap()[0].targets, [3.5]);
+        assert_eq!(out[0].as_ref().unwrap()[0].label, IGNORE_INDEX);
+        assert_eq!(out[1].as_ref().unwrap()[0].targets, [-1.0]);
         assert!(out[2].as_ref().unwrap_err().contains("must be a number"));
         assert!(
             out[3]
@@ -774,7 +967,7 @@ mod tests {
         let two = ["a".to_owned(), "b".to_owned()];
         let encoder = sequence(ProblemType::Regression, &tokenizer, &two);
         let out = encoder.encode(&[&rows[3], &rows[0]]).unwrap();
-        assert_eq!(out[0].as_ref().unwrap().targets, [1.0, 2.0]);
+        assert_eq!(out[0].as_ref().unwrap()[0].targets, [1.0, 2.0]);
         assert!(out[1].as_ref().unwrap_err().contains("list of 2 numbers"));
     }
 
@@ -795,7 +988,7 @@ mod tests {
             json!({"text": "good"}),
         ];
         let out = encoder.encode(&rows.iter().collect::<Vec<_>>()).unwrap();
-        let hot = |i: usize| out[i].as_ref().unwrap().targets.clone();
+        let hot = |i: usize| out[i].as_ref().unwrap()[0].targets.clone();
         assert_eq!(hot(0), [1.0, 0.0, 1.0]);
         assert_eq!(hot(1), [0.0, 1.0, 0.0]);
         assert_eq!(hot(2), [0.0, 0.0, 0.0]);
@@ -819,5 +1012,79 @@ mod tests {
                 .unwrap_err()
                 .contains("missing field `labels`")
         );
+    }
+
+    #[test]
+    fn long_contexts_split_into_overlapping_windows_labeled_with_the_answer() {
+        let tokenizer = bert_tokenizer(12);
+        let encoder = RowEncoder {
+            task: Task::QuestionAnswering,
+            doc_stride: 2,
+            ..sequence(ProblemType::default(), &tokenizer, &[])
+        };
+        let context = "bob met alice in paris . carol saw a good film in rome . dave left london .";
+        let start = context.find("rome").unwrap();
+        let row = json!({"question": "  who saw a film ?", "context": context,
+            "answers": {"text": ["rome"], "answer_start": [start]}});
+        let out = encoder.encode(&[&row]).unwrap();
+        let windows = out[0].as_ref().unwrap();
+        // 18 context tokens, 12 − [CLS] − 5 question tokens − 2 [SEP] = 4 per window,
+        // each window 2 tokens on: 0..4, 2..6, ... 14..18.
+        assert_eq!(windows.len(), 8);
+        let rome = tokenizer.token_to_id("rome").unwrap();
+        let context_of = |w: &TokenizedExample| w.ids[w.segment as usize..w.ids.len() - 1].to_vec();
+        for (w, next) in windows.iter().zip(&windows[1..]) {
+            assert!(w.ids.len() <= 12);
+            assert_eq!(context_of(w)[2..], context_of(next)[..2], "stride 2");
+        }
+        for w in windows {
+            assert_eq!(w.segment, 7, "[CLS] who saw a film ? [SEP]");
+            match w.ids.iter().position(|&id| id == rome) {
+                Some(at) => assert_eq!((w.label, w.end_label), (at as i64, at as i64)),
+                None => assert_eq!((w.label, w.end_label), (0, 0)),
+            }
+        }
+        assert_eq!(windows.iter().filter(|w| w.label > 0).count(), 2);
+
+        let bad = [
+            (
+                json!({"question": "who ?", "context": context,
+                "answers": {"text": ["rome"], "answer_start": [3]}}),
+                "answer \"rome\" is not at character 3 of the context (found \" met\")",
+            ),
+            (
+                json!({"question": "who ?", "context": context}),
+                "missing field `answers`",
+            ),
+            (
+                json!({"question": "who ?", "context": context, "answers": {"text": ["rome"]}}),
+                "`answers` needs a list `answer_start`",
+            ),
+            (
+                json!({"question": "who ?", "context": " "}),
+                "empty `context`",
+            ),
+        ];
+        for (row, reason) in bad {
+            let out = encoder.encode(&[&row]).unwrap();
+            assert!(out[0].as_ref().unwrap_err().contains(reason), "{out:?}");
+        }
+        // A question that leaves the context no room is that row's error, not the batch's.
+        let long = json!({"question": "bob met alice in paris and carol saw a good film", "context": context,
+            "answers": {"text": [], "answer_start": []}});
+        let out = encoder.encode(&[&long, &row]).unwrap();
+        assert!(out[0].is_err());
+        assert_eq!(out[1].as_ref().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn answer_tokens_stay_inside_the_context() {
+        let offsets = [None, Some((0, 3)), Some((4, 7)), Some((8, 12)), None];
+        assert_eq!(answer_tokens(&offsets, 4, 7), Some((2, 2)));
+        assert_eq!(answer_tokens(&offsets, 5, 12), Some((2, 3)));
+        // Starting in the last context token: that token, not the [SEP] after it.
+        assert_eq!(answer_tokens(&offsets, 8, 12), Some((3, 3)));
+        assert_eq!(answer_tokens(&offsets, 8, 13), None);
+        assert_eq!(answer_tokens(&[None, None], 0, 1), None);
     }
 }

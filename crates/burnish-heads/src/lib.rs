@@ -3,6 +3,7 @@
 mod bert;
 mod generate;
 mod loss;
+mod qa;
 mod roberta;
 
 pub use bert::{
@@ -14,6 +15,7 @@ pub use loss::{
     IGNORE_INDEX, LossParts, bce_with_logits, causal_lm_loss, count_causal_targets, cross_entropy,
     mse,
 };
+pub use qa::{BertForQuestionAnswering, RobertaForQuestionAnswering, span_loss};
 pub use roberta::{
     RobertaClassificationHead, RobertaForSequenceClassification, RobertaForTokenClassification,
 };

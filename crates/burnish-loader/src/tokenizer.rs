@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokenizers::{
     EncodeInput, InputSequence, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer,
-    TruncationParams,
+    TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
 use crate::LoadError;
@@ -76,6 +76,19 @@ pub struct Encoded {
     pub attention_mask: Vec<i64>,
     /// Segment ids (0 for single sentences).
     pub token_type_ids: Vec<i64>,
+}
+
+/// One window of a question/context pair ([`HfTokenizer::encode_qa_windows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QaWindow {
+    /// Token ids: the question, then this window's part of the context, with the pair
+    /// template's special tokens.
+    pub ids: Vec<u32>,
+    /// Segment (token type) ids.
+    pub type_ids: Vec<u32>,
+    /// Character span `[start, end)` in the context of each context token; `None` for
+    /// question and special tokens.
+    pub context_offsets: Vec<Option<(usize, usize)>>,
 }
 
 /// A Hugging Face tokenizer with burnish's padding and truncation.
@@ -254,6 +267,55 @@ impl HfTokenizer {
             .collect())
     }
 
+    /// Tokenizes question/context pairs for extractive QA as transformers' fast
+    /// tokenizer does with `truncation="only_second"`, `return_overflowing_tokens=True`,
+    /// `return_offsets_mapping=True` and `stride`: a context too long for `max_length` is
+    /// split into overlapping windows, consecutive windows sharing `stride` context
+    /// tokens; the question is never cut. Per pair, its windows in order, or why it
+    /// cannot be split (a question that leaves no room for the context, a stride as long
+    /// as the room).
+    ///
+    /// # Errors
+    /// [`LoadError::Format`] naming the tokenizer file when its truncation settings are
+    /// refused.
+    pub fn encode_qa_windows(
+        &self,
+        pairs: &[(&str, &str)],
+        stride: usize,
+    ) -> Result<Vec<Result<Vec<QaWindow>, String>>, LoadError> {
+        let mut windowed = self.inner.clone();
+        windowed
+            .with_truncation(Some(TruncationParams {
+                max_length: self.config.max_length,
+                strategy: TruncationStrategy::OnlySecond,
+                stride,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        windowed.with_padding(None);
+        fn input<'s>(&(q, c): &(&'s str, &'s str)) -> EncodeInput<'s> {
+            EncodeInput::Dual(q.into(), c.into())
+        }
+        let windows = |e: tokenizers::Encoding| {
+            let mut e = e;
+            let rest = e.take_overflowing();
+            std::iter::once(e).chain(rest).map(qa_window).collect()
+        };
+        match windowed.encode_batch_char_offsets(pairs.iter().map(input).collect(), true) {
+            Ok(encodings) => Ok(encodings.into_iter().map(|e| Ok(windows(e))).collect()),
+            // One pair the truncation refuses fails the batch: find which, one at a time.
+            Err(_) => Ok(pairs
+                .iter()
+                .map(|p| {
+                    windowed
+                        .encode_char_offsets(input(p), true)
+                        .map(windows)
+                        .map_err(|e| e.to_string())
+                })
+                .collect()),
+        }
+    }
+
     /// Tokenizes pre-split words without padding: per sentence, the ids and the word
     /// index of each id (`None` for special tokens).
     ///
@@ -293,6 +355,21 @@ impl HfTokenizer {
         self.inner
             .decode(ids, true)
             .map_err(|e| LoadError::format(&self.path, e.to_string()))
+    }
+}
+
+/// A window of an unpadded question/context encoding.
+fn qa_window(e: tokenizers::Encoding) -> QaWindow {
+    let context_offsets = e
+        .get_sequence_ids()
+        .iter()
+        .zip(e.get_offsets())
+        .map(|(sequence, &offsets)| (*sequence == Some(1)).then_some(offsets))
+        .collect();
+    QaWindow {
+        ids: e.get_ids().to_vec(),
+        type_ids: e.get_type_ids().to_vec(),
+        context_offsets,
     }
 }
 

@@ -16,7 +16,8 @@ pub struct DeviceBatch<B: Backend> {
     pub attention_mask: Tensor<B, 2, Int>,
     /// Segment ids `[batch, seq]` (0 for a single sentence).
     pub token_type_ids: Tensor<B, 2, Int>,
-    /// Labels as [`Batch::labels`]: one class id per example, or `[batch, seq]` per token
+    /// Labels as [`Batch::labels`]: one class id per example, a start and an end per
+    /// example (spans), or `[batch, seq]` per token
     /// with −100 where nothing is learned.
     pub labels: Vec<i64>,
     /// Float targets `[batch, k]` row-major ([`Batch::targets`]).
@@ -62,6 +63,7 @@ impl<B: Backend> DeviceBatch<B> {
             && e.token_type_ids.len() == cells
             && (batch.labels.is_empty()
                 || batch.labels.len() == rows
+                || batch.labels.len() == 2 * rows
                 || batch.labels.len() == cells)
             && (batch.targets.is_empty() || batch.targets.len().is_multiple_of(rows.max(1)));
         if !fits {

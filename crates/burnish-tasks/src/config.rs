@@ -85,6 +85,29 @@ pub struct DataSection {
     /// Where tokenized data is cached; default `<output_dir>/cache`.
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
+    /// Question answering: context tokens shared by consecutive windows of a context
+    /// longer than `max_length` (transformers' `stride`).
+    #[serde(default = "default_doc_stride")]
+    pub doc_stride: usize,
+    /// Question answering: the longest answer predicted, in tokens.
+    #[serde(default = "default_max_answer_length")]
+    pub max_answer_length: usize,
+    /// Question answering: questions may have no answer (SQuAD v2); "no answer" is
+    /// predicted when it scores above the best span.
+    #[serde(default)]
+    pub version_2_with_negative: bool,
+}
+
+impl DataSection {
+    /// The question-answering settings of this section.
+    pub fn qa_options(&self) -> crate::QaOptions {
+        crate::QaOptions {
+            doc_stride: self.doc_stride,
+            max_answer_length: self.max_answer_length,
+            version_2_with_negative: self.version_2_with_negative,
+            ..crate::QaOptions::default()
+        }
+    }
 }
 
 /// The schedule, written as a name (`"cosine"`) or a table with its parameters
@@ -221,6 +244,14 @@ fn default_max_length() -> usize {
     128
 }
 
+fn default_doc_stride() -> usize {
+    crate::QaOptions::default().doc_stride
+}
+
+fn default_max_answer_length() -> usize {
+    crate::QaOptions::default().max_answer_length
+}
+
 fn yes() -> bool {
     true
 }
@@ -259,6 +290,17 @@ impl RunConfig {
         self.validate_model()?;
         if self.data.max_length < 2 {
             return err("data.max_length", "must be at least 2".into());
+        }
+        let qa = self.model.task == Task::QuestionAnswering;
+        if qa && self.data.doc_stride >= self.data.max_length {
+            let (stride, max) = (self.data.doc_stride, self.data.max_length);
+            return err(
+                "data.doc_stride",
+                format!("{stride} tokens, but windows hold at most max_length = {max}"),
+            );
+        }
+        if self.data.max_answer_length == 0 {
+            return err("data.max_answer_length", "must be at least 1".into());
         }
         self.validate_train()
     }
@@ -309,14 +351,18 @@ impl RunConfig {
                 other => other,
             })?;
         }
-        let causal = self.model.task == Task::CausalLm;
-        if causal && (self.model.labels.is_some() || self.model.num_labels.is_some()) {
+        let unlabeled = matches!(self.model.task, Task::CausalLm | Task::QuestionAnswering);
+        if unlabeled && (self.model.labels.is_some() || self.model.num_labels.is_some()) {
             let key = if self.model.labels.is_some() {
                 "model.labels"
             } else {
                 "model.num_labels"
             };
-            return err(key, "a causal-LM run has no labels: remove it".into());
+            let task = match self.model.task {
+                Task::CausalLm => "causal-LM",
+                _ => "question-answering",
+            };
+            return err(key, format!("a {task} run has no labels: remove it"));
         }
         if let Some(labels) = &self.model.labels {
             if labels.is_empty() {
@@ -428,6 +474,7 @@ impl RunConfig {
                 (Task::SequenceClassification, ProblemType::MultiLabelClassification) => "micro_f1",
                 (Task::TokenClassification, _) => "f1",
                 (Task::CausalLm, _) => "eval_loss",
+                (Task::QuestionAnswering, _) => "f1",
             }
             .to_owned()
         })

@@ -285,13 +285,17 @@ pub fn metric_names(task: Task, problem: ProblemType) -> &'static [&'static str]
         }
         (Task::TokenClassification, _) => &["eval_loss", "precision", "recall", "f1", "accuracy"],
         (Task::CausalLm, _) => &["eval_loss", "perplexity"],
+        (Task::QuestionAnswering, _) => &["eval_loss", "exact_match", "f1"],
     }
 }
 
 /// The metrics of a built-in task as `setup` describes it (task, problem type, labels,
-/// multi-label threshold).
-pub fn metrics_for(setup: &TaskSetup) -> Box<dyn Metrics> {
-    match (setup.task, setup.problem) {
+/// multi-label threshold) on `cache` (built by `setup`'s encoder).
+///
+/// # Errors
+/// Question answering re-reads the cached rows: [`TaskError::Data`] when they cannot be.
+pub fn metrics_for(setup: &TaskSetup, cache: &TokenCache) -> Result<Box<dyn Metrics>, TaskError> {
+    Ok(match (setup.task, setup.problem) {
         (Task::SequenceClassification, ProblemType::SingleLabelClassification) => {
             Box::new(ClassificationMetrics::new(setup.labels.len()))
         }
@@ -303,7 +307,10 @@ pub fn metrics_for(setup: &TaskSetup) -> Box<dyn Metrics> {
         }
         (Task::TokenClassification, _) => Box::new(TaggingMetrics::new(setup.labels.to_vec())),
         (Task::CausalLm, _) => Box::new(LanguageModelMetrics),
-    }
+        (Task::QuestionAnswering, _) => {
+            Box::new(crate::QaMetrics(crate::QaPostProcessor::new(setup, cache)?))
+        }
+    })
 }
 
 /// Metrics of `model` on every example of `cache` (in order, `batch_size` at a time,
@@ -359,6 +366,9 @@ pub fn predict<B: Backend, M: TaskModel<B>>(
     device: &B::Device,
     emit: &mut dyn FnMut(Value) -> Result<(), TaskError>,
 ) -> Result<usize, TaskError> {
+    if setup.task == Task::QuestionAnswering {
+        return predict_answers(model, setup, cache, batch_size, device, emit);
+    }
     let indices: Vec<usize> = (0..cache.len()).collect();
     let mut written = 0;
     for chunk in indices.chunks(batch_size.max(1)) {
@@ -384,6 +394,42 @@ pub fn predict<B: Backend, M: TaskModel<B>>(
         }
     }
     Ok(written)
+}
+
+/// [`predict`] for question answering: one `{id, answer, start, end, score}` line per
+/// row (character offsets into the context; `answer` empty and offsets null for "no
+/// answer").
+fn predict_answers<B: Backend, M: TaskModel<B>>(
+    model: &M,
+    setup: &TaskSetup,
+    cache: &TokenCache,
+    batch_size: usize,
+    device: &B::Device,
+    emit: &mut dyn FnMut(Value) -> Result<(), TaskError>,
+) -> Result<usize, TaskError> {
+    let mut spans = crate::QaPostProcessor::new(setup, cache)?;
+    let indices: Vec<usize> = (0..cache.len()).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = cache.batch(chunk, setup.tokenizer.pad_id())?;
+        let device_batch = DeviceBatch::<B>::checked(&batch, model.input_limits(), device)?;
+        let logits = model.logits(&device_batch);
+        let shape = logits.dims();
+        let values: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        spans.add(&values, shape, &batch);
+    }
+    let answers = spans.answers();
+    for (answer, row) in answers.iter().zip(spans.rows()) {
+        let mut line = serde_json::to_value(answer).unwrap_or(Value::Null);
+        if let Some(id) = &row.id {
+            line["id"] = id.clone();
+        }
+        emit(line)?;
+    }
+    Ok(answers.len())
 }
 
 /// The output line of one example.

@@ -30,6 +30,8 @@ pub struct EvalOptions {
     /// Multi-label classification predicts the labels whose probability is above this
     /// (0.5 by default).
     pub threshold: Option<f64>,
+    /// Question answering: windowing and answer selection.
+    pub qa: crate::QaOptions,
 }
 
 impl Default for EvalOptions {
@@ -41,6 +43,7 @@ impl Default for EvalOptions {
             skip_bad_rows: false,
             max_new_tokens: 64,
             threshold: None,
+            qa: crate::QaOptions::default(),
         }
     }
 }
@@ -74,6 +77,8 @@ fn open_for(model_dir: &Path, options: &EvalOptions) -> Result<(HfModelDir, Task
     if let Some(threshold) = options.threshold {
         setup = setup.with_threshold(threshold)?;
     }
+    options.qa.validate()?;
+    setup.qa = options.qa;
     Ok((hf, setup))
 }
 
@@ -121,7 +126,7 @@ pub fn evaluate_dir<B: Backend>(
         type Output = Result<BTreeMap<String, f64>, TaskError>;
         fn visit<M: TaskModel<B>>(self, model: M, _: HeadReport) -> Self::Output {
             let Eval(setup, cache, batch_size, device) = self;
-            let mut metrics = metrics_for(setup);
+            let mut metrics = metrics_for(setup, cache)?;
             let pad = setup.tokenizer.pad_id();
             evaluate::<B, M>(&model, cache, pad, batch_size, metrics.as_mut(), device)
         }

@@ -8,6 +8,7 @@ mod eval;
 mod infer;
 mod load;
 mod model;
+mod qa;
 mod resume;
 mod run;
 mod setup;
@@ -26,6 +27,7 @@ pub use load::{
     with_model, with_train_model,
 };
 pub use model::{TaskModel, with_precision};
+pub use qa::{Answer, QaMetrics, QaOptions, QaPostProcessor};
 pub use resume::{Checkpointer, Resumed, RunFingerprint, RunState, new_run_id};
 pub use run::{
     FREE_KEYS, RUN_OUTPUTS, Resume, RunObserver, RunOptions, RunOutcome, Silent, export, fine_tune,

@@ -4,8 +4,9 @@ use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burnish_data::Task;
 use burnish_heads::{
-    BertForSequenceClassification, BertForTokenClassification, ProblemType,
-    RobertaForSequenceClassification, RobertaForTokenClassification,
+    BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
+    ProblemType, RobertaForQuestionAnswering, RobertaForSequenceClassification,
+    RobertaForTokenClassification,
 };
 use burnish_loader::{HfModelDir, LoadOptions, load_module};
 use burnish_models::{
@@ -101,6 +102,8 @@ enum Kind {
     RobertaSequence,
     BertToken,
     RobertaToken,
+    BertQa,
+    RobertaQa,
     Causal,
 }
 
@@ -120,6 +123,8 @@ impl Kind {
             (Task::SequenceClassification, ModelConfig::Bert(_)) => Kind::BertSequence,
             (Task::TokenClassification, ModelConfig::Bert(_)) if roberta => Kind::RobertaToken,
             (Task::TokenClassification, ModelConfig::Bert(_)) => Kind::BertToken,
+            (Task::QuestionAnswering, ModelConfig::Bert(_)) if roberta => Kind::RobertaQa,
+            (Task::QuestionAnswering, ModelConfig::Bert(_)) => Kind::BertQa,
             (Task::CausalLm, ModelConfig::Llama(_)) => Kind::Causal,
             (Task::CausalLm, _) => return Err(wrong("a decoder (llama, mistral, qwen2)")),
             (_, _) => return Err(wrong("an encoder (bert, roberta)")),
@@ -171,7 +176,7 @@ fn encoder_head<B: Backend, M: Module<B>>(
     let new: &[&str] = if spec.strict {
         &[]
     } else {
-        &["classifier", "pooler"]
+        &["classifier", "pooler", "qa_outputs"]
     };
     load_pretrained(hf, head, new)
 }
@@ -223,6 +228,16 @@ macro_rules! dispatch {
             }
             Kind::RobertaToken => {
                 let make = |b, c: &BertConfig| RobertaForTokenClassification::new(b, c, n, device);
+                let $loaded = encoder_head::<$b, _>(hf, spec, false, make, device)?;
+                $body
+            }
+            Kind::BertQa => {
+                let make = |b, c: &BertConfig| Ok(BertForQuestionAnswering::new(b, c, device));
+                let $loaded = encoder_head::<$b, _>(hf, spec, false, make, device)?;
+                $body
+            }
+            Kind::RobertaQa => {
+                let make = |b, c: &BertConfig| Ok(RobertaForQuestionAnswering::new(b, c, device));
                 let $loaded = encoder_head::<$b, _>(hf, spec, false, make, device)?;
                 $body
             }

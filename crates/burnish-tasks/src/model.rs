@@ -4,7 +4,8 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 use burnish_heads::{
-    BertForSequenceClassification, BertForTokenClassification, LabelNames, LossParts, ProblemType,
+    BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
+    LabelNames, LossParts, ProblemType, RobertaForQuestionAnswering,
     RobertaForSequenceClassification, RobertaForTokenClassification, SequenceLabels,
     causal_lm_loss,
 };
@@ -176,6 +177,17 @@ encoder_head!(
     RobertaForTokenClassification.roberta,
     |out| out,
     |m, logits, batch| RobertaForTokenClassification::loss(m, logits, &batch.labels)
+);
+
+encoder_head!(
+    BertForQuestionAnswering.bert,
+    |out| out,
+    |m, logits, batch| BertForQuestionAnswering::loss(m, logits, &batch.labels)
+);
+encoder_head!(
+    RobertaForQuestionAnswering.roberta,
+    |out| out,
+    |m, logits, batch| RobertaForQuestionAnswering::loss(m, logits, &batch.labels)
 );
 
 impl<B: Backend> TaskModel<B> for LlamaForCausalLm<B> {

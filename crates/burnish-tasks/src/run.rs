@@ -161,6 +161,7 @@ pub fn fine_tune<B: AutodiffBackend>(
         },
     )?;
     let mut setup = setup.with_problem(problem);
+    setup.qa = config.data.qa_options();
     if let Some(threshold) = config.model.threshold {
         setup = setup.with_threshold(threshold)?;
     }
@@ -422,7 +423,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
         let eval_batch = t.eval_batch_size.unwrap_or(t.batch_size);
         let (pad, inner_device) = (setup.tokenizer.pad_id(), self.device.clone());
         let evaluate_on = |m: &M::InnerModule, cache: &TokenCache| {
-            let mut metrics = metrics_for(setup);
+            let mut metrics = metrics_for(setup, cache)?;
             evaluate::<B::InnerBackend, _>(
                 m,
                 cache,

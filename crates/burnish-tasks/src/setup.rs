@@ -25,6 +25,8 @@ pub struct TaskSetup {
     pub problem: ProblemType,
     /// Multi-label classification predicts the labels whose probability is above this.
     pub threshold: f64,
+    /// Question answering: windowing and answer selection.
+    pub qa: crate::QaOptions,
 }
 
 impl TaskSetup {
@@ -87,6 +89,7 @@ impl TaskSetup {
             task,
             problem: problem_of(hf),
             threshold: 0.5,
+            qa: crate::QaOptions::default(),
         })
     }
 
@@ -117,6 +120,7 @@ impl TaskSetup {
             chat_template: self.template.as_ref(),
             eos_id: self.eos_id,
             require_labels,
+            doc_stride: self.qa.doc_stride,
         }
     }
 }
@@ -201,8 +205,11 @@ pub fn label_names(
     names: Option<&[String]>,
     num_labels: Option<usize>,
 ) -> Result<Vec<String>, TaskError> {
-    if task == Task::CausalLm {
-        return Ok(Vec::new());
+    match task {
+        Task::CausalLm => return Ok(Vec::new()),
+        // `qa_outputs` has two outputs, start and end, named as transformers names them.
+        Task::QuestionAnswering => return Ok(burnish_heads::LabelNames::generic(2).0),
+        _ => {}
     }
     if let Some(names) = names {
         return Ok(names.to_vec());
@@ -240,6 +247,8 @@ pub fn task_of(hf: &HfModelDir) -> Result<Task, TaskError> {
         Ok(Task::TokenClassification)
     } else if arch.ends_with("ForCausalLM") {
         Ok(Task::CausalLm)
+    } else if arch.ends_with("ForQuestionAnswering") {
+        Ok(Task::QuestionAnswering)
     } else {
         Err(TaskError::Invalid {
             field: "task".into(),

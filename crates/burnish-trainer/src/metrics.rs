@@ -232,9 +232,122 @@ pub fn multi_label_scores(
     }
 }
 
+/// An answer normalized as the official SQuAD evaluation script does before comparing:
+/// lower case, ASCII punctuation removed, the articles `a`, `an`, `the` removed as whole
+/// words, whitespace collapsed to single spaces.
+pub fn normalize_answer(answer: &str) -> String {
+    let lowered: String = answer
+        .to_lowercase()
+        .chars()
+        .filter(|c| !c.is_ascii_punctuation())
+        .collect();
+    // Articles go where a word (a run of word characters, as regex `\b` sees them) is
+    // exactly one of them.
+    let mut out = String::with_capacity(lowered.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if matches!(word.as_str(), "a" | "an" | "the") {
+            out.push(' ');
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in lowered.chars() {
+        if c.is_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The gold answers SQuAD v2 scores against: the non-empty ones after normalization, or
+/// the empty answer (no answer) when there is none.
+fn squad_golds<'a>(golds: &[&'a str]) -> Vec<&'a str> {
+    let real: Vec<&str> = golds
+        .iter()
+        .copied()
+        .filter(|g| !normalize_answer(g).is_empty())
+        .collect();
+    if real.is_empty() { vec![""] } else { real }
+}
+
+/// SQuAD exact match of `prediction` against the best of `golds` (1 or 0); an empty
+/// gold list (an unanswerable question) matches only the empty prediction (SQuAD v2).
+pub fn squad_exact(prediction: &str, golds: &[&str]) -> f64 {
+    let prediction = normalize_answer(prediction);
+    let hit = squad_golds(golds)
+        .iter()
+        .any(|g| normalize_answer(g) == prediction);
+    f64::from(u8::from(hit))
+}
+
+/// SQuAD token F1 of `prediction` against the best of `golds`, in [0, 1], as the official
+/// v2 script computes it (an empty side scores 1 only when both are empty).
+pub fn squad_f1(prediction: &str, golds: &[&str]) -> f64 {
+    let predicted = normalize_answer(prediction);
+    let predicted: Vec<&str> = predicted.split_whitespace().collect();
+    squad_golds(golds)
+        .iter()
+        .map(|gold| {
+            let gold = normalize_answer(gold);
+            let gold: Vec<&str> = gold.split_whitespace().collect();
+            if gold.is_empty() || predicted.is_empty() {
+                return f64::from(u8::from(gold == predicted));
+            }
+            let mut counts: std::collections::HashMap<&str, (usize, usize)> =
+                std::collections::HashMap::new();
+            for t in &gold {
+                counts.entry(t).or_default().0 += 1;
+            }
+            for t in &predicted {
+                counts.entry(t).or_default().1 += 1;
+            }
+            let same: usize = counts.values().map(|&(g, p)| g.min(p)).sum();
+            if same == 0 {
+                return 0.0;
+            }
+            let precision = same as f64 / predicted.len() as f64;
+            let recall = same as f64 / gold.len() as f64;
+            2.0 * precision * recall / (precision + recall)
+        })
+        .fold(0.0, f64::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn squad_scores_by_hand() {
+        assert_eq!(
+            normalize_answer("The  Eiffel-Tower, in Paris!"),
+            "eiffeltower in paris"
+        );
+        assert_eq!(
+            normalize_answer("an apple a day, theory"),
+            "apple day theory"
+        );
+        assert_eq!(
+            squad_exact("the Eiffel Tower", &["Eiffel Tower", "tower"]),
+            1.0
+        );
+        assert_eq!(squad_exact("Eiffel", &["Eiffel Tower"]), 0.0);
+        // 1 shared of 1 predicted and 2 gold: P 1, R 0.5.
+        assert!((squad_f1("Eiffel", &["Eiffel Tower"]) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(squad_f1("tower", &["Eiffel Tower", "the tower"]), 1.0);
+        // Unanswerable: only the empty prediction scores.
+        assert_eq!(squad_exact("", &[]), 1.0);
+        assert_eq!(squad_f1("", &[]), 1.0);
+        assert_eq!(squad_f1("Paris", &[]), 0.0);
+        assert_eq!(squad_f1("", &["Paris"]), 0.0);
+        // Counted with multiplicity: one `a b` of pred `a b b`: P 2/3, R 1.
+        assert!((squad_f1("x y y", &["x y"]) - 0.8).abs() < 1e-12);
+    }
     use proptest::prelude::*;
 
     #[test]

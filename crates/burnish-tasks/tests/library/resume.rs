@@ -3,10 +3,9 @@
 //! uninterrupted run, with accumulation, clipping, warmup, dropout, shuffling and fp16 loss
 //! scaling in play (on burn-flex, which has f16); a checkpoint of another configuration or
 //! other data is refused with a typed error.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
@@ -26,9 +25,7 @@ use burnish_trainer::{
 type B = Autodiff<burn_flex::Flex<f32, i32>>;
 type Model = BertForSequenceClassification<B>;
 
-fn assets() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/assets")
-}
+use super::assets;
 
 /// Saves and stops after step `.0`; counts the fp16 steps skipped on overflow.
 struct StopAt(u64, u64);
