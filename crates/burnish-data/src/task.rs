@@ -678,7 +678,8 @@ impl RowEncoder<'_> {
             let (ids, segment) = match second {
                 Some(_) => {
                     let (ids, types) = pairs.next().unwrap_or_default();
-                    let segment = types.iter().position(|&t| t != 0).unwrap_or(0);
+                    // RoBERTa's template gives every token segment 0.
+                    let segment = types.iter().position(|&t| t != 0).unwrap_or(types.len());
                     if types[segment..].iter().any(|&t| t != 1) {
                         return Err(burnish_loader::LoadError::Format {
                             path: self.tokenizer.path().to_owned(),
@@ -688,7 +689,14 @@ impl RowEncoder<'_> {
                         }
                         .into());
                     }
-                    (ids, segment as u32)
+                    (
+                        ids,
+                        if segment == types.len() {
+                            0
+                        } else {
+                            segment as u32
+                        },
+                    )
                 }
                 None => (singles.next().unwrap_or_default(), 0),
             };

@@ -25,6 +25,9 @@ pub struct BertEmbeddings<B: Backend> {
     dropout: Dropout,
     /// RoBERTa's padding index (positions start after it); `None` for BERT.
     padding_idx: Option<usize>,
+    /// The padding token, whose word-embedding row (and RoBERTa's position row) gets no
+    /// gradient, as torch's `nn.Embedding(padding_idx=pad_token_id)`.
+    pad_token_id: usize,
 }
 
 /// Query, key and value projections (HF `attention.self`).
@@ -171,6 +174,11 @@ impl BertConfig {
                     BertFlavor::Bert => None,
                     BertFlavor::Roberta => Some(self.pad_token_id.unwrap_or(1)),
                 },
+                // transformers' defaults when config.json has none: BERT 0, RoBERTa 1.
+                pad_token_id: self.pad_token_id.unwrap_or(match self.flavor {
+                    BertFlavor::Bert => 0,
+                    BertFlavor::Roberta => 1,
+                }),
             },
             encoder: BertEncoder { layer: layers },
             pooler: with_pooler.then(|| BertPooler {
@@ -201,11 +209,25 @@ impl<B: Backend> BertEmbeddings<B> {
             }
         };
         let token_types = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
-        let x = self
-            .word_embeddings
-            .forward(input_ids)
+        let is_pad = input_ids
+            .clone()
+            .equal_elem(self.pad_token_id as i64)
+            .unsqueeze_dim::<3>(2);
+        // Padding rows take part in the forward pass but learn nothing from it (a QA loss
+        // reads the outputs at padded positions too).
+        let frozen_at_pads = |x: Tensor<B, 3>| {
+            let [_, _, hidden] = x.dims();
+            x.clone()
+                .mask_where(is_pad.clone().expand([batch, seq, hidden]), x.detach())
+        };
+        let positions = self.position_embeddings.forward(positions);
+        let positions = match self.padding_idx {
+            Some(_) => frozen_at_pads(positions),
+            None => positions,
+        };
+        let x = frozen_at_pads(self.word_embeddings.forward(input_ids))
             .add(self.token_type_embeddings.forward(token_types))
-            .add(self.position_embeddings.forward(positions));
+            .add(positions);
         self.dropout.forward(layer_norm_f32(&self.layer_norm, x))
     }
 }
