@@ -22,7 +22,9 @@ pub use export::{TOKENIZER_FILES, export_dir, save_module, write_module};
 pub use load::{LoadOptions, LoadReport, load_module};
 pub use naming::Naming;
 pub use safetensors_file::{FloatDtype, SafetensorsFile, TensorEntry};
-pub use tokenizer::{Encoded, HfTokenizer, Padding, QaWindow, Side, TokenizerConfig, WordIds};
+pub use tokenizer::{
+    Encoded, HfTokenizer, Padding, PairIds, QaWindow, Side, TokenizerConfig, WordIds,
+};
 pub use weights::Weights;
 
 /// A Hugging Face model directory with its parsed `config.json`.

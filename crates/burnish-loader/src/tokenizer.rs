@@ -78,6 +78,9 @@ pub struct Encoded {
     pub token_type_ids: Vec<i64>,
 }
 
+/// A text pair's token ids and their segment (token type) ids.
+pub type PairIds = (Vec<u32>, Vec<u32>);
+
 /// One window of a question/context pair ([`HfTokenizer::encode_qa_windows`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QaWindow {
@@ -241,10 +244,7 @@ impl HfTokenizer {
     ///
     /// # Errors
     /// [`LoadError::Format`] naming the tokenizer file when the tokenizer fails.
-    pub fn encode_pairs_unpadded(
-        &self,
-        pairs: &[(&str, &str)],
-    ) -> Result<Vec<(Vec<u32>, Vec<u32>)>, LoadError> {
+    pub fn encode_pairs_unpadded(&self, pairs: &[(&str, &str)]) -> Result<Vec<PairIds>, LoadError> {
         let inputs: Vec<EncodeInput> = pairs
             .iter()
             .map(|&(a, b)| EncodeInput::Dual(a.into(), b.into()))

@@ -98,7 +98,40 @@ pub struct DataSection {
     pub version_2_with_negative: bool,
 }
 
+impl ModelSection {
+    /// `[model]` for `task` on the model directory `path`, every other key at its default.
+    pub fn new(path: impl Into<PathBuf>, task: Task) -> Self {
+        ModelSection {
+            path: path.into(),
+            task,
+            num_labels: None,
+            labels: None,
+            dropout: None,
+            problem_type: None,
+            threshold: None,
+        }
+    }
+}
+
 impl DataSection {
+    /// `[data]` training on `train`, every other key at its default (the defaults of a
+    /// TOML file that names only `train`).
+    pub fn new(train: impl Into<PathBuf>) -> Self {
+        DataSection {
+            train: train.into(),
+            validation: None,
+            test: None,
+            max_length: default_max_length(),
+            shuffle: true,
+            group_by_length: false,
+            skip_bad_rows: false,
+            cache_dir: None,
+            doc_stride: default_doc_stride(),
+            max_answer_length: default_max_answer_length(),
+            version_2_with_negative: false,
+        }
+    }
+
     /// The question-answering settings of this section.
     pub fn qa_options(&self) -> crate::QaOptions {
         crate::QaOptions {

@@ -22,21 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::temp_dir().join("burnish-example-classification");
     let config = RunConfig {
         model: ModelSection {
-            path: assets.join("toy-bert"),
-            task: Task::SequenceClassification,
-            num_labels: None,
             labels: Some(vec!["negative".into(), "positive".into()]),
             dropout: Some(0.1),
+            ..ModelSection::new(assets.join("toy-bert"), Task::SequenceClassification)
         },
         data: DataSection {
-            train: assets.join("data/toy-sentiment/train.jsonl"),
             validation: Some(assets.join("data/toy-sentiment/validation.jsonl")),
-            test: None,
             max_length: 16,
-            shuffle: true,
-            group_by_length: false,
-            skip_bad_rows: false,
-            cache_dir: None,
+            ..DataSection::new(assets.join("data/toy-sentiment/train.jsonl"))
         },
         train: TrainSection {
             epochs: 4,
