@@ -372,18 +372,7 @@ pub fn predict<B: Backend, M: TaskModel<B>>(
     let indices: Vec<usize> = (0..cache.len()).collect();
     let mut written = 0;
     for chunk in indices.chunks(batch_size.max(1)) {
-        let batch = cache.batch(chunk, setup.tokenizer.pad_id())?;
-        let logits = model.logits(&DeviceBatch::<B>::checked(
-            &batch,
-            model.input_limits(),
-            device,
-        )?);
-        let [b, positions, k] = logits.dims();
-        let values: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
+        let (batch, values, [b, positions, k]) = host_logits(model, setup, cache, chunk, device)?;
         for (row, &index) in chunk.iter().enumerate().take(b) {
             let record = cache.record(index)?;
             let source = read_row_at(input, record.offset, u64::from(record.line))?;
@@ -394,6 +383,30 @@ pub fn predict<B: Backend, M: TaskModel<B>>(
         }
     }
     Ok(written)
+}
+
+/// Examples `chunk` of `cache` as a batch, and the model's logits of it read back to the
+/// host (row-major, with their shape).
+fn host_logits<B: Backend, M: TaskModel<B>>(
+    model: &M,
+    setup: &TaskSetup,
+    cache: &TokenCache,
+    chunk: &[usize],
+    device: &B::Device,
+) -> Result<(Batch, Vec<f32>, [usize; 3]), TaskError> {
+    let batch = cache.batch(chunk, setup.tokenizer.pad_id())?;
+    let logits = model.logits(&DeviceBatch::<B>::checked(
+        &batch,
+        model.input_limits(),
+        device,
+    )?);
+    let shape = logits.dims();
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap_or_default();
+    Ok((batch, values, shape))
 }
 
 /// [`predict`] for question answering: one `{id, answer, start, end, score}` line per
@@ -410,15 +423,7 @@ fn predict_answers<B: Backend, M: TaskModel<B>>(
     let mut spans = crate::QaPostProcessor::new(setup, cache)?;
     let indices: Vec<usize> = (0..cache.len()).collect();
     for chunk in indices.chunks(batch_size.max(1)) {
-        let batch = cache.batch(chunk, setup.tokenizer.pad_id())?;
-        let device_batch = DeviceBatch::<B>::checked(&batch, model.input_limits(), device)?;
-        let logits = model.logits(&device_batch);
-        let shape = logits.dims();
-        let values: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
+        let (batch, values, shape) = host_logits(model, setup, cache, chunk, device)?;
         spans.add(&values, shape, &batch);
     }
     let answers = spans.answers();

@@ -7,13 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::Autodiff;
-use burnish_tasks::{RunConfig, RunOptions, Silent, fine_tune};
 use serde_json::{Value, json};
 
-use super::assets;
-
-type B = Autodiff<burn_flex::Flex<f32, i32>>;
+use super::{assets, fine_tune_with};
 
 /// The compact MiniLM shipped with the repository.
 fn minilm() -> PathBuf {
@@ -29,26 +25,14 @@ fn run(
     out: &Path,
 ) -> (Value, Value) {
     let data_dir = assets().join("data").join(data);
-    let mut config = json!({
+    let config = json!({
         "model": {"path": model},
         "data": {"train": data_dir.join("train.jsonl"), "validation": data_dir.join("validation.jsonl")},
         "train": {"batch_size": 16, "warmup_ratio": 0.1, "weight_decay": 0.01, "seed": 42,
                   "output_dir": out},
     });
-    for (section, fields) in [("model", task), ("data", extra), ("train", train)] {
-        for (k, v) in fields.as_object().unwrap() {
-            config[section][k] = v.clone();
-        }
-    }
-    let config: RunConfig = serde_json::from_value(config).unwrap();
     let start = std::time::Instant::now();
-    let outcome = fine_tune::<B>(
-        &config,
-        &RunOptions::default(),
-        &mut Silent,
-        &Default::default(),
-    )
-    .unwrap();
+    let outcome = fine_tune_with(config, [("model", task), ("data", extra), ("train", train)]);
     let (before, after) = (
         json!(outcome.before.unwrap()),
         json!(outcome.after.unwrap()),

@@ -1,5 +1,5 @@
-//! The task set-ups beyond single-label classification, each fine-tuned end to end through
-//! [`fine_tune`] on the toy BERT with synthetic data whose answer the data itself fixes:
+//! The task set-ups beyond single-label classification, each fine-tuned end to end by
+//! `fine_tune` on the toy BERT with synthetic data whose answer the data itself fixes:
 //! sentence pairs with a regression target, multi-label classification, and extractive
 //! QA with long contexts split into windows and unanswerable questions (SQuAD v2). Each
 //! asserts that the metrics moved from chance to solved, then reads the exported model
@@ -8,15 +8,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::backend::Autodiff;
-use burnish_tasks::{
-    EvalOptions, QaOptions, RunConfig, RunOptions, Silent, evaluate_dir, fine_tune, predict_dir,
-};
+use burnish_tasks::{EvalOptions, QaOptions, evaluate_dir, predict_dir};
 use serde_json::{Value, json};
 
-use super::assets;
-
-type B = Autodiff<burn_flex::Flex<f32, i32>>;
+use super::{assets, fine_tune_with};
 
 const PEOPLE: [&str; 4] = ["alice", "bob", "carol", "dave"];
 const CITIES: [&str; 4] = ["london", "oslo", "paris", "rome"];
@@ -60,26 +55,14 @@ fn write_jsonl(path: &Path, rows: &[Value]) {
 /// A run of the toy BERT on `train`/`validation` under `dir`, with `model` and `data`
 /// settings merged into the defaults.
 fn train(dir: &Path, model: Value, data: Value, steps: u64, lr: f64) -> BTreeMap<String, Value> {
-    let mut config = json!({
+    let config = json!({
         "model": {"path": assets().join("toy-bert"), "dropout": 0.0},
         "data": {"train": dir.join("train.jsonl"), "validation": dir.join("validation.jsonl"),
                  "max_length": 32},
         "train": {"max_steps": steps, "batch_size": 16, "lr": lr, "warmup_ratio": 0.1,
                   "eval_every": steps, "output_dir": dir.join("run"), "seed": 7},
     });
-    for (section, extra) in [("model", model), ("data", data)] {
-        for (k, v) in extra.as_object().unwrap() {
-            config[section][k] = v.clone();
-        }
-    }
-    let config: RunConfig = serde_json::from_value(config).unwrap();
-    let outcome = fine_tune::<B>(
-        &config,
-        &RunOptions::default(),
-        &mut Silent,
-        &Default::default(),
-    )
-    .unwrap();
+    let outcome = fine_tune_with(config, [("model", model), ("data", data)]);
     let before = outcome.before.unwrap();
     let after = outcome.after.unwrap();
     eprintln!("before {before:?}\nafter {after:?}");
