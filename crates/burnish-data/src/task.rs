@@ -619,16 +619,16 @@ impl RowEncoder<'_> {
         let mut rows = rows.into_iter();
         let mut out = Vec::with_capacity(parsed.len());
         for p in &parsed {
-            let Ok(_) = p else {
-                out.push(Err(p.as_ref().err().cloned().unwrap_or_default()));
+            if let Err(reason) = p {
+                out.push(Err(reason.clone()));
                 continue;
-            };
+            }
             let (Some(row), Some(encoded)) = (rows.next(), windows.next()) else {
                 out.push(Err("tokenizer returned fewer rows than given".into()));
                 continue;
             };
-            out.push(encoded.map(|windows| {
-                windows
+            let examples = match encoded {
+                Ok(windows) => windows
                     .into_iter()
                     .map(|w| {
                         let (start, end) = row
@@ -642,19 +642,42 @@ impl RowEncoder<'_> {
                                 )
                             })
                             .unwrap_or((0, 0));
-                        TokenizedExample {
-                            segment: w.type_ids.iter().position(|&t| t != 0).unwrap_or(0) as u32,
+                        Ok(TokenizedExample {
+                            segment: self.segment_start(&w.type_ids)?,
                             ids: w.ids,
                             label: start as i64,
                             end_label: end as i64,
                             pair: true,
                             ..TokenizedExample::default()
-                        }
+                        })
                     })
-                    .collect()
-            }));
+                    .collect::<Result<Vec<_>, DataError>>()
+                    .map(Ok)?,
+                Err(reason) => Err(reason),
+            };
+            out.push(examples);
         }
         Ok(out)
+    }
+
+    /// The first token of segment 1 in a pair's segment (token type) ids, 0 when every
+    /// token is of segment 0 (RoBERTa's template).
+    ///
+    /// # Errors
+    /// [`DataError::Tokenizer`] for a template whose segments are not 0s then 1s: the
+    /// cache keeps one boundary per example.
+    fn segment_start(&self, types: &[u32]) -> Result<u32, DataError> {
+        let Some(start) = types.iter().position(|&t| t != 0) else {
+            return Ok(0);
+        };
+        if types[start..].iter().any(|&t| t != 1) {
+            return Err(burnish_loader::LoadError::Format {
+                path: self.tokenizer.path().to_owned(),
+                detail: format!("the pair template's segment ids {types:?} are not 0s then 1s"),
+            }
+            .into());
+        }
+        Ok(start as u32)
     }
 
     /// Single texts with the tokenizer's single template, pairs with its pair template.
@@ -678,25 +701,7 @@ impl RowEncoder<'_> {
             let (ids, segment) = match second {
                 Some(_) => {
                     let (ids, types) = pairs.next().unwrap_or_default();
-                    // RoBERTa's template gives every token segment 0.
-                    let segment = types.iter().position(|&t| t != 0).unwrap_or(types.len());
-                    if types[segment..].iter().any(|&t| t != 1) {
-                        return Err(burnish_loader::LoadError::Format {
-                            path: self.tokenizer.path().to_owned(),
-                            detail: format!(
-                                "the pair template's segment ids {types:?} are not 0s then 1s"
-                            ),
-                        }
-                        .into());
-                    }
-                    (
-                        ids,
-                        if segment == types.len() {
-                            0
-                        } else {
-                            segment as u32
-                        },
-                    )
+                    (ids, self.segment_start(&types)?)
                 }
                 None => (singles.next().unwrap_or_default(), 0),
             };

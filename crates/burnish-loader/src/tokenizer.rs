@@ -233,7 +233,10 @@ impl HfTokenizer {
             .inner
             .encode_batch(texts.to_vec(), add_special_tokens)
             .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
-        Ok(encodings.iter().map(|e| unpadded(e).0).collect())
+        Ok(encodings
+            .iter()
+            .map(|e| unpadded(e, e.get_ids()).0)
+            .collect())
     }
 
     /// Tokenizes text pairs (in parallel) with the tokenizer's pair template (BERT
@@ -255,15 +258,7 @@ impl HfTokenizer {
             .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
         Ok(encodings
             .iter()
-            .map(|e| {
-                e.get_ids()
-                    .iter()
-                    .zip(e.get_type_ids())
-                    .zip(e.get_attention_mask())
-                    .filter(|(_, mask)| **mask == 1)
-                    .map(|((&id, &segment), _)| (id, segment))
-                    .unzip()
-            })
+            .map(|e| unpadded(e, e.get_type_ids()))
             .collect())
     }
 
@@ -325,7 +320,11 @@ impl HfTokenizer {
         &self,
         sentences: &[Vec<&str>],
     ) -> Result<Vec<(Vec<u32>, WordIds)>, LoadError> {
-        Ok(self.encode_words(sentences)?.iter().map(unpadded).collect())
+        Ok(self
+            .encode_words(sentences)?
+            .iter()
+            .map(|e| unpadded(e, e.get_word_ids()))
+            .collect())
     }
 
     /// Pre-split sentences through the tokenizer, in parallel, padded per the config.
@@ -373,15 +372,16 @@ fn qa_window(e: tokenizers::Encoding) -> QaWindow {
     }
 }
 
-/// The ids and word ids of the real tokens of a padded encoding (the padding parameters
-/// set in `from_file` pad every batch).
-fn unpadded(e: &tokenizers::Encoding) -> (Vec<u32>, WordIds) {
+/// The ids of the real tokens of a padded encoding (the padding parameters set in
+/// `from_file` pad every batch), with the same tokens of one of its per-token `column`s
+/// (word ids, segment ids).
+fn unpadded<T: Copy>(e: &tokenizers::Encoding, column: &[T]) -> (Vec<u32>, Vec<T>) {
     e.get_ids()
         .iter()
-        .zip(e.get_word_ids())
+        .zip(column)
         .zip(e.get_attention_mask())
         .filter(|(_, mask)| **mask == 1)
-        .map(|((&id, &word), _)| (id, word))
+        .map(|((&id, &value), _)| (id, value))
         .unzip()
 }
 

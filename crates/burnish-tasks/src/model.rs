@@ -168,27 +168,22 @@ macro_rules! sequence_classifier {
 
 sequence_classifier!(BertForSequenceClassification.bert);
 sequence_classifier!(RobertaForSequenceClassification.roberta);
-encoder_head!(
-    BertForTokenClassification.bert,
-    |out| out,
-    |m, logits, batch| BertForTokenClassification::loss(m, logits, &batch.labels)
-);
-encoder_head!(
-    RobertaForTokenClassification.roberta,
-    |out| out,
-    |m, logits, batch| RobertaForTokenClassification::loss(m, logits, &batch.labels)
-);
+/// A head with labels in the batch as the head's `loss` takes them: per token (token
+/// classification) or start/end per example (QA).
+macro_rules! labeled_head {
+    ($ty:ident . $backbone:ident) => {
+        encoder_head!($ty.$backbone, |out| out, |m, logits, batch| $ty::loss(
+            m,
+            logits,
+            &batch.labels
+        ));
+    };
+}
 
-encoder_head!(
-    BertForQuestionAnswering.bert,
-    |out| out,
-    |m, logits, batch| BertForQuestionAnswering::loss(m, logits, &batch.labels)
-);
-encoder_head!(
-    RobertaForQuestionAnswering.roberta,
-    |out| out,
-    |m, logits, batch| RobertaForQuestionAnswering::loss(m, logits, &batch.labels)
-);
+labeled_head!(BertForTokenClassification.bert);
+labeled_head!(RobertaForTokenClassification.roberta);
+labeled_head!(BertForQuestionAnswering.bert);
+labeled_head!(RobertaForQuestionAnswering.roberta);
 
 impl<B: Backend> TaskModel<B> for LlamaForCausalLm<B> {
     fn logits(&self, batch: &DeviceBatch<B>) -> Tensor<B, 3> {

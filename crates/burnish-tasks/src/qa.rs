@@ -81,6 +81,9 @@ pub struct Answer {
     pub score: f64,
 }
 
+/// Rows tokenized together when the windows are rebuilt.
+const CHUNK: usize = 256;
+
 /// A window's place: its row and each token's character span in the context.
 #[derive(Debug)]
 struct Window {
@@ -135,7 +138,7 @@ impl QaPostProcessor {
             return Err(changed(source, line, "the line is gone"));
         }
         let mut windows = Vec::with_capacity(cache.len());
-        for (chunk, counts) in rows.chunks(256).zip(lines.chunks(256)) {
+        for (first, (chunk, counts)) in rows.chunks(CHUNK).zip(lines.chunks(CHUNK)).enumerate() {
             let pairs: Vec<(&str, &str)> = chunk
                 .iter()
                 .map(|r| (r.question.as_str(), r.context.as_str()))
@@ -143,26 +146,18 @@ impl QaPostProcessor {
             let encoded = setup
                 .tokenizer
                 .encode_qa_windows(&pairs, setup.qa.doc_stride)?;
-            for (row_windows, &(line, count)) in encoded.into_iter().zip(counts) {
+            for (k, (row_windows, &(line, count))) in encoded.into_iter().zip(counts).enumerate() {
                 let row_windows = row_windows.map_err(|r| changed(source, line, &r))?;
                 if row_windows.len() != count {
                     let what = format!("{} windows, the cache has {count}", row_windows.len());
                     return Err(changed(source, line, &what));
                 }
                 windows.extend(row_windows.into_iter().map(|w| Window {
-                    row: 0,
+                    row: first * CHUNK + k,
                     offsets: w.context_offsets,
                     logits: None,
                 }));
             }
-        }
-        // Windows of row r are consecutive: number them by the line counts.
-        let mut at = 0;
-        for (r, &(_, count)) in lines.iter().enumerate() {
-            for w in &mut windows[at..at + count] {
-                w.row = r;
-            }
-            at += count;
         }
         Ok(QaPostProcessor {
             options: setup.qa,
@@ -170,9 +165,7 @@ impl QaPostProcessor {
             windows,
         })
     }
-}
 
-impl QaPostProcessor {
     /// Takes the span logits of one batch (`[batch, seq, 2]` row-major) of the cache.
     pub fn add(&mut self, logits: &[f32], [_, seq, outputs]: [usize; 3], batch: &Batch) {
         if outputs != 2 {
