@@ -120,6 +120,16 @@ impl GradAccumulator {
         map_grads::<B, M>(module, &mut sum, Elementwise::Div(items as f64));
         Ok(sum)
     }
+
+    /// Empties the accumulator: (summed gradients, items, micro-batches).
+    pub(crate) fn take(&mut self) -> (GradientsParams, u64, usize) {
+        let Self {
+            sum,
+            items,
+            micro_batches,
+        } = std::mem::take(self);
+        (sum, items, micro_batches)
+    }
 }
 
 struct Summer<'a, B: AutodiffBackend> {

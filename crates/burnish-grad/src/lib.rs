@@ -2,10 +2,12 @@
 
 mod accumulate;
 mod clip;
+mod sync;
 mod visit;
 
 pub use accumulate::GradAccumulator;
 pub use clip::{NormType, clip_grad_norm, clip_grad_value, grad_norm, has_non_finite, scale_grads};
+pub use sync::{GradSync, SyncError};
 
 /// Errors of burnish-grad.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,4 +31,7 @@ pub enum GradError {
         /// Micro-batches in the cycle.
         micro_batches: usize,
     },
+    /// Data-parallel workers could not sum their gradients.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
 }

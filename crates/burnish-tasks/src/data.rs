@@ -6,6 +6,7 @@ use burnish_data::{TokenCache, sample_order};
 use burnish_trainer::{BoxError, TrainData};
 
 use burnish_models::InputLimits;
+use burnish_parallel::shard_range;
 
 use crate::{DeviceBatch, TaskError};
 
@@ -26,6 +27,7 @@ pub struct CacheData<'a, B: Backend> {
     device: B::Device,
     plan: Option<(usize, Vec<usize>)>,
     limits: Option<InputLimits>,
+    shard: (usize, usize),
 }
 
 impl<'a, B: Backend> CacheData<'a, B> {
@@ -58,6 +60,7 @@ impl<'a, B: Backend> CacheData<'a, B> {
             device: device.clone(),
             plan: None,
             limits: None,
+            shard: (0, 1),
         })
     }
 
@@ -76,6 +79,41 @@ impl<'a, B: Backend> CacheData<'a, B> {
         self.lengths = Some(self.cache.lengths()?);
         self.plan = None;
         Ok(self)
+    }
+
+    /// Makes this the data of worker `rank` of `world` data-parallel workers: each
+    /// micro-batch of the one-worker order is split into contiguous parts
+    /// ([`shard_range`](burnish_parallel::shard_range)), and this worker trains on its part.
+    /// The examples of every optimizer step are the same for any number of workers, so the
+    /// run computes what one worker would, and every example is seen exactly once per epoch
+    /// over all workers. A part is empty when a batch has fewer rows than workers.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] when `rank` is not below `world`.
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Self, TaskError> {
+        if rank >= world {
+            return Err(TaskError::Invalid {
+                field: "rank".into(),
+                message: format!("{rank} is not below the {world} worker(s)"),
+            });
+        }
+        self.shard = (rank, world);
+        Ok(self)
+    }
+
+    /// The examples (cache indices) this worker trains on in micro-batch `index` of
+    /// `epoch`, in order.
+    ///
+    /// # Errors
+    /// A message when the micro-batch does not exist.
+    pub fn local_indices(&mut self, epoch: usize, index: usize) -> Result<Vec<usize>, BoxError> {
+        let (size, (rank, world)) = (self.batch_size, self.shard);
+        let batch = self
+            .plan(epoch)
+            .chunks(size)
+            .nth(index)
+            .ok_or_else(|| format!("batch {index} of epoch {epoch} does not exist"))?;
+        Ok(batch[shard_range(batch.len(), rank, world)].to_vec())
     }
 
     /// Micro-batches per epoch.
@@ -108,14 +146,26 @@ impl<B: Backend> TrainData for CacheData<'_, B> {
     }
 
     fn batch(&mut self, epoch: usize, index: usize) -> Result<DeviceBatch<B>, BoxError> {
-        let size = self.batch_size;
-        let indices = self
-            .plan(epoch)
-            .chunks(size)
-            .nth(index)
-            .ok_or_else(|| format!("batch {index} of epoch {epoch} does not exist"))?
-            .to_vec();
+        self.local_batch(epoch, index)?.ok_or_else(|| {
+            let (rank, world) = self.shard;
+            format!("worker {rank} of {world} has no row of batch {index} of epoch {epoch}").into()
+        })
+    }
+
+    fn local_batch(
+        &mut self,
+        epoch: usize,
+        index: usize,
+    ) -> Result<Option<DeviceBatch<B>>, BoxError> {
+        let indices = self.local_indices(epoch, index)?;
+        if indices.is_empty() {
+            return Ok(None);
+        }
         let batch = self.cache.batch(&indices, self.pad_id)?;
-        Ok(DeviceBatch::checked(&batch, self.limits, &self.device)?)
+        Ok(Some(DeviceBatch::checked(
+            &batch,
+            self.limits,
+            &self.device,
+        )?))
     }
 }

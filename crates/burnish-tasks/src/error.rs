@@ -103,6 +103,12 @@ pub enum TaskError {
     /// Training failed.
     #[error(transparent)]
     Train(#[from] burnish_trainer::TrainError),
+    /// Data-parallel workers could not form their group or stay in step.
+    #[error(transparent)]
+    Sync(#[from] burnish_trainer::SyncError),
+    /// The data-parallel settings are unusable.
+    #[error(transparent)]
+    Parallel(#[from] burnish_parallel::ParallelError),
     /// Writing an output failed.
     #[error("{}: {source}", path.display())]
     Io {

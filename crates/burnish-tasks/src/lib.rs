@@ -14,7 +14,9 @@ mod run;
 mod setup;
 
 pub use batch::DeviceBatch;
-pub use config::{DataSection, ModelSection, RunConfig, Schedule, TrainSection};
+pub use config::{
+    DataSection, DistributedSection, ModelSection, RunConfig, Schedule, TrainSection,
+};
 pub use data::CacheData;
 pub use error::TaskError;
 pub use eval::{
@@ -31,6 +33,6 @@ pub use qa::{Answer, QaMetrics, QaOptions, QaPostProcessor};
 pub use resume::{Checkpointer, Resumed, RunFingerprint, RunState, new_run_id};
 pub use run::{
     FREE_KEYS, RUN_OUTPUTS, Resume, RunObserver, RunOptions, RunOutcome, Silent, export, fine_tune,
-    format_metrics,
+    fine_tune_on, format_metrics,
 };
 pub use setup::{TaskSetup, label_names, labels_of, problem_of, task_of};

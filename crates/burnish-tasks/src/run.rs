@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -10,8 +11,11 @@ use burn::tensor::backend::AutodiffBackend;
 use burnish_data::{BadRows, Task, TokenCache};
 use burnish_heads::LabelNames;
 use burnish_loader::{HfModelDir, export_dir};
+use burnish_parallel::{
+    Abort, CollectiveSync, Topology, replicate, reset_local_group, run_workers, start_orchestrator,
+};
 use burnish_trainer::{
-    BoxError, Control, EvalEvent, FitState, FitSummary, Hooks, StepReport, Trainer,
+    BoxError, Control, EvalEvent, FitConfig, FitState, FitSummary, Hooks, StepReport, Trainer,
 };
 use serde_json::{Value, json};
 
@@ -23,7 +27,7 @@ use crate::{
 
 /// Keys that may change between a checkpoint and its resumption without changing what the
 /// run computes.
-pub const FREE_KEYS: [&str; 6] = [
+pub const FREE_KEYS: [&str; 13] = [
     "train.output_dir",
     "data.cache_dir",
     "train.log_every",
@@ -31,6 +35,15 @@ pub const FREE_KEYS: [&str; 6] = [
     "train.keep_last",
     // Recomputing activations gives the same bits (the CLI's resume test proves it).
     "train.gradient_checkpointing",
+    // Any number of workers computes the same steps (each step's examples do not depend
+    // on it), so a run may resume on other devices.
+    "distributed.devices",
+    "distributed.nodes",
+    "distributed.node_rank",
+    "distributed.coordinator",
+    "distributed.node_host",
+    "distributed.data_port",
+    "distributed.timeout_secs",
 ];
 
 /// Where to resume from.
@@ -79,6 +92,9 @@ pub struct RunOptions {
     /// outputs ([`RUN_OUTPUTS`] and its checkpoints; the token cache stays). Without it such a directory is
     /// refused unless the run resumes.
     pub overwrite: bool,
+    /// This process's node of a multi-node data-parallel run (`[distributed] node_rank`
+    /// when `None`).
+    pub node_rank: Option<usize>,
 }
 
 /// What a run writes into its output directory besides its `checkpoint-<step>/`
@@ -131,6 +147,46 @@ pub fn fine_tune<B: AutodiffBackend>(
     observer: &mut dyn RunObserver,
     device: &B::Device,
 ) -> Result<RunOutcome, TaskError> {
+    fine_tune_on::<B>(config, options, observer, std::slice::from_ref(device))
+}
+
+/// [`fine_tune`] data-parallel over this process's `devices` (one worker each, as listed
+/// in `[distributed] devices`) and, with `[distributed] nodes > 1`, over several
+/// processes: every worker trains on its part of each batch
+/// ([`CacheData::shard`](crate::CacheData::shard)), the gradients are summed before each
+/// step ([`Trainer::with_grad_sync`]), so the run computes what one device would with the
+/// same `batch_size` and `grad_accum`. The first device's worker on node 0 logs,
+/// evaluates, checkpoints and exports; a node other than 0 writes nothing into the output
+/// directory (it may share it, to resume from node 0's checkpoints) and returns the loop's
+/// summary only. A failed or killed worker ends every worker with an error within
+/// `[distributed] timeout_secs`; `--resume` continues the run, on any number of workers.
+///
+/// # Errors
+/// As [`fine_tune`]; [`TaskError::Invalid`] when `devices` does not match the
+/// configuration, [`TaskError::Parallel`] for unusable `[distributed]` settings,
+/// [`TaskError::Sync`] (or [`TaskError::Train`]) when the workers cannot form their group
+/// or fall out of step.
+pub fn fine_tune_on<B: AutodiffBackend>(
+    config: &RunConfig,
+    options: &RunOptions,
+    observer: &mut dyn RunObserver,
+    devices: &[B::Device],
+) -> Result<RunOutcome, TaskError> {
+    let wanted = config.distributed.as_ref().map_or(1, |d| d.devices.len());
+    let Some(device) = devices.first().filter(|_| devices.len() == wanted) else {
+        return Err(TaskError::Invalid {
+            field: "distributed.devices".into(),
+            message: format!(
+                "the configuration names {wanted} device(s), the run was given {}",
+                devices.len()
+            ),
+        });
+    };
+    let topology = config
+        .distributed
+        .as_ref()
+        .map(|d| d.topology(options.node_rank))
+        .transpose()?;
     config.validate()?;
     let hf = HfModelDir::open(&config.model.path)?;
     let problem = config
@@ -165,7 +221,22 @@ pub fn fine_tune<B: AutodiffBackend>(
     if let Some(threshold) = config.model.threshold {
         setup = setup.with_threshold(threshold)?;
     }
-    let output = prepare_output_dir(config, options)?;
+    let output = match topology.as_ref().is_none_or(Topology::is_main_node) {
+        true => prepare_output_dir(config, options)?,
+        false => follower_output_dir(config, options)?,
+    };
+    if let Some(port) = topology
+        .as_ref()
+        .filter(|t| t.is_main_node())
+        .map(Topology::coordinator_port)
+        .transpose()?
+        .flatten()
+    {
+        start_orchestrator(port)?;
+    }
+    if topology.is_some() {
+        reset_local_group::<B::InnerBackend>();
+    }
     let spec = HeadSpec {
         dropout: config.model.dropout,
         problem,
@@ -181,6 +252,8 @@ pub fn fine_tune<B: AutodiffBackend>(
         setup,
         output,
         device: device.clone(),
+        devices: devices.to_vec(),
+        topology,
     };
     with_train_model(&hf, &spec, device, run)?
 }
@@ -264,6 +337,21 @@ fn prepare_output_dir(config: &RunConfig, options: &RunOptions) -> Result<PathBu
     Ok(dir)
 }
 
+/// The output directory of a node other than 0: node 0's, read for checkpoints but never
+/// cleared nor checked for another run here (node 0 does that).
+fn follower_output_dir(config: &RunConfig, options: &RunOptions) -> Result<PathBuf, TaskError> {
+    let dir = options
+        .output_dir
+        .clone()
+        .or_else(|| config.train.output_dir.clone())
+        .ok_or_else(|| TaskError::Invalid {
+            field: "train.output_dir".into(),
+            message: "no output directory: set it (or pass one)".into(),
+        })?;
+    std::fs::create_dir_all(&dir).map_err(TaskError::io(&dir))?;
+    Ok(dir)
+}
+
 struct Run<'a, B: AutodiffBackend> {
     config: &'a RunConfig,
     options: &'a RunOptions,
@@ -272,6 +360,9 @@ struct Run<'a, B: AutodiffBackend> {
     setup: TaskSetup,
     output: PathBuf,
     device: B::Device,
+    /// This process's devices (the first is `device`), one worker each.
+    devices: Vec<B::Device>,
+    topology: Option<Topology>,
 }
 
 impl<B: AutodiffBackend> UseTrainModel<B> for Run<'_, B> {
@@ -296,10 +387,12 @@ struct Caches {
 impl<B: AutodiffBackend> Run<'_, B> {
     fn open_caches(&mut self, output: &Path) -> Result<Caches, TaskError> {
         let data = &self.config.data;
-        let root = data
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| output.join("cache"));
+        // Nodes sharing the output directory do not build one cache at the same time.
+        let own = match self.topology.as_ref().map_or(0, |t| t.node_rank) {
+            0 => "cache".to_string(),
+            node => format!("cache-node-{node}"),
+        };
+        let root = data.cache_dir.clone().unwrap_or_else(|| output.join(own));
         let bad = if data.skip_bad_rows {
             BadRows::Skip
         } else {
@@ -383,18 +476,23 @@ impl<B: AutodiffBackend> Run<'_, B> {
         }
         let caches = self.open_caches(&output)?;
         let setup = &self.setup;
-        let mut data = CacheData::<B>::new(
-            &caches.train,
-            t.batch_size,
-            setup.tokenizer.pad_id(),
-            t.seed,
-            config.data.shuffle,
-            &self.device,
-        )?
-        .with_limits(limits);
-        if config.data.group_by_length {
-            data = data.grouped_by_length()?;
-        }
+        let pad = setup.tokenizer.pad_id();
+        let train_data = |device: &B::Device| -> Result<CacheData<'_, B>, TaskError> {
+            let data = CacheData::<B>::new(
+                &caches.train,
+                t.batch_size,
+                pad,
+                t.seed,
+                config.data.shuffle,
+                device,
+            )?
+            .with_limits(limits);
+            match config.data.group_by_length {
+                true => data.grouped_by_length(),
+                false => Ok(data),
+            }
+        };
+        let mut data = train_data(&self.device)?;
         let fit = config.fit_config(Some(output.clone()));
         let plan = fit.plan(data.batches_per_epoch())?;
         if t.warmup_steps > plan.total_steps {
@@ -421,22 +519,15 @@ impl<B: AutodiffBackend> Run<'_, B> {
             None => model,
         };
         let eval_batch = t.eval_batch_size.unwrap_or(t.batch_size);
-        let (pad, inner_device) = (setup.tokenizer.pad_id(), self.device.clone());
-        let evaluate_on = |m: &M::InnerModule, cache: &TokenCache| {
+        let evaluate_on = |m: &M::InnerModule, cache: &TokenCache, device: &B::Device| {
             let mut metrics = metrics_for(setup, cache)?;
-            evaluate::<B::InnerBackend, _>(
-                m,
-                cache,
-                pad,
-                eval_batch,
-                metrics.as_mut(),
-                &inner_device,
-            )
+            evaluate::<B::InnerBackend, _>(m, cache, pad, eval_batch, metrics.as_mut(), device)
         };
+        let main_node = self.topology.as_ref().is_none_or(Topology::is_main_node);
         let before = match (&caches.valid, t.eval_at_start, &resumed) {
             (_, _, Some(r)) => r.state.before.clone(),
-            (Some(cache), true, None) => {
-                let metrics = evaluate_on(&model.valid(), cache)?;
+            (Some(cache), true, None) if main_node => {
+                let metrics = evaluate_on(&model.valid(), cache, &self.device)?;
                 self.observer
                     .line(&format!("before training: {}", format_metrics(&metrics)));
                 Some(metrics)
@@ -448,7 +539,8 @@ impl<B: AutodiffBackend> Run<'_, B> {
             Checkpointer::new(&output, self.hf, labels.clone(), run, &data_fingerprint)
                 .keep_last(t.keep_last)
                 .with_before(before.clone());
-        let mut trainer = Trainer::new(model, config.trainer_config(plan.total_steps))?;
+        let trainer_config = config.trainer_config(plan.total_steps);
+        let mut trainer = Trainer::new(model, trainer_config.clone())?;
         let state = match &resumed {
             Some(r) => {
                 checkpointer = checkpointer.continuing(r);
@@ -461,20 +553,214 @@ impl<B: AutodiffBackend> Run<'_, B> {
             "training {params} parameters: {examples} examples, {} epoch(s), {} optimizer steps of {} × {} examples",
             plan.epochs, plan.total_steps, t.grad_accum, t.batch_size
         ));
-        self.observer.start(plan.total_steps);
-        let best_dir = caches.valid.as_ref().map(|_| output.join("best"));
-        let mut hooks = (
-            RunHooks {
-                observer: &mut *self.observer,
-                hf: self.hf,
-                labels: labels.clone(),
-                best_dir: best_dir.clone(),
-                stop_after: self.options.stop_after,
-            },
-            checkpointer,
+        // Data parallel: the other devices' workers start from copies of this model and
+        // the same checkpoint, each on its part of every batch.
+        let topology = self.topology.clone().unwrap_or_else(|| Topology::local(1));
+        let abort = Abort::new();
+        let replicas = Mutex::new(
+            replicate(trainer.model(), &self.devices[1..])
+                .into_iter()
+                .map(Some)
+                .collect::<Vec<_>>(),
         );
-        let started = Instant::now();
-        let valid = caches.valid.as_ref();
+        if let Some(t) = &self.topology {
+            let (world, nodes) = (t.world_size(), t.nodes);
+            self.observer.line(&format!(
+                "data parallel: {world} workers ({} per node × {nodes} node(s)), this node {}",
+                t.workers_per_node, t.node_rank
+            ));
+        }
+        let follower = Follower {
+            fit: &fit,
+            topology: &topology,
+            abort: &abort,
+            resumed: resumed.as_ref(),
+            valid: caches.valid.as_ref(),
+            stop_after: self.options.stop_after,
+        };
+        let follow = |local: usize| {
+            let model = replicas
+                .lock()
+                .map_err(|_| TaskError::Invalid {
+                    field: "distributed.devices".into(),
+                    message: "a worker failed while the models were handed out".into(),
+                })?
+                .get_mut(local - 1)
+                .and_then(Option::take)
+                .ok_or_else(|| TaskError::Invalid {
+                    field: "distributed.devices".into(),
+                    message: format!("no model for worker {local}"),
+                })?;
+            let device = &self.devices[local];
+            follower.run(
+                local,
+                Trainer::new(model, trainer_config.clone())?,
+                train_data(device)?,
+                &|m, c| evaluate_on(m, c, device),
+            )
+        };
+        let lead = |mut trainer: Trainer<B, M>| -> Result<RunOutcome, TaskError> {
+            let observer = &mut *self.observer;
+            let rank = topology.rank_of(0);
+            if self.topology.is_some() {
+                let sync = register::<B>(&topology, 0, &self.device, &abort)?;
+                trainer = trainer.with_grad_sync(sync);
+                data = data.shard(rank, topology.world_size())?;
+            }
+            observer.start(plan.total_steps);
+            let best_dir = caches.valid.as_ref().map(|_| output.join("best"));
+            let mut hooks = (
+                RunHooks {
+                    observer: &mut *observer,
+                    hf: self.hf,
+                    labels: labels.clone(),
+                    best_dir: best_dir.clone(),
+                    stop_after: self.options.stop_after,
+                },
+                checkpointer,
+            );
+            let started = Instant::now();
+            let valid = caches.valid.as_ref();
+            let summary = trainer.fit_from(
+                state,
+                &fit,
+                &mut data,
+                |m: &M, b: &DeviceBatch<B>| m.step_loss(b),
+                |m: &M::InnerModule| match valid {
+                    Some(cache) => {
+                        evaluate_on(m, cache, &self.device).map_err(|e| Box::new(e) as BoxError)
+                    }
+                    None => Ok(BTreeMap::new()),
+                },
+                &mut hooks,
+            );
+            observer.finish();
+            let summary = summary?;
+            trainer.finish_grad_sync()?;
+            let train_seconds = started.elapsed().as_secs_f64();
+            let final_dir = output.join("final");
+            let model = trainer.into_model();
+            export(&model, self.hf, &labels, &final_dir)?;
+            let inner = model.valid();
+            let mut finally = |cache: Option<&TokenCache>, name: &str| {
+                let metrics = cache
+                    .map(|c| evaluate_on(&inner, c, &self.device))
+                    .transpose()?;
+                if let Some(m) = &metrics {
+                    observer.line(&format!("{name}: {}", format_metrics(m)));
+                }
+                Ok::<_, TaskError>(metrics)
+            };
+            let after = finally(caches.valid.as_ref(), "after training")?;
+            let test = finally(caches.test.as_ref(), "test")?;
+            let outcome = RunOutcome {
+                output_dir: output.clone(),
+                final_dir,
+                best_dir: best_dir.filter(|d| d.is_dir()),
+                summary,
+                before: before.clone(),
+                after,
+                test,
+                train_examples: caches.train.len(),
+                train_seconds,
+            };
+            write_results(&outcome, &config.metric_for_best())?;
+            Ok(outcome)
+        };
+        let first = || match main_node {
+            true => lead(trainer),
+            // Node > 0 writes nothing: its outcome has the loop's summary only.
+            false => {
+                let started = Instant::now();
+                let data = train_data(&self.device)?;
+                let device = &self.device;
+                let summary = follower.run(0, trainer, data, &|m, c| evaluate_on(m, c, device))?;
+                Ok(RunOutcome {
+                    output_dir: output.clone(),
+                    final_dir: output.join("final"),
+                    best_dir: None,
+                    summary,
+                    before: None,
+                    after: None,
+                    test: None,
+                    train_examples: caches.train.len(),
+                    train_seconds: started.elapsed().as_secs_f64(),
+                })
+            }
+        };
+        if self.topology.is_none() {
+            return first();
+        }
+        let rank_of = |local| topology.rank_of(local);
+        let (outcome, _) = run_workers(self.devices.len(), &abort, rank_of, first, follow)?;
+        Ok(outcome)
+    }
+}
+
+/// Registers this node's worker `local` in the data-parallel group.
+fn register<B: AutodiffBackend>(
+    topology: &Topology,
+    local: usize,
+    device: &B::Device,
+    abort: &Abort,
+) -> Result<CollectiveSync<B::InnerBackend>, TaskError> {
+    Ok(CollectiveSync::<B::InnerBackend>::register(
+        topology,
+        local,
+        device.clone(),
+        abort.clone(),
+    )?)
+}
+
+/// What a data-parallel worker other than global rank 0 needs: it trains in step with the
+/// others but logs and saves nothing. It evaluates only when early stopping needs the
+/// metrics (every worker then decides the same stop); otherwise the best metric is rank
+/// 0's business alone.
+struct Follower<'a> {
+    fit: &'a FitConfig,
+    topology: &'a Topology,
+    abort: &'a Abort,
+    resumed: Option<&'a Resumed>,
+    valid: Option<&'a TokenCache>,
+    stop_after: Option<u64>,
+}
+
+/// Evaluates an inner model on a cache.
+type EvalOn<'e, M> = dyn Fn(&M, &TokenCache) -> Result<BTreeMap<String, f64>, TaskError> + 'e;
+
+impl Follower<'_> {
+    fn run<B, M>(
+        &self,
+        local: usize,
+        trainer: Trainer<B, M>,
+        data: CacheData<'_, B>,
+        evaluate_on: &EvalOn<'_, M::InnerModule>,
+    ) -> Result<FitSummary, TaskError>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B> + TaskModel<B>,
+    {
+        let device = trainer
+            .model()
+            .devices()
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        let sync = register::<B>(self.topology, local, &device, self.abort)?;
+        let rank = self.topology.rank_of(local);
+        let mut trainer = trainer.with_grad_sync(sync);
+        let state = match self.resumed {
+            Some(r) => r.restore(&mut trainer)?,
+            None => FitState::default(),
+        };
+        let mut data = data.shard(rank, self.topology.world_size())?;
+        let mut fit = self.fit.clone();
+        fit.output_dir = None;
+        let evaluates = fit.early_stopping.is_some();
+        if !evaluates {
+            fit.best_metric = None;
+        }
+        let valid = self.valid.filter(|_| evaluates);
         let summary = trainer.fit_from(
             state,
             &fit,
@@ -484,44 +770,27 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 Some(cache) => evaluate_on(m, cache).map_err(|e| Box::new(e) as BoxError),
                 None => Ok(BTreeMap::new()),
             },
-            &mut hooks,
-        );
-        self.observer.finish();
-        let summary = summary?;
-        let train_seconds = started.elapsed().as_secs_f64();
-        let final_dir = output.join("final");
-        let model = trainer.into_model();
-        export(&model, self.hf, &labels, &final_dir)?;
-        let inner = model.valid();
-        let after = caches
-            .valid
-            .as_ref()
-            .map(|c| evaluate_on(&inner, c))
-            .transpose()?;
-        let test = caches
-            .test
-            .as_ref()
-            .map(|c| evaluate_on(&inner, c))
-            .transpose()?;
-        for (name, metrics) in [("after training", &after), ("test", &test)] {
-            if let Some(m) = metrics {
-                self.observer
-                    .line(&format!("{name}: {}", format_metrics(m)));
-            }
-        }
-        let outcome = RunOutcome {
-            output_dir: output,
-            final_dir,
-            best_dir: best_dir.filter(|d| d.is_dir()),
-            summary,
-            before,
-            after,
-            test,
-            train_examples: caches.train.len(),
-            train_seconds,
-        };
-        write_results(&outcome, &config.metric_for_best())?;
-        Ok(outcome)
+            &mut StopAfter(self.stop_after),
+        )?;
+        trainer.finish_grad_sync()?;
+        Ok(summary)
+    }
+}
+
+/// The preemption stop alone: a follower's hooks.
+struct StopAfter(Option<u64>);
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Hooks<B, M, O> for StopAfter {
+    fn on_step_end(
+        &mut self,
+        _: &mut Trainer<B, M, O>,
+        _: &FitState,
+        report: &StepReport,
+    ) -> Result<Control, BoxError> {
+        Ok(match self.0 == Some(report.step) {
+            true => Control::STOP,
+            false => Control::CONTINUE,
+        })
     }
 }
 

@@ -65,6 +65,13 @@ pub trait TrainData {
 
     /// Micro-batch `index` of epoch `epoch`.
     fn batch(&mut self, epoch: usize, index: usize) -> Result<Self::Batch, BoxError>;
+
+    /// This worker's part of micro-batch `index`: what the loop trains on. `None` when the
+    /// part is empty, which only a data-parallel shard has (a batch with fewer rows than
+    /// workers). By default the whole micro-batch.
+    fn local_batch(&mut self, epoch: usize, index: usize) -> Result<Option<Self::Batch>, BoxError> {
+        self.batch(epoch, index).map(Some)
+    }
 }
 
 /// The same micro-batches every epoch.
@@ -713,10 +720,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
         }
         let epoch = state.epoch;
         let end = (state.batches_done + config.grad_accum).min(len);
-        let cycle = (state.batches_done..end)
-            .map(|i| data.batch(epoch, i))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(TrainError::Data)?;
+        let mut cycle = Vec::with_capacity(end - state.batches_done);
+        for i in state.batches_done..end {
+            cycle.extend(data.local_batch(epoch, i).map_err(TrainError::Data)?);
+        }
         let report = self.step(&cycle, loss)?;
         state.batches_done = end;
         state.loss_sum += report.loss * report.items as f64;

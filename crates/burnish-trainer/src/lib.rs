@@ -4,6 +4,7 @@ mod fit;
 pub mod metrics;
 mod parts;
 
+pub use burnish_grad::{GradSync, SyncError};
 pub use fit::{
     BestMetric, BoxError, Control, EarlyStopping, EvalEvent, FitConfig, FitState, FitSummary,
     Hooks, NoHooks, StepPlan, TrainData,
@@ -256,6 +257,7 @@ pub struct Trainer<B: AutodiffBackend, M: AutodiffModule<B>, O = AdamW<B>> {
     config: TrainerConfig,
     step: u64,
     scaler: Option<LossScaler>,
+    sync: Option<Box<dyn GradSync<B::InnerBackend>>>,
     backend: PhantomData<B>,
 }
 
@@ -265,6 +267,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O> std::fmt::Debug for Trainer<B,
             .field("config", &self.config)
             .field("step", &self.step)
             .field("scaler", &self.scaler)
+            .field(
+                "rank",
+                &self.sync.as_ref().map(|s| (s.rank(), s.world_size())),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -343,6 +349,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Trainer<B, M, O> {
             config,
             step: 0,
             scaler,
+            sync: None,
             backend: PhantomData,
         })
     }
@@ -407,6 +414,38 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O> Trainer<B, M, O> {
         TrainerState {
             steps_done: self.step,
             scaler: self.scaler_state(),
+        }
+    }
+
+    /// Makes this trainer one worker of a data-parallel run: from the next step, each
+    /// cycle's summed gradients, item count and loss are summed over all workers with
+    /// `sync` before the division by the item count, so every worker clips and steps with
+    /// the gradient of the whole global batch (the mean over all its items), and the
+    /// report's loss and items are the global ones. A worker may then be given an empty
+    /// cycle (its part of a small last batch); it still takes part. Extra step metrics
+    /// stay this worker's own. The dropout stream of rank `r > 0` differs from rank 0's.
+    ///
+    /// Every worker must start from the same model, optimizer state and settings.
+    pub fn with_grad_sync(mut self, sync: impl GradSync<B::InnerBackend> + 'static) -> Self {
+        self.sync = Some(Box::new(sync));
+        self
+    }
+
+    /// This worker's rank and the number of workers (`(0, 1)` without data parallelism).
+    pub fn rank(&self) -> (usize, usize) {
+        self.sync
+            .as_ref()
+            .map_or((0, 1), |s| (s.rank(), s.world_size()))
+    }
+
+    /// Ends this worker's part in the data-parallel group, if it has one.
+    ///
+    /// # Errors
+    /// [`TrainError::Grad`] when leaving the group failed.
+    pub fn finish_grad_sync(&mut self) -> Result<(), TrainError> {
+        match self.sync.take() {
+            Some(mut sync) => Ok(sync.finish().map_err(GradError::from)?),
+            None => Ok(()),
         }
     }
 
@@ -479,8 +518,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
     /// clipping, and a cycle with inf/NaN gradients leaves the model, the optimizer and the
     /// schedule unchanged (the report says `skipped`) while the scale backs off.
     ///
+    /// With [`with_grad_sync`](Self::with_grad_sync), the cycle is summed over all workers
+    /// first (see there).
+    ///
     /// # Errors
-    /// [`TrainError::NoMicroBatch`]; [`TrainError::Grad`] when the cycle has no item or
+    /// [`TrainError::NoMicroBatch`] (without data parallelism); [`TrainError::Grad`] when
+    /// the workers could not sum their gradients, the cycle has no item or
     /// (without loss scaling; with or without clipping) the gradient norm is not finite
     /// (the model is left unchanged then).
     pub fn step<T, L: IntoStepLoss<B>>(
@@ -488,7 +531,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
         micro_batches: &[T],
         loss: impl Fn(&M, &T) -> L,
     ) -> Result<StepReport, TrainError> {
-        if micro_batches.is_empty() {
+        if micro_batches.is_empty() && self.sync.is_none() {
             return Err(TrainError::NoMicroBatch);
         }
         let model = self
@@ -496,7 +539,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
             .as_ref()
             .expect("the model is present between steps");
         if let Some(device) = model.devices().first() {
-            B::seed(device, step_seed(self.config.seed, self.step));
+            // Rank 0 keeps the one-worker stream; other ranks get streams of their own.
+            let rank = self.sync.as_ref().map_or(0, |s| s.rank() as u64);
+            let seed = self.config.seed ^ rank.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+            B::seed(device, step_seed(seed, self.step));
         }
         let loss_scale = self.scaler.as_ref().map(LossScaler::scale);
         let mut accumulator = GradAccumulator::new();
@@ -517,10 +563,18 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
             let grads = GradientsParams::from_grads(objective.backward(), model);
             accumulator.add_sum(model, grads, parts.count);
         }
-        let items = accumulator.items();
-        let mut grads = accumulator.finish(model)?;
+        let local_items = accumulator.items();
+        let (mut grads, items) = match self.sync.as_deref_mut() {
+            Some(sync) => {
+                let mut extras = [loss_sum];
+                let synced = accumulator.finish_synced(model, sync, &mut extras)?;
+                loss_sum = extras[0];
+                synced
+            }
+            None => (accumulator.finish(model)?, local_items),
+        };
         for value in metrics.values_mut() {
-            *value /= items as f64;
+            *value /= local_items.max(1) as f64;
         }
         let lr = self.schedule.lr(self.schedule_position());
         let mut report = StepReport {

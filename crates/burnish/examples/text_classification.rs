@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             output_dir: Some(out.clone()),
             ..TrainSection::default()
         },
+        distributed: None,
     };
     let outcome = fine_tune::<CpuTrain>(
         &config,

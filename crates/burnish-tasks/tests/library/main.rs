@@ -1,5 +1,5 @@
 //! The library's task features end to end, one test binary: checkpoint and resume, and
-//! the task set-ups (sentence pairs, regression, multi-label, extractive QA) on synthetic
+//! data-parallel training, the task set-ups (sentence pairs, regression, multi-label, extractive QA) on synthetic
 //! and on real data.
 #![allow(clippy::unwrap_used)]
 
@@ -12,6 +12,7 @@ use serde_json::Value;
 /// The training backend of these tests.
 type Flex = Autodiff<burn_flex::Flex<f32, i32>>;
 
+mod parallel;
 mod real_data;
 mod resume;
 mod tasks;

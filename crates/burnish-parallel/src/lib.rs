@@ -1,0 +1,35 @@
+#![doc = include_str!("../README.md")]
+
+mod collective;
+mod launch;
+mod replicate;
+mod topology;
+
+pub use collective::{CollectiveSync, reset_local_group, start_orchestrator};
+pub use launch::{Abort, run_workers};
+pub use replicate::replicate;
+pub use topology::{DEFAULT_TIMEOUT, Topology, shard_range};
+
+/// Errors of burnish-parallel's setup (the run's own failures are [`SyncError`]s).
+///
+/// [`SyncError`]: burnish_grad::SyncError
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParallelError {
+    /// A setting is unusable; `field` names it.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The setting.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The orchestrator could not be started.
+    #[error("the data-parallel orchestrator could not listen on port {port}: {message}")]
+    Orchestrator {
+        /// Its port.
+        port: u16,
+        /// Why.
+        message: String,
+    },
+}
