@@ -17,7 +17,7 @@ use burnish::backend::CpuTrain;
 use burnish_cli::{BenchOptions, CliError, Progress, bench, field_error, plot_run, read_config};
 use burnish_data::Task;
 use burnish_tasks::{
-    EvalOptions, QaOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune, predict_dir,
+    EvalOptions, QaOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune_on, predict_dir,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -114,6 +114,10 @@ enum Command {
         /// No progress output.
         #[arg(long)]
         quiet: bool,
+        /// This process's node in a multi-node data-parallel run (`[distributed]
+        /// node_rank`); node 0 runs the orchestrator, logs and saves.
+        #[arg(long, value_name = "N")]
+        node_rank: Option<usize>,
     },
     /// Draw a run's loss curves and validation metric (`curves.svg`, `curves.png`);
     /// `train` does it at the end of every run.
@@ -228,18 +232,26 @@ fn flag_error(e: TaskError) -> CliError {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    // Activation checkpointing is a property of the autodiff backend type, so the config
-    // is read before the backend is chosen.
-    let checkpointing = match &cli.command {
-        Command::Train { config, .. } => read_config(config)?.train.gradient_checkpointing,
+    // Activation checkpointing is a property of the autodiff backend type, and
+    // `[distributed] devices` chooses the devices, so the config is read before the backend.
+    let (checkpointing, devices) = match &cli.command {
+        Command::Train { config, .. } => {
+            let run = read_config(config)?;
+            let devices = match &run.distributed {
+                Some(d) => distributed_devices(config, &d.devices, cli.device)?,
+                None => vec![cli.device],
+            };
+            (run.train.gradient_checkpointing, devices)
+        }
         Command::Bench {
             gradient_checkpointing,
             ..
-        } => *gradient_checkpointing,
-        _ => false,
+        } => (*gradient_checkpointing, vec![cli.device]),
+        _ => (false, vec![cli.device]),
     };
-    match (cli.device, cli.backend, checkpointing) {
-        (DeviceArg::Cpu, BackendArg::Ndarray, false) => run_on::<CpuTrain>(cli.command, &default()),
+    let n = devices.len();
+    match (devices[0], cli.backend, checkpointing) {
+        (DeviceArg::Cpu, BackendArg::Ndarray, false) => run_on::<CpuTrain>(cli.command, &cpus(n)),
         // Not instantiated for burn-ndarray: each backend type compiles the whole training
         // path once more.
         (DeviceArg::Cpu, BackendArg::Ndarray, true) => Err(CliError::Usage(
@@ -247,20 +259,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
         )),
         #[cfg(feature = "flex")]
         (DeviceArg::Cpu, BackendArg::Flex, false) => {
-            run_on::<burnish::backend::FlexTrain>(cli.command, &default())
+            run_on::<burnish::backend::FlexTrain>(cli.command, &cpus(n))
         }
         #[cfg(feature = "flex")]
         (DeviceArg::Cpu, BackendArg::Flex, true) => {
-            run_on::<burnish::backend::FlexTrainCheckpointed>(cli.command, &default())
+            run_on::<burnish::backend::FlexTrainCheckpointed>(cli.command, &cpus(n))
         }
         #[cfg(feature = "cuda")]
-        (DeviceArg::Cuda(index), _, checkpointing) => {
-            let device = burnish::backend::CudaDevice::new(index);
-            probe::<burnish::backend::Cuda>(&device, index)?;
+        (DeviceArg::Cuda(_), _, checkpointing) => {
+            let mut cuda = Vec::new();
+            for arg in &devices {
+                let DeviceArg::Cuda(index) = *arg else {
+                    continue;
+                };
+                let device = burnish::backend::CudaDevice::new(index);
+                probe::<burnish::backend::Cuda>(&device, index)?;
+                cuda.push(device);
+            }
             if checkpointing {
-                run_on::<burnish::backend::CudaTrainCheckpointed>(cli.command, &device)
+                run_on::<burnish::backend::CudaTrainCheckpointed>(cli.command, &cuda)
             } else {
-                run_on::<burnish::backend::CudaTrain>(cli.command, &device)
+                run_on::<burnish::backend::CudaTrain>(cli.command, &cuda)
             }
         }
         #[cfg(not(feature = "cuda"))]
@@ -272,8 +291,57 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn default<D: Default>() -> D {
-    D::default()
+/// `[distributed] devices`, parsed: all of one kind (`cpu`, or `cuda:N` each once), and
+/// `--device` left at its default.
+fn distributed_devices(
+    path: &std::path::Path,
+    names: &[String],
+    flag: DeviceArg,
+) -> Result<Vec<DeviceArg>, CliError> {
+    let located = |message: String| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        field_error(path, &text, "distributed.devices", &message)
+    };
+    if flag != DeviceArg::Cpu {
+        return Err(CliError::Usage(
+            "--device: the configuration's [distributed] devices choose the devices; \
+             leave --device out"
+                .into(),
+        ));
+    }
+    let devices = names
+        .iter()
+        .map(|name| parse_device(name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(located)?;
+    let Some(&first) = devices.first() else {
+        return Err(located("no device: list at least one".into()));
+    };
+    if devices
+        .iter()
+        .any(|d| std::mem::discriminant(d) != std::mem::discriminant(&first))
+    {
+        return Err(located("mixes cpu and cuda devices: use one kind".into()));
+    }
+    let cuda: Vec<_> = devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceArg::Cuda(i) => Some(*i),
+            DeviceArg::Cpu => None,
+        })
+        .collect();
+    if let Some(twice) = cuda
+        .iter()
+        .find(|i| cuda.iter().filter(|j| j == i).count() > 1)
+    {
+        return Err(located(format!("cuda:{twice} is listed twice")));
+    }
+    Ok(devices)
+}
+
+/// `n` default (CPU) devices.
+fn cpus<D: Default + Clone>(n: usize) -> Vec<D> {
+    vec![D::default(); n]
 }
 
 /// Runs one tiny operation on the CUDA device, turning the panic burn raises when there is
@@ -304,7 +372,8 @@ fn probe<B: burn::tensor::backend::Backend>(
     })
 }
 
-fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<(), CliError> {
+fn run_on<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> Result<(), CliError> {
+    let device = &devices[0];
     match command {
         Command::Train {
             config,
@@ -314,6 +383,7 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
             overwrite,
             stop_after,
             quiet,
+            node_rank,
         } => {
             let options = RunOptions {
                 output_dir,
@@ -321,8 +391,9 @@ fn run_on<B: AutodiffBackend>(command: Command, device: &B::Device) -> Result<()
                 force,
                 stop_after,
                 overwrite,
+                node_rank,
             };
-            train::<B>(&config, &options, quiet, device)
+            train::<B>(&config, &options, quiet, devices)
         }
         Command::Bench { options, .. } => bench_on::<B>(&options, device),
         Command::Plot { run } => {
@@ -375,10 +446,10 @@ fn train<B: AutodiffBackend>(
     path: &std::path::Path,
     options: &RunOptions,
     quiet: bool,
-    device: &B::Device,
+    devices: &[B::Device],
 ) -> Result<(), CliError> {
     let config = read_config(path)?;
-    let outcome = fine_tune::<B>(&config, options, &mut Progress::new(quiet), device).map_err(
+    let outcome = fine_tune_on::<B>(&config, options, &mut Progress::new(quiet), devices).map_err(
         |e| match e {
             TaskError::Inconsistent { dir, detail } => CliError::Usage(format!(
                 "cannot resume {} exactly: {detail} (pass --force to resume anyway)",
@@ -400,6 +471,15 @@ fn train<B: AutodiffBackend>(
             other => other.into(),
         },
     )?;
+    let node = options
+        .node_rank
+        .or(config.distributed.as_ref().map(|d| d.node_rank))
+        .unwrap_or(0);
+    if node > 0 {
+        let steps = outcome.summary.steps;
+        println!("node {node}: {steps} steps done in step with node 0, which saves the model");
+        return Ok(());
+    }
     println!("final model: {}", outcome.final_dir.display());
     if let Some(best) = &outcome.best_dir {
         println!("best model: {}", best.display());

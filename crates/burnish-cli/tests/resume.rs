@@ -1,7 +1,8 @@
 //! Checkpoints and resume, proven on real processes: a run resumed after a stop is
 //! byte-identical to an uninterrupted one, and so is a run SIGKILLed at random moments
 //! (many during saves) and resumed each time. Accumulation, clipping, warmup, dropout,
-//! shuffling, evaluation and early-stopping state are all in play.
+//! shuffling, evaluation and early-stopping state are all in play. Data parallel over two
+//! processes trains like one worker, and a killed node ends the run, which resumes exactly.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -251,4 +252,153 @@ fn sigkill_at_random_moments_then_resume_is_byte_identical() {
         "{killed} SIGKILLs over {} complete runs (uninterrupted: start-up {startup:?}, total {took:?}); {partials} left a partial checkpoint behind",
         laps + 1
     );
+}
+
+/// Safetensors of `path`: every tensor's f32 values, by name.
+fn tensors(bytes: &[u8]) -> Vec<(String, Vec<f32>)> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let data = &bytes[8 + header_len..];
+    let mut out: Vec<_> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .map(|(name, info)| {
+            let offsets = &info["data_offsets"];
+            let (start, end) = (offsets[0].as_u64().unwrap(), offsets[1].as_u64().unwrap());
+            let values = data[start as usize..end as usize]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name.clone(), values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Both nodes of a two-process data-parallel run, started together.
+fn two_nodes(config: &Path, out: &Path, extra: &[&str]) -> [std::process::Child; 2] {
+    ["0", "1"].map(|node| {
+        let mut args = vec!["--node-rank", node];
+        args.extend_from_slice(extra);
+        burnish(config, out, &args).spawn().unwrap()
+    })
+}
+
+#[test]
+fn two_processes_train_like_one_and_a_killed_node_ends_the_run_which_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Dropout off: two workers draw other masks than one. 20 epochs of 8 steps.
+    let base = std::fs::read_to_string(config(dir.path()))
+        .unwrap()
+        .replace("dropout = 0.1", "dropout = 0.0");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let distributed = format!(
+        "\n[distributed]\ndevices = [\"cpu\", \"cpu\"]\nnodes = 2\ncoordinator = \"127.0.0.1:{port}\"\ntimeout_secs = 60\n"
+    );
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // 10 steps for the comparison (rounding differences grow with the steps, as between
+    // any two summation orders), 160 for the kill.
+    let short = base.replace("epochs = 4", "max_steps = 10");
+    let one = write("one.toml", short.clone());
+    let two_short = write("two-short.toml", short + &distributed);
+    let two = write(
+        "two.toml",
+        base.replace("epochs = 4", "epochs = 20") + &distributed,
+    );
+
+    // 2 processes × 2 workers against 1 worker.
+    succeed(&mut burnish(&one, &dir.path().join("one"), &[]));
+    let reference = std::fs::read(dir.path().join("one/final/model.safetensors")).unwrap();
+    let parallel = dir.path().join("two-short");
+    for child in two_nodes(&two_short, &parallel, &[]) {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let model = std::fs::read(parallel.join("final/model.safetensors")).unwrap();
+    // Element-wise |a − b| ≤ 1e-5·|a| + 1e-6, as `torch.testing.assert_close` with rtol
+    // 1e-5 and an atol 10× below its float32 default: parameters that start at 0 (biases)
+    // have moved by ~lr after 10 steps, and Adam turns the rounding noise of their near-0
+    // gradient components into steps of that size, so a bound relative to them alone
+    // would measure noise.
+    let mut worst = (0.0f32, String::new());
+    for ((name, a), (_, b)) in tensors(&reference).iter().zip(tensors(&model)) {
+        for (x, y) in a.iter().zip(&b) {
+            let excess = (x - y).abs() - 1e-5 * x.abs();
+            if excess > worst.0 {
+                worst = (excess, name.clone());
+            }
+        }
+    }
+    eprintln!(
+        "2 processes × 2 workers vs 1, 10 steps: largest |a − b| − 1e-5·|a| = {:.2e} ({})",
+        worst.0, worst.1
+    );
+    assert!(worst.0 <= 1e-6, "{} is off by {:.2e}", worst.1, worst.0);
+    assert_eq!(
+        losses(&parallel).len(),
+        losses(&dir.path().join("one")).len()
+    );
+
+    let straight = dir.path().join("two");
+    for child in two_nodes(&two, &straight, &[]) {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let model = std::fs::read(straight.join("final/model.safetensors")).unwrap();
+    let log = losses(&straight);
+
+    // Node 1 is killed once a checkpoint exists: node 0 stops with an error naming the
+    // broken connection, long before the timeout.
+    let out = dir.path().join("killed");
+    let [node0, mut node1] = two_nodes(&two, &out, &[]);
+    let started = Instant::now();
+    while !out.join("checkpoint-6").is_dir() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint-6"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    node1.kill().unwrap();
+    let killed = Instant::now();
+    let output = node0.wait_with_output().unwrap();
+    let waited = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!(
+        "node 0 ended {waited:?} after node 1 was killed: {}",
+        stderr.trim()
+    );
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("connection with node 1 broke"), "{stderr}");
+    assert!(waited < Duration::from_secs(30));
+    let _ = node1.wait();
+    // Both nodes resume from node 0's last checkpoint and end as the uninterrupted run.
+    for child in two_nodes(&two, &out, &["--resume"]) {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_same_run(&out, &model, &log);
 }

@@ -1,37 +1,44 @@
-//! burn-collective behind [`GradSync`], with every wait bounded.
+//! burn-collective behind [`GradSync`], with every wait bounded; between nodes, the
+//! TCP link of [`crate::link`].
 
 use std::marker::PhantomData;
-use std::str::FromStr;
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{Backend, BackendTypes};
-use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
+use burn::tensor::{ElementConversion, Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 use burnish_grad::{GradSync, SyncError};
 
-use crate::ParallelError;
 use crate::launch::Abort;
+use crate::link::NodeLink;
 use crate::topology::Topology;
 
 /// How often a waiting worker looks at the [`Abort`] signal.
 const POLL: Duration = Duration::from_millis(20);
 
-/// One worker's membership of a burn-collective group: a [`GradSync`] over threads of this
-/// process and, with several nodes, over the network.
+/// One worker's membership of a data-parallel group, as a [`GradSync`]: the threads of
+/// this process sum through burn-collective; with several nodes, worker 0 of each node
+/// then exchanges the node's sum with node 0 over TCP and hands the total to its node's
+/// other workers (a burn-collective broadcast).
 ///
 /// burn-collective keeps one group per backend type and process: run one data-parallel
 /// group per backend at a time, and call [`reset_local_group`] before a new one in the
 /// same process. Its calls block without a deadline, so each runs on a helper thread that
 /// this worker waits for at most [`Topology::timeout`], looking at the process's
 /// [`Abort`] signal meanwhile; after a timeout the helper may stay blocked, and the run
-/// must end (the process exits).
+/// must end (the process exits). The TCP link has the same bound on every read and write,
+/// and a node that dies closes its connection, which the others see at once.
 #[derive(Debug)]
 pub struct CollectiveSync<B: Backend> {
     rank: usize,
+    local: usize,
     world: usize,
+    locals: usize,
     timeout: Duration,
     abort: Abort,
+    link: Option<NodeLink>,
+    device: <B as BackendTypes>::Device,
     _backend: PhantomData<B>,
 }
 
@@ -43,12 +50,13 @@ pub fn reset_local_group<B: Backend>() {
 
 impl<B: Backend> CollectiveSync<B> {
     /// Registers this node's worker `local` (on `device`) and waits until every worker of
-    /// every node has registered; then checks that the group has the expected size.
+    /// every node has joined (node 0's worker 0 listens at the coordinator's port, the
+    /// other nodes connect to it); then checks that the group has the expected size.
     /// Use the inner backend of an autodiff backend.
     ///
     /// # Errors
     /// [`SyncError`] when the group does not form within the timeout, burn-collective
-    /// refuses the registration, or the nodes disagree on the number of workers.
+    /// refuses the registration, or the nodes disagree on their number or devices.
     pub fn register(
         topology: &Topology,
         local: usize,
@@ -56,21 +64,27 @@ impl<B: Backend> CollectiveSync<B> {
         abort: Abort,
     ) -> Result<Self, SyncError> {
         let rank = topology.rank_of(local);
+        topology
+            .validate()
+            .map_err(|e| engine(rank, e.to_string()))?;
         let mut sync = Self {
             rank,
+            local,
             world: topology.world_size(),
+            locals: topology.workers_per_node,
             timeout: topology.timeout,
             abort,
+            link: None,
+            device: device.clone(),
             _backend: PhantomData,
         };
-        let config = collective_config(topology).map_err(|e| SyncError::Engine {
-            rank,
-            message: e.to_string(),
-        })?;
-        let peer = PeerId(rank as u32);
-        let dev = device.clone();
+        let config = CollectiveConfig::default().with_num_devices(topology.workers_per_node);
+        let (peer, dev) = (PeerId(local as u32), device.clone());
         sync.bounded(move || burn_collective::register::<B>(peer, dev, config))?
             .map_err(|e| engine(rank, format!("registration refused: {e:?}")))?;
+        if topology.nodes > 1 && local == 0 {
+            sync.link = Some(NodeLink::connect(topology, rank, &sync.abort)?);
+        }
         let count = sync.all_reduce_sum(Tensor::<B, 1>::ones([1], &device))?;
         let count = count.into_scalar().elem::<f64>().round() as usize;
         if count != sync.world {
@@ -84,6 +98,34 @@ impl<B: Backend> CollectiveSync<B> {
             ));
         }
         Ok(sync)
+    }
+
+    /// The node's sum, from burn-collective.
+    fn local_sum(&mut self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, SyncError> {
+        if self.locals == 1 {
+            return Ok(tensor);
+        }
+        let (rank, peer) = (self.rank, PeerId(self.local as u32));
+        let primitive = tensor.into_primitive().tensor();
+        let summed = self
+            .bounded(move || {
+                burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
+            })?
+            .map_err(|e| engine(rank, format!("{e:?}")))?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
+    }
+
+    /// Node 0's total, handed by worker 0 of this node to the others.
+    fn share(&mut self, total: Option<Tensor<B, 1>>) -> Result<Tensor<B, 1>, SyncError> {
+        if self.locals == 1 {
+            return total.ok_or_else(|| engine(self.rank, "no total to share".into()));
+        }
+        let (rank, peer) = (self.rank, PeerId(self.local as u32));
+        let primitive = total.map(|t| t.into_primitive().tensor());
+        let shared = self
+            .bounded(move || burn_collective::broadcast::<B>(peer, primitive))?
+            .map_err(|e| engine(rank, format!("{e:?}")))?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(shared)))
     }
 
     /// Runs a blocking burn-collective call on a helper thread and waits for it at most
@@ -133,19 +175,29 @@ impl<B: Backend> GradSync<B> for CollectiveSync<B> {
     }
 
     fn all_reduce_sum(&mut self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, SyncError> {
-        let (rank, peer) = (self.rank, PeerId(self.rank as u32));
-        let primitive = tensor.into_primitive().tensor();
-        let summed = self
-            .bounded(move || {
-                burn_collective::all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
-            })?
-            .map_err(|e| engine(rank, format!("{e:?}")))?;
-        Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
+        let node_sum = self.local_sum(tensor)?;
+        if self.world == self.locals {
+            return Ok(node_sum);
+        }
+        let Some(link) = self.link.as_mut() else {
+            return self.share(None);
+        };
+        let rank = self.rank;
+        let values = node_sum
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| engine(rank, format!("the node's sum could not be read: {e:?}")))?;
+        let len = values.len();
+        let total = link.all_reduce(rank, values, self.timeout)?;
+        let total = Tensor::<B, 1>::from_data(TensorData::new(total, [len]), &self.device);
+        self.share(Some(total))
     }
 
-    /// Leaves the group (once every worker of a node has, its network connections close).
+    /// Leaves the group (closing the connections between nodes).
     fn finish(&mut self) -> Result<(), SyncError> {
-        let (rank, peer) = (self.rank, PeerId(self.rank as u32));
+        self.link = None;
+        let (rank, peer) = (self.rank, PeerId(self.local as u32));
         self.bounded(move || burn_collective::finish_collective::<B>(peer))?
             .map_err(|e| engine(rank, format!("leaving the group failed: {e:?}")))
     }
@@ -153,51 +205,4 @@ impl<B: Backend> GradSync<B> for CollectiveSync<B> {
 
 fn engine(rank: usize, message: String) -> SyncError {
     SyncError::Engine { rank, message }
-}
-
-fn collective_config(topology: &Topology) -> Result<CollectiveConfig, ParallelError> {
-    topology.validate()?;
-    let config = CollectiveConfig::default().with_num_devices(topology.workers_per_node);
-    let Some(coordinator) = topology
-        .coordinator
-        .as_deref()
-        .filter(|_| topology.nodes > 1)
-    else {
-        return Ok(config);
-    };
-    let address = |text: String| {
-        burn_communication::Address::from_str(&text).map_err(|message| ParallelError::Invalid {
-            field: "distributed.coordinator".into(),
-            message,
-        })
-    };
-    Ok(config
-        .with_num_nodes(topology.nodes as u32)
-        .with_global_address(address(format!("ws://{coordinator}"))?)
-        .with_node_address(address(format!(
-            "ws://{}:{}",
-            topology.node_host, topology.data_port
-        ))?)
-        .with_data_service_port(topology.data_port))
-}
-
-/// Starts burn-collective's orchestrator (what node 0 runs for a multi-node group) on a
-/// thread of its own, listening on `port` on every interface; it lives as long as the
-/// process.
-///
-/// # Errors
-/// [`ParallelError::Orchestrator`] when the port cannot be bound.
-pub fn start_orchestrator(port: u16) -> Result<(), ParallelError> {
-    let refused = |message: String| ParallelError::Orchestrator { port, message };
-    // burn-collective only logs a failed bind: try it first to give a clear error.
-    drop(std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| refused(e.to_string()))?);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| refused(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("burnish-orchestrator".into())
-        .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(port)))
-        .map_err(|e| refused(e.to_string()))?;
-    Ok(())
 }

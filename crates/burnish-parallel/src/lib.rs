@@ -2,10 +2,11 @@
 
 mod collective;
 mod launch;
+mod link;
 mod replicate;
 mod topology;
 
-pub use collective::{CollectiveSync, reset_local_group, start_orchestrator};
+pub use collective::{CollectiveSync, reset_local_group};
 pub use launch::{Abort, run_workers};
 pub use replicate::replicate;
 pub use topology::{DEFAULT_TIMEOUT, Topology, shard_range};
@@ -22,14 +23,6 @@ pub enum ParallelError {
         /// The setting.
         field: String,
         /// What is wrong with it.
-        message: String,
-    },
-    /// The orchestrator could not be started.
-    #[error("the data-parallel orchestrator could not listen on port {port}: {message}")]
-    Orchestrator {
-        /// Its port.
-        port: u16,
-        /// Why.
         message: String,
     },
 }

@@ -20,7 +20,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// let one_process = Topology::local(3);
 /// assert_eq!((one_process.world_size(), one_process.rank_of(2)), (3, 2));
 ///
-/// let second_node = Topology::local(2).with_nodes(2, 1, "127.0.0.1:29500", 29501);
+/// let second_node = Topology::local(2).with_nodes(2, 1, "127.0.0.1:29500");
 /// assert_eq!((second_node.world_size(), second_node.rank_of(0)), (4, 2));
 /// assert!(second_node.validate().is_ok());
 /// ```
@@ -30,14 +30,12 @@ pub struct Topology {
     pub workers_per_node: usize,
     /// Processes taking part (1: no network).
     pub nodes: usize,
-    /// This process's index among the nodes, from 0. Node 0 runs the orchestrator.
+    /// This process's index among the nodes, from 0. Node 0 is the hub the others
+    /// connect to.
     pub node_rank: usize,
-    /// `host:port` of the orchestrator (node 0), when `nodes > 1`.
+    /// `host:port` where node 0 listens for the other nodes, when `nodes > 1` (node 0
+    /// listens on that port on every interface).
     pub coordinator: Option<String>,
-    /// The host name or address the other nodes reach this one at.
-    pub node_host: String,
-    /// The port this node serves gradient chunks on, when `nodes > 1`.
-    pub data_port: u16,
     /// The bound on every wait for the other workers.
     pub timeout: Duration,
 }
@@ -50,26 +48,16 @@ impl Topology {
             nodes: 1,
             node_rank: 0,
             coordinator: None,
-            node_host: "127.0.0.1".into(),
-            data_port: 0,
             timeout: DEFAULT_TIMEOUT,
         }
     }
 
-    /// The same workers per process over `nodes` processes; this one is `node_rank`, the
-    /// orchestrator listens at `coordinator` (`host:port`), and this node serves its data
-    /// on `data_port`.
-    pub fn with_nodes(
-        mut self,
-        nodes: usize,
-        node_rank: usize,
-        coordinator: &str,
-        data_port: u16,
-    ) -> Self {
+    /// The same workers per process over `nodes` processes; this one is `node_rank`, and
+    /// node 0 listens at `coordinator` (`host:port`).
+    pub fn with_nodes(mut self, nodes: usize, node_rank: usize, coordinator: &str) -> Self {
         self.nodes = nodes;
         self.node_rank = node_rank;
         self.coordinator = Some(coordinator.to_string());
-        self.data_port = data_port;
         self
     }
 
@@ -94,7 +82,7 @@ impl Topology {
         self.node_rank == 0
     }
 
-    /// The orchestrator's port (node 0 starts it), when there are several nodes.
+    /// The port node 0 listens on, when there is a coordinator.
     ///
     /// # Errors
     /// As [`validate`](Self::validate).
@@ -114,8 +102,7 @@ impl Topology {
     ///
     /// # Errors
     /// [`ParallelError::Invalid`] naming the setting: no worker, a node rank outside the
-    /// nodes, several nodes without a coordinator `host:port` or a data port, a data port
-    /// equal to the coordinator's, or a zero timeout.
+    /// nodes, several nodes without a coordinator `host:port`, or a zero timeout.
     pub fn validate(&self) -> Result<(), ParallelError> {
         if self.workers_per_node == 0 {
             return Err(invalid("devices", "no device: give at least one".into()));
@@ -132,25 +119,11 @@ impl Topology {
         if self.timeout.is_zero() {
             return Err(invalid("timeout_secs", "must be more than 0".into()));
         }
-        if self.nodes > 1 {
-            let Some(port) = self.coordinator_port()? else {
-                return Err(invalid(
-                    "coordinator",
-                    format!("{} nodes need the orchestrator's host:port", self.nodes),
-                ));
-            };
-            if self.data_port == 0 {
-                return Err(invalid(
-                    "data_port",
-                    "several nodes need a data port".into(),
-                ));
-            }
-            if self.data_port == port && self.node_rank == 0 {
-                return Err(invalid(
-                    "data_port",
-                    format!("{port} is the coordinator's port on this node"),
-                ));
-            }
+        if self.nodes > 1 && self.coordinator_port()?.is_none() {
+            return Err(invalid(
+                "coordinator",
+                format!("{} nodes need node 0's host:port", self.nodes),
+            ));
         }
         Ok(())
     }
@@ -209,20 +182,16 @@ mod tests {
         let bad = [
             (Topology::local(0), "distributed.devices"),
             (
-                Topology::local(1).with_nodes(2, 2, "h:1", 2),
+                Topology::local(1).with_nodes(2, 2, "h:1"),
                 "distributed.node_rank",
             ),
             (
-                Topology::local(1).with_nodes(2, 0, "nohost", 2),
+                Topology::local(1).with_nodes(2, 0, "nohost"),
                 "distributed.coordinator",
             ),
             (
-                Topology::local(1).with_nodes(2, 1, "h:1", 0),
-                "distributed.data_port",
-            ),
-            (
-                Topology::local(1).with_nodes(2, 0, "h:7", 7),
-                "distributed.data_port",
+                Topology::local(1).with_nodes(2, 1, "h:0"),
+                "distributed.coordinator",
             ),
             (
                 Topology::local(1).with_timeout(Duration::ZERO),

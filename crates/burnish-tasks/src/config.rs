@@ -34,8 +34,8 @@ pub struct RunConfig {
 /// device would with the same `batch_size` (the global batch) and `grad_accum`.
 ///
 /// Several nodes (processes, on one machine or several) each run the same configuration
-/// with their own `node_rank` (usually `--node-rank`); node 0 starts the orchestrator at
-/// `coordinator`, logs and saves.
+/// with their own `node_rank` (usually `--node-rank`); node 0 listens at `coordinator` for
+/// the others, logs and saves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributedSection {
@@ -47,16 +47,9 @@ pub struct DistributedSection {
     /// This process's node, from 0 (`--node-rank` overrides it).
     #[serde(default)]
     pub node_rank: usize,
-    /// `host:port` of node 0's orchestrator, when `nodes > 1`.
+    /// `host:port` where node 0 listens for the other nodes, when `nodes > 1`.
     #[serde(default)]
     pub coordinator: Option<String>,
-    /// The host or address the other nodes reach this one at.
-    #[serde(default = "loopback")]
-    pub node_host: String,
-    /// The port this node serves gradients on; by default the coordinator's port + 1 +
-    /// `node_rank`.
-    #[serde(default)]
-    pub data_port: Option<u16>,
     /// Seconds a worker waits for the others (a killed or stuck worker ends the run with an
     /// error after at most this long; `--resume` continues it).
     #[serde(default = "default_timeout")]
@@ -65,10 +58,6 @@ pub struct DistributedSection {
 
 fn one() -> usize {
     1
-}
-
-fn loopback() -> String {
-    "127.0.0.1".into()
 }
 
 fn default_timeout() -> u64 {
@@ -87,15 +76,9 @@ impl DistributedSection {
         let node_rank = node_rank.unwrap_or(self.node_rank);
         let mut topology = burnish_parallel::Topology::local(self.devices.len())
             .with_timeout(std::time::Duration::from_secs(self.timeout_secs));
-        topology.node_host = self.node_host.clone();
         if self.nodes > 1 || node_rank > 0 {
             let coordinator = self.coordinator.clone().unwrap_or_default();
-            topology = topology.with_nodes(self.nodes, node_rank, &coordinator, 0);
-            let port = topology.coordinator_port()?.unwrap_or(0);
-            topology.data_port = match self.data_port {
-                Some(port) => port,
-                None => u16::try_from(usize::from(port) + 1 + node_rank).unwrap_or(0),
-            };
+            topology = topology.with_nodes(self.nodes, node_rank, &coordinator);
         }
         topology.validate()?;
         Ok(topology)

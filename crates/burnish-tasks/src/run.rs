@@ -12,7 +12,7 @@ use burnish_data::{BadRows, Task, TokenCache};
 use burnish_heads::LabelNames;
 use burnish_loader::{HfModelDir, export_dir};
 use burnish_parallel::{
-    Abort, CollectiveSync, Topology, replicate, reset_local_group, run_workers, start_orchestrator,
+    Abort, CollectiveSync, Topology, replicate, reset_local_group, run_workers,
 };
 use burnish_trainer::{
     BoxError, Control, EvalEvent, FitConfig, FitState, FitSummary, Hooks, StepReport, Trainer,
@@ -27,7 +27,7 @@ use crate::{
 
 /// Keys that may change between a checkpoint and its resumption without changing what the
 /// run computes.
-pub const FREE_KEYS: [&str; 13] = [
+pub const FREE_KEYS: [&str; 11] = [
     "train.output_dir",
     "data.cache_dir",
     "train.log_every",
@@ -41,8 +41,6 @@ pub const FREE_KEYS: [&str; 13] = [
     "distributed.nodes",
     "distributed.node_rank",
     "distributed.coordinator",
-    "distributed.node_host",
-    "distributed.data_port",
     "distributed.timeout_secs",
 ];
 
@@ -225,15 +223,6 @@ pub fn fine_tune_on<B: AutodiffBackend>(
         true => prepare_output_dir(config, options)?,
         false => follower_output_dir(config, options)?,
     };
-    if let Some(port) = topology
-        .as_ref()
-        .filter(|t| t.is_main_node())
-        .map(Topology::coordinator_port)
-        .transpose()?
-        .flatten()
-    {
-        start_orchestrator(port)?;
-    }
     if topology.is_some() {
         reset_local_group::<B::InnerBackend>();
     }

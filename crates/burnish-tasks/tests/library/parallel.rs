@@ -11,8 +11,11 @@ use serde_json::{Value, json};
 
 use super::{Flex, assets};
 
+/// Float tensors by name.
+type Weights = BTreeMap<String, Vec<f32>>;
+
 /// Every float tensor of a safetensors file, by name.
-fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
+fn weights(path: &Path) -> Weights {
     let bytes = std::fs::read(path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     file.tensors()
@@ -38,7 +41,7 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn run(dir: &Path, data: &Path, workers: usize) -> (BTreeMap<String, Vec<f32>>, Vec<(u64, f64)>) {
+fn run(dir: &Path, data: &Path, workers: usize) -> (Weights, Vec<(u64, f64)>) {
     let assets = assets();
     let mut config = json!({
         "model": {"path": assets.join("toy-bert"), "task": "sequence-classification",
@@ -86,31 +89,28 @@ fn two_and_three_workers_train_like_one() {
             many.keys().collect::<Vec<_>>(),
             one.keys().collect::<Vec<_>>()
         );
-        let mut errors = Vec::new();
+        // Element-wise |a − b| ≤ 1e-5·|a| + 1e-6 (torch.testing's float32 atol is 1e-5):
+        // parameters that start at 0 have moved by ~lr, and Adam turns the rounding noise
+        // of their near-0 gradient components into steps of that size.
+        let mut worst = (0.0f32, 0.0f32, String::new());
         for (name, a) in &one {
-            let b = &many[name];
-            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
-            errors.push((diff / scale.max(1e-12), diff, name.clone()));
-        }
-        errors.sort_by(|x, y| y.0.total_cmp(&x.0));
-        eprintln!("{workers} workers, worst: {:?}", &errors[..4]);
-        for (rel, diff, name) in errors {
-            // A key bias adds the same score to every key of a query, which softmax cancels:
-            // its exact gradient is 0, only rounding noise moves it (by ~1e-8 here), so it
-            // is compared in absolute terms.
-            if name.ends_with("key.bias") {
-                assert!(
-                    diff <= 1e-6,
-                    "{workers} workers: {name} differs by {diff:.2e}"
-                );
-                continue;
+            for (x, y) in a.iter().zip(&many[name]) {
+                let excess = (x - y).abs() - 1e-5 * x.abs();
+                if excess > worst.0 {
+                    worst = (excess, (x - y).abs() / x.abs(), name.clone());
+                }
             }
-            assert!(
-                rel <= 1e-5,
-                "{workers} workers: {name} differs by {rel:.2e} relative"
-            );
         }
+        eprintln!(
+            "{workers} workers: largest |a − b| − 1e-5·|a| = {:.2e} ({})",
+            worst.0, worst.2
+        );
+        assert!(
+            worst.0 <= 1e-6,
+            "{workers} workers: {} is off by {:.2e}",
+            worst.2,
+            worst.0
+        );
         for ((s1, l1), (s2, l2)) in one_losses.iter().zip(&many_losses) {
             assert_eq!(s1, s2);
             assert!(
