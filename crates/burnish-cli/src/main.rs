@@ -16,6 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burnish::backend::CpuTrain;
 use burnish_cli::{BenchOptions, CliError, Progress, bench, field_error, plot_run, read_config};
 use burnish_data::Task;
+use burnish_parallel::ParallelError;
 use burnish_tasks::{
     EvalOptions, QaOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune_on, predict_dir,
 };
@@ -464,7 +465,10 @@ fn train<B: AutodiffBackend>(
             TaskError::Invalid { field, message } if field == "resume" => {
                 CliError::Usage(format!("--resume: {message}"))
             }
-            TaskError::Invalid { field, message } if field.contains('.') => {
+            TaskError::Invalid { field, message }
+            | TaskError::Parallel(ParallelError::Invalid { field, message })
+                if field.contains('.') =>
+            {
                 let text = std::fs::read_to_string(path).unwrap_or_default();
                 field_error(path, &text, &field, &message)
             }

@@ -8,7 +8,9 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_ndarray::NdArray;
-use burnish_grad::{GradAccumulator, NormType, clip_grad_norm, grad_norm};
+use std::sync::{Arc, Barrier, Mutex};
+
+use burnish_grad::{GradAccumulator, GradSync, NormType, SyncError, clip_grad_norm, grad_norm};
 use proptest::prelude::*;
 
 type B = Autodiff<NdArray>;
@@ -227,4 +229,87 @@ fn an_empty_cycle_is_an_error_not_nan() {
     let err = acc.finish(&model).unwrap_err();
     assert_eq!(err, burnish_grad::GradError::NoItems { micro_batches: 1 });
     assert_eq!(acc.micro_batches(), 0, "reset after finish");
+}
+
+/// A [`GradSync`] over threads of this test: each worker adds its tensor into one shared
+/// buffer, and all read the sum once everyone has added.
+struct ThreadSum {
+    rank: usize,
+    world: usize,
+    shared: Arc<(Mutex<Vec<f32>>, Barrier)>,
+}
+
+impl GradSync<Inner> for ThreadSum {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&mut self, t: Tensor<Inner, 1>) -> Result<Tensor<Inner, 1>, SyncError> {
+        let mine = t.into_data().to_vec::<f32>().expect("f32");
+        let (sum, barrier) = &*self.shared;
+        {
+            let mut sum = sum.lock().expect("lock");
+            sum.resize(mine.len(), 0.0);
+            for (s, m) in sum.iter_mut().zip(&mine) {
+                *s += m;
+            }
+        }
+        barrier.wait();
+        let total = sum.lock().expect("lock").clone();
+        let n = total.len();
+        Ok(Tensor::from_data(
+            TensorData::new(total, [n]),
+            &Default::default(),
+        ))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Micro-batches dealt round-robin to 1-4 workers (some with none at all), each summing
+    /// its own and finishing with `finish_synced`: every worker gets the gradient of the
+    /// mean over the union, the total item count and the total loss.
+    #[test]
+    fn synced_workers_equal_one_accumulator((x, labels, sizes) in batch_strategy(), world in 1usize..5) {
+        let total: u64 = labels.iter().filter(|&&l| l != -100).count() as u64;
+        prop_assume!(total > 0);
+        let model: Linear<B> = LinearConfig::new(4, 3).init(&Default::default());
+        let (sum, count) = token_loss(&model, &x, &labels);
+        let loss_sum = sum.clone().into_scalar() as f64;
+        let union = GradientsParams::from_grads(sum.div_scalar(count as f64).backward(), &model);
+        let union = linear_grads(&model, &union);
+        let parts = chunks(labels.len(), &sizes);
+        let shared = Arc::new((Mutex::new(Vec::new()), Barrier::new(world)));
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..world).map(|rank| {
+                let (model, shared, parts, x, labels) = (model.clone(), shared.clone(), &parts, &x, &labels);
+                scope.spawn(move || {
+                    let mut acc = GradAccumulator::new();
+                    let mut extras = [0.0];
+                    for range in parts.iter().skip(rank).step_by(world) {
+                        let (sum, items) = token_loss(&model, &x[range.start * 4..range.end * 4], &labels[range.clone()]);
+                        extras[0] += sum.clone().into_scalar() as f64;
+                        acc.add_sum(&model, GradientsParams::from_grads(sum.backward(), &model), items);
+                    }
+                    let mut sync = ThreadSum { rank, world, shared };
+                    let (grads, items) = acc.finish_synced(&model, &mut sync, &mut extras).expect("synced");
+                    (linear_grads(&model, &grads), items, extras[0])
+                })
+            }).collect();
+            handles.into_iter().map(|h| h.join().expect("worker")).collect()
+        });
+        for (grads, items, loss) in &results {
+            prop_assert_eq!(*items, total);
+            prop_assert!((loss - loss_sum).abs() <= 1e-4 * (1.0 + loss_sum.abs()), "{loss} vs {loss_sum}");
+            prop_assert_eq!(grads, &results[0].0, "workers disagree");
+            for (a, b) in grads.iter().zip(&union) {
+                prop_assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
 }

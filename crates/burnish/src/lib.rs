@@ -8,6 +8,7 @@ pub use burnish_heads as heads;
 pub use burnish_loader as loader;
 pub use burnish_models as models;
 pub use burnish_optim as optim;
+pub use burnish_parallel as parallel;
 pub use burnish_params as params;
 pub use burnish_schedule as schedule;
 pub use burnish_tasks as tasks;
