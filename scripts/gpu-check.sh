@@ -15,7 +15,10 @@
 #      weights, for a fixed number of steps: samples/s, tokens/s, TFLOP/s, model FLOPs
 #      utilization against PEAK_TFLOPS (the GPU's dense bf16/fp16 peak; H200: 989), and
 #      peak GPU memory (nvidia-smi, sampled every 100 ms);
-#   3. the missing-device message: --device cuda:99 must exit 2 with a sentence.
+#   3. the missing-device message: --device cuda:99 must exit 2 with a sentence;
+#   4. on a machine with 2 or more GPUs, data parallel: the same 30-step fine-tune of
+#      all-MiniLM-L6-v2 on 1 GPU and on all of them ([distributed] devices), items/s and
+#      the last logged loss of each (equal within float tolerance: same global batch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -92,6 +95,50 @@ run() {
   set -e
   echo "  exit $rc: $(head -c 300 "$OUT/missing.log")"
   [ "$rc" = 2 ] || failed=1
+
+  local gpus
+  gpus=$(nvidia-smi -L | wc -l)
+  echo "== 4. data parallel: 1 GPU vs $gpus GPUs"
+  if [ "$gpus" -lt 2 ]; then
+    echo "  one GPU: skipped"
+  else
+    local devices="\"cuda:0\"" i
+    for ((i = 1; i < gpus; i++)); do devices="$devices, \"cuda:$i\""; done
+    for set in "\"cuda:0\"" "$devices"; do
+      local dir
+      dir=$(mktemp -d)
+      cat >"$dir/run.toml" <<TOML
+[model]
+path = "$PWD/$minilm"
+task = "sequence-classification"
+labels = ["negative", "positive"]
+dropout = 0.0
+[data]
+train = "$PWD/tests/assets/data/toy-sentiment/train.jsonl"
+max_length = 128
+[train]
+max_steps = 30
+batch_size = 64
+lr = 2e-5
+precision = "bf16"
+log_every = 1
+output_dir = "$dir/out"
+[distributed]
+devices = [$set]
+TOML
+      if "$bin/burnish" train --config "$dir/run.toml" --quiet >"$dir/log" 2>&1; then
+        python3 - "$dir/out/metrics.jsonl" "$set" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"train"' in l]
+speed = sorted(r["items_per_second"] for r in rows[3:])
+print(f"  devices [{sys.argv[2]}]: {speed[len(speed) // 2]:.0f} items/s (median), "
+      f"last loss {rows[-1]['loss']:.6f}")
+PY
+      else
+        echo "  devices [$set]: FAILED: $(tail -c 300 "$dir/log")"; failed=1
+      fi
+    done
+  fi
   return $failed
 }
 
