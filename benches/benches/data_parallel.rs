@@ -16,7 +16,6 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use burnish_grad::GradSync;
 use burnish_heads::{BertForSequenceClassification, ProblemType, SequenceLabels};
-use burnish_models::BertConfig;
 use burnish_parallel::{
     Abort, CollectiveSync, Topology, replicate, reset_local_group, shard_range,
 };
@@ -28,15 +27,6 @@ type Model = BertForSequenceClassification<B>;
 
 const BATCH: usize = 8;
 const SEQ: usize = 64;
-
-fn minilm() -> BertConfig {
-    serde_json::from_str(
-        r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
-            "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
-            "max_position_embeddings": 512}"#,
-    )
-    .expect("valid config")
-}
 
 /// Worker `rank`'s rows of the global batch: ids and labels.
 fn part(rank: usize, workers: usize) -> (Tensor<B, 2, Int>, SequenceLabels) {
@@ -56,13 +46,13 @@ fn part(rank: usize, workers: usize) -> (Tensor<B, 2, Int>, SequenceLabels) {
 /// all-reduce of a MiniLM-sized gradient buffer alone.
 enum Work {
     Step(Box<Trainer<B, Model>>),
-    Reduce(CollectiveSync<Flex>, Tensor<Flex, 1>),
+    Reduce(Box<CollectiveSync<Flex>>, Tensor<Flex, 1>),
 }
 
 impl Work {
     fn new(model: Model, sync: CollectiveSync<Flex>, all_reduce_only: bool, len: usize) -> Self {
         if all_reduce_only {
-            return Work::Reduce(sync, Tensor::ones([len], &Default::default()));
+            return Work::Reduce(Box::new(sync), Tensor::ones([len], &Default::default()));
         }
         let config = TrainerConfig {
             total_steps: 1_000_000,
@@ -94,7 +84,7 @@ impl Work {
 fn with_workers(c: &mut Criterion, group: &str, workers: usize, all_reduce_only: bool) {
     reset_local_group::<Flex>();
     let device = Default::default();
-    let config = minilm();
+    let config = burnish_benches::minilm_config();
     let backbone = config.init::<B>(true, &device).expect("valid model");
     let single = ProblemType::SingleLabelClassification;
     let model = Model::new(backbone, &config, 2, single, &device).expect("valid head");

@@ -11,25 +11,16 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use burnish_amp::Precision;
 use burnish_heads::{BertForSequenceClassification, ProblemType, SequenceLabels};
-use burnish_models::{Autocast, BertConfig};
+use burnish_models::Autocast;
 use burnish_trainer::{Trainer, TrainerConfig};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const BATCH: usize = 8;
 const SEQ: usize = 64;
 
-fn minilm() -> BertConfig {
-    serde_json::from_str(
-        r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
-            "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
-            "max_position_embeddings": 512}"#,
-    )
-    .expect("valid config")
-}
-
 fn bench_on<B: AutodiffBackend>(c: &mut Criterion, name: &str, precision: Precision) {
     let device = B::Device::default();
-    let config = minilm();
+    let config = burnish_benches::minilm_config();
     let backbone = config.init::<B>(true, &device).expect("valid model");
     let model = BertForSequenceClassification::new(
         backbone,

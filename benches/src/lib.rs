@@ -6,6 +6,17 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 
+/// The configuration of all-MiniLM-L6-v2 (22.7M parameters with a 2-class head), for
+/// benchmarks that build it with random weights.
+pub fn minilm_config() -> burnish_models::BertConfig {
+    serde_json::from_str(
+        r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
+            "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
+            "max_position_embeddings": 512}"#,
+    )
+    .expect("valid config")
+}
+
 /// A bag of parameters with the shapes of a BERT encoder (no forward pass: the benchmarks
 /// measure the optimizer and clipping, which only see shapes).
 #[derive(Module, Debug)]

@@ -287,6 +287,18 @@ fn two_nodes(config: &Path, out: &Path, extra: &[&str]) -> [std::process::Child;
     })
 }
 
+/// Waits for both nodes and fails the test with their stderr unless both succeed.
+fn both_succeed(nodes: [std::process::Child; 2]) {
+    for node in nodes {
+        let output = node.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 #[test]
 fn two_processes_train_like_one_and_a_killed_node_ends_the_run_which_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,14 +333,7 @@ fn two_processes_train_like_one_and_a_killed_node_ends_the_run_which_resumes() {
     succeed(&mut burnish(&one, &dir.path().join("one"), &[]));
     let reference = std::fs::read(dir.path().join("one/final/model.safetensors")).unwrap();
     let parallel = dir.path().join("two-short");
-    for child in two_nodes(&two_short, &parallel, &[]) {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    both_succeed(two_nodes(&two_short, &parallel, &[]));
     let model = std::fs::read(parallel.join("final/model.safetensors")).unwrap();
     // Element-wise |a − b| ≤ 1e-5·|a| + 1e-6, as `torch.testing.assert_close` with rtol
     // 1e-5 and an atol 10× below its float32 default: parameters that start at 0 (biases)
@@ -355,14 +360,7 @@ fn two_processes_train_like_one_and_a_killed_node_ends_the_run_which_resumes() {
     );
 
     let straight = dir.path().join("two");
-    for child in two_nodes(&two, &straight, &[]) {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    both_succeed(two_nodes(&two, &straight, &[]));
     let model = std::fs::read(straight.join("final/model.safetensors")).unwrap();
     let log = losses(&straight);
 
@@ -392,13 +390,6 @@ fn two_processes_train_like_one_and_a_killed_node_ends_the_run_which_resumes() {
     assert!(waited < Duration::from_secs(30));
     let _ = node1.wait();
     // Both nodes resume from node 0's last checkpoint and end as the uninterrupted run.
-    for child in two_nodes(&two, &out, &["--resume"]) {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    both_succeed(two_nodes(&two, &out, &["--resume"]));
     assert_same_run(&out, &model, &log);
 }

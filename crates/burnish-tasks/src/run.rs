@@ -609,18 +609,15 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 checkpointer,
             );
             let started = Instant::now();
+            let evaluate = |m: &M::InnerModule, c: &TokenCache| evaluate_on(m, c, &self.device);
             let valid = caches.valid.as_ref();
-            let summary = trainer.fit_from(
+            let summary = fit_on(
+                &mut trainer,
                 state,
                 &fit,
                 &mut data,
-                |m: &M, b: &DeviceBatch<B>| m.step_loss(b),
-                |m: &M::InnerModule| match valid {
-                    Some(cache) => {
-                        evaluate_on(m, cache, &self.device).map_err(|e| Box::new(e) as BoxError)
-                    }
-                    None => Ok(BTreeMap::new()),
-                },
+                valid,
+                &evaluate,
                 &mut hooks,
             );
             observer.finish();
@@ -750,20 +747,47 @@ impl Follower<'_> {
             fit.best_metric = None;
         }
         let valid = self.valid.filter(|_| evaluates);
-        let summary = trainer.fit_from(
+        let mut hooks = StopAfter(self.stop_after);
+        let summary = fit_on(
+            &mut trainer,
             state,
             &fit,
             &mut data,
-            |m: &M, b: &DeviceBatch<B>| m.step_loss(b),
-            |m: &M::InnerModule| match valid {
-                Some(cache) => evaluate_on(m, cache).map_err(|e| Box::new(e) as BoxError),
-                None => Ok(BTreeMap::new()),
-            },
-            &mut StopAfter(self.stop_after),
+            valid,
+            evaluate_on,
+            &mut hooks,
         )?;
         trainer.finish_grad_sync()?;
         Ok(summary)
     }
+}
+
+/// The loop of a task model over the cache, evaluating on `valid` when there is one.
+fn fit_on<B, M, H>(
+    trainer: &mut Trainer<B, M>,
+    state: FitState,
+    fit: &FitConfig,
+    data: &mut CacheData<'_, B>,
+    valid: Option<&TokenCache>,
+    evaluate_on: &EvalOn<'_, M::InnerModule>,
+    hooks: &mut H,
+) -> Result<FitSummary, burnish_trainer::TrainError>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + TaskModel<B>,
+    H: Hooks<B, M>,
+{
+    trainer.fit_from(
+        state,
+        fit,
+        data,
+        |m: &M, b: &DeviceBatch<B>| m.step_loss(b),
+        |m: &M::InnerModule| match valid {
+            Some(cache) => evaluate_on(m, cache).map_err(|e| Box::new(e) as BoxError),
+            None => Ok(BTreeMap::new()),
+        },
+        hooks,
+    )
 }
 
 /// The preemption stop alone: a follower's hooks.
