@@ -116,7 +116,7 @@ enum Command {
         #[arg(long)]
         quiet: bool,
         /// This process's node in a multi-node data-parallel run (`[distributed]
-        /// node_rank`); node 0 runs the orchestrator, logs and saves.
+        /// node_rank`); node 0 listens for the other nodes, logs and saves.
         #[arg(long, value_name = "N")]
         node_rank: Option<usize>,
     },

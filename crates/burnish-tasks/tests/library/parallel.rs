@@ -123,3 +123,61 @@ fn two_and_three_workers_train_like_one() {
         assert!(dir.join("results.json").is_file());
     }
 }
+
+/// The distributed sampler: for 1-5 workers, shuffled and length-grouped, the workers'
+/// parts of every micro-batch, in rank order, are the one-worker micro-batch, so every
+/// example is seen exactly once per epoch and each step's examples do not depend on the
+/// number of workers.
+#[test]
+fn the_parts_of_every_batch_are_the_one_worker_batch() {
+    use burnish_data::{BadRows, Task, TokenCache};
+    use burnish_loader::HfModelDir;
+    use burnish_tasks::{CacheData, TaskSetup};
+    use burnish_trainer::TrainData;
+
+    type Inner = burn_flex::Flex<f32, i32>;
+    let dir = tempfile::tempdir().unwrap();
+    let hf = HfModelDir::open(&assets().join("toy-bert")).unwrap();
+    let labels = vec!["negative".to_owned(), "positive".to_owned()];
+    let setup = TaskSetup::new(&hf, Task::SequenceClassification, 16, labels).unwrap();
+    let train = assets().join("data/toy-sentiment/train.jsonl");
+    let encoder = setup.encoder(true);
+    let (cache, _) =
+        TokenCache::open_or_build(&train, &encoder, BadRows::Fail, dir.path()).unwrap();
+    let device = Default::default();
+    for grouped in [false, true] {
+        let data = |rank: usize, world: usize| {
+            let data = CacheData::<Inner>::new(&cache, 7, 0, 3, true, &device).unwrap();
+            let data = if grouped {
+                data.grouped_by_length().unwrap()
+            } else {
+                data
+            };
+            data.shard(rank, world).unwrap()
+        };
+        let mut one = data(0, 1);
+        for epoch in 0..2 {
+            let batches = one.epoch_len(epoch).unwrap();
+            let mut seen = Vec::new();
+            for world in 1..6 {
+                let mut parts: Vec<_> = (0..world).map(|rank| data(rank, world)).collect();
+                for index in 0..batches {
+                    let whole = one.local_indices(epoch, index).unwrap();
+                    let joined: Vec<usize> = parts
+                        .iter_mut()
+                        .flat_map(|p| p.local_indices(epoch, index).unwrap())
+                        .collect();
+                    assert_eq!(
+                        joined, whole,
+                        "epoch {epoch}, batch {index}, {world} workers"
+                    );
+                    if world == 1 {
+                        seen.extend(whole);
+                    }
+                }
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, (0..cache.len()).collect::<Vec<_>>(), "epoch {epoch}");
+        }
+    }
+}
