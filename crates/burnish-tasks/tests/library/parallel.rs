@@ -1,7 +1,7 @@
 //! Data parallel in one process: 2 and 3 workers (threads over burn-collective) against one
 //! worker with the same global batch, with accumulation, clipping, warmup and shuffling,
 //! dropout off, an item count that the workers do not divide, and a last batch with fewer
-//! rows than workers.
+//! rows than workers; the distributed sampler; fp16 skips agreed by all workers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +10,10 @@ use burnish_tasks::{RunConfig, RunOptions, Silent, fine_tune_on};
 use serde_json::{Value, json};
 
 use super::{Flex, assets};
+
+/// burn-collective keeps one group per backend type and process: the tests that form one
+/// take turns.
+static ONE_GROUP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Float tensors by name.
 type Weights = BTreeMap<String, Vec<f32>>;
@@ -68,6 +72,9 @@ fn run(dir: &Path, data: &Path, workers: usize) -> (Weights, Vec<(u64, f64)>) {
 
 #[test]
 fn two_and_three_workers_train_like_one() {
+    let _turn = ONE_GROUP_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     // 61 rows in batches of 5: 12 full batches and one of 1 row, which leaves workers 1 and
     // 2 with nothing; 5 rows split 3 + 2 and 2 + 2 + 1.
@@ -178,6 +185,109 @@ fn the_parts_of_every_batch_are_the_one_worker_batch() {
             }
             seen.sort_unstable();
             assert_eq!(seen, (0..cache.len()).collect::<Vec<_>>(), "epoch {epoch}");
+        }
+    }
+}
+
+/// Trainers in step: fp16 loss scaling decides the same skips on every worker, and the
+/// workers' models stay bit-identical.
+mod fp16 {
+    use burn::backend::Autodiff;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Int, Tensor, TensorData};
+    use burn_flex::Flex;
+    use burnish_amp::{LossScalerConfig, Precision};
+    use burnish_heads::LossParts;
+    use burnish_parallel::{
+        Abort, CollectiveSync, Topology, replicate, reset_local_group, run_workers, shard_range,
+    };
+    use burnish_trainer::{Trainer, TrainerConfig};
+
+    type B = Autodiff<Flex>;
+
+    /// Cross-entropy summed over rows `rows` of a fixed batch of 10.
+    fn loss(model: &Linear<B>, rows: std::ops::Range<usize>) -> LossParts<B> {
+        let device = Default::default();
+        let n = rows.len();
+        let x: Vec<f32> = rows
+            .clone()
+            .flat_map(|r| (0..4).map(move |c| ((r * 4 + c) as f32 * 0.37).sin()))
+            .collect();
+        let labels: Vec<i64> = rows.map(|r| (r % 3) as i64).collect();
+        let x = Tensor::<B, 2>::from_data(TensorData::new(x, [n, 4]), &device);
+        let labels = Tensor::<B, 2, Int>::from_data(TensorData::new(labels, [n, 1]), &device);
+        let sum = log_softmax(model.forward(x), 1)
+            .gather(1, labels)
+            .sum()
+            .neg();
+        LossParts {
+            sum,
+            count: n as u64,
+        }
+    }
+
+    #[test]
+    fn fp16_overflow_skips_the_same_steps_on_every_worker() {
+        let _turn = super::ONE_GROUP_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        reset_local_group::<Flex>();
+        let device = Default::default();
+        let model: Linear<B> = LinearConfig::new(4, 3).init(&device);
+        let workers = 3;
+        let mut models = replicate(&model, &vec![device; workers]);
+        // A scale so large that the scaled loss of the whole batch overflows f32 until it has
+        // backed off a few times; shards of fewer rows overflow at other scales, and the
+        // summed gradients must make every worker skip together.
+        let config = TrainerConfig {
+            precision: Precision::Fp16,
+            loss_scaler: LossScalerConfig {
+                init_scale: 3.0e38,
+                ..LossScalerConfig::default()
+            },
+            total_steps: 12,
+            lr: 1e-2,
+            max_grad_norm: Some(1.0),
+            ..TrainerConfig::default()
+        };
+        let topology = Topology::local(workers);
+        let abort = Abort::new();
+        let models: Vec<_> = (0..workers)
+            .map(|_| std::sync::Mutex::new(Some(models.remove(0))))
+            .collect();
+        let work = |local: usize| {
+            let model = models[local].lock().unwrap().take().unwrap();
+            let sync = CollectiveSync::<Flex>::register(&topology, local, device, abort.clone())?;
+            let mut trainer = Trainer::new(model, config.clone())
+                .unwrap()
+                .with_grad_sync(sync);
+            let rows = shard_range(10, local, workers);
+            let mut skipped = Vec::new();
+            for _ in 0..12 {
+                let report = trainer
+                    .step(&[()], |m: &Linear<B>, _: &()| loss(m, rows.clone()))
+                    .unwrap();
+                skipped.push(report.skipped);
+            }
+            let weights = trainer.model().weight.val().into_data();
+            trainer.finish_grad_sync().unwrap();
+            Ok::<_, burnish_trainer::SyncError>((skipped, weights))
+        };
+        let (first, others) = run_workers(workers, &abort, |l| l, || work(0), work).unwrap();
+        assert!(
+            first.0.iter().any(|&s| s),
+            "no step overflowed: {:?}",
+            first.0
+        );
+        assert!(
+            first.0.iter().any(|&s| !s),
+            "every step overflowed: {:?}",
+            first.0
+        );
+        for (skipped, weights) in others {
+            assert_eq!(skipped, first.0);
+            assert_eq!(weights, first.1, "the workers' models differ");
         }
     }
 }
