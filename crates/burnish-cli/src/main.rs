@@ -18,7 +18,8 @@ use burnish_cli::{BenchOptions, CliError, Progress, bench, field_error, plot_run
 use burnish_data::Task;
 use burnish_parallel::ParallelError;
 use burnish_tasks::{
-    EvalOptions, QaOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune_on, predict_dir,
+    DeviceName, EvalOptions, QaOptions, Resume, RunOptions, TaskError, evaluate_dir, fine_tune_on,
+    predict_dir,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -30,8 +31,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 )]
 struct Cli {
     /// Where to compute: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature).
-    #[arg(long, global = true, default_value = "cpu", value_parser = parse_device)]
-    device: DeviceArg,
+    #[arg(long, global = true, default_value = "cpu", value_parser = |t: &str| t.parse::<DeviceName>())]
+    device: DeviceName,
     /// The CPU backend: burn-flex (the default when built with the `flex` feature: faster,
     /// and it has bf16/fp16) or burn-ndarray (float32 only).
     #[arg(long, value_enum, global = true, default_value = DEFAULT_BACKEND)]
@@ -51,24 +52,6 @@ enum BackendArg {
 const DEFAULT_BACKEND: &str = "flex";
 #[cfg(not(feature = "flex"))]
 const DEFAULT_BACKEND: &str = "ndarray";
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum DeviceArg {
-    Cpu,
-    Cuda(usize),
-}
-
-fn parse_device(text: &str) -> Result<DeviceArg, String> {
-    match text.split_once(':') {
-        None if text == "cpu" => Ok(DeviceArg::Cpu),
-        None if text == "cuda" => Ok(DeviceArg::Cuda(0)),
-        Some(("cuda", index)) => index
-            .parse()
-            .map(DeviceArg::Cuda)
-            .map_err(|_| format!("`{index}` is not a device index (cuda:0, cuda:1, ...)")),
-        _ => Err(format!("`{text}`: expected cpu, cuda or cuda:N")),
-    }
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 enum TaskArg {
@@ -239,7 +222,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Train { config, .. } => {
             let run = read_config(config)?;
             let devices = match &run.distributed {
-                Some(d) => distributed_devices(config, &d.devices, cli.device)?,
+                Some(_) if cli.device != DeviceName::Cpu => {
+                    return Err(CliError::Usage(
+                        "--device: the configuration's [distributed] devices choose the \
+                         devices; leave --device out"
+                            .into(),
+                    ));
+                }
+                Some(d) => d.device_names().map_err(|e| train_error(config, e))?,
                 None => vec![cli.device],
             };
             (run.train.gradient_checkpointing, devices)
@@ -252,29 +242,31 @@ fn run(cli: Cli) -> Result<(), CliError> {
     };
     let n = devices.len();
     match (devices[0], cli.backend, checkpointing) {
-        (DeviceArg::Cpu, BackendArg::Ndarray, false) => run_on::<CpuTrain>(cli.command, &cpus(n)),
+        (DeviceName::Cpu, BackendArg::Ndarray, false) => run_on::<CpuTrain>(cli.command, &cpus(n)),
         // Not instantiated for burn-ndarray: each backend type compiles the whole training
         // path once more.
-        (DeviceArg::Cpu, BackendArg::Ndarray, true) => Err(CliError::Usage(
+        (DeviceName::Cpu, BackendArg::Ndarray, true) => Err(CliError::Usage(
             "[train] gradient_checkpointing: available with --backend flex or --device cuda".into(),
         )),
         #[cfg(feature = "flex")]
-        (DeviceArg::Cpu, BackendArg::Flex, false) => {
+        (DeviceName::Cpu, BackendArg::Flex, false) => {
             run_on::<burnish::backend::FlexTrain>(cli.command, &cpus(n))
         }
         #[cfg(feature = "flex")]
-        (DeviceArg::Cpu, BackendArg::Flex, true) => {
+        (DeviceName::Cpu, BackendArg::Flex, true) => {
             run_on::<burnish::backend::FlexTrainCheckpointed>(cli.command, &cpus(n))
         }
         #[cfg(feature = "cuda")]
-        (DeviceArg::Cuda(_), _, checkpointing) => {
+        (DeviceName::Cuda(_), _, checkpointing) => {
             let mut cuda = Vec::new();
-            for arg in &devices {
-                let DeviceArg::Cuda(index) = *arg else {
-                    continue;
-                };
+            for index in devices.iter().filter_map(DeviceName::cuda_index) {
                 let device = burnish::backend::CudaDevice::new(index);
-                probe::<burnish::backend::Cuda>(&device, index)?;
+                burnish::backend::probe::<burnish::backend::Cuda>(&device).map_err(|reason| {
+                    CliError::Usage(format!(
+                        "--device cuda:{index}: the CUDA device cannot be used (is the NVIDIA \
+                         driver installed, and is there a GPU {index}?): {reason}"
+                    ))
+                })?;
                 cuda.push(device);
             }
             if checkpointing {
@@ -284,7 +276,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         #[cfg(not(feature = "cuda"))]
-        (DeviceArg::Cuda(_), _, _) => Err(CliError::Usage(
+        (DeviceName::Cuda(_), _, _) => Err(CliError::Usage(
             "--device cuda: this burnish was built without CUDA; build it with \
              `cargo build --release -p burnish-cli --features cuda`"
                 .into(),
@@ -292,85 +284,37 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// `[distributed] devices`, parsed: all of one kind (`cpu`, or `cuda:N` each once), and
-/// `--device` left at its default.
-fn distributed_devices(
-    path: &std::path::Path,
-    names: &[String],
-    flag: DeviceArg,
-) -> Result<Vec<DeviceArg>, CliError> {
-    let located = |message: String| {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        field_error(path, &text, "distributed.devices", &message)
-    };
-    if flag != DeviceArg::Cpu {
-        return Err(CliError::Usage(
-            "--device: the configuration's [distributed] devices choose the devices; \
-             leave --device out"
-                .into(),
-        ));
+/// A failed run of the config at `path`, worded for the command: settings located in the
+/// TOML, resume problems pointing at their flags.
+fn train_error(path: &std::path::Path, e: TaskError) -> CliError {
+    match e {
+        TaskError::Inconsistent { dir, detail } => CliError::Usage(format!(
+            "cannot resume {} exactly: {detail} (pass --force to resume anyway)",
+            dir.display()
+        )),
+        TaskError::Invalid { field, message } if field == "train.output_dir" => {
+            CliError::Usage(format!(
+                "[train] output_dir: {message} (--resume continues it, --overwrite \
+                 replaces it)"
+            ))
+        }
+        TaskError::Invalid { field, message } if field == "resume" => {
+            CliError::Usage(format!("--resume: {message}"))
+        }
+        TaskError::Invalid { field, message }
+        | TaskError::Parallel(ParallelError::Invalid { field, message })
+            if field.contains('.') =>
+        {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            field_error(path, &text, &field, &message)
+        }
+        other => other.into(),
     }
-    let devices = names
-        .iter()
-        .map(|name| parse_device(name))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(located)?;
-    let Some(&first) = devices.first() else {
-        return Err(located("no device: list at least one".into()));
-    };
-    if devices
-        .iter()
-        .any(|d| std::mem::discriminant(d) != std::mem::discriminant(&first))
-    {
-        return Err(located("mixes cpu and cuda devices: use one kind".into()));
-    }
-    let cuda: Vec<_> = devices
-        .iter()
-        .filter_map(|d| match d {
-            DeviceArg::Cuda(i) => Some(*i),
-            DeviceArg::Cpu => None,
-        })
-        .collect();
-    if let Some(twice) = cuda
-        .iter()
-        .find(|i| cuda.iter().filter(|j| j == i).count() > 1)
-    {
-        return Err(located(format!("cuda:{twice} is listed twice")));
-    }
-    Ok(devices)
 }
 
 /// `n` default (CPU) devices.
 fn cpus<D: Default + Clone>(n: usize) -> Vec<D> {
     vec![D::default(); n]
-}
-
-/// Runs one tiny operation on the CUDA device, turning the panic burn raises when there is
-/// no driver or no such device into an error message.
-#[cfg(feature = "cuda")]
-fn probe<B: burn::tensor::backend::Backend>(
-    device: &B::Device,
-    index: usize,
-) -> Result<(), CliError> {
-    let quiet = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        burn::tensor::Tensor::<B, 1>::ones([1], device)
-            .sum()
-            .into_scalar()
-    }));
-    std::panic::set_hook(quiet);
-    outcome.map(|_| ()).map_err(|payload| {
-        let reason = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown error");
-        CliError::Usage(format!(
-            "--device cuda:{index}: the CUDA device cannot be used (is the NVIDIA driver \
-             installed, and is there a GPU {index}?): {reason}"
-        ))
-    })
 }
 
 fn run_on<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> Result<(), CliError> {
@@ -450,37 +394,10 @@ fn train<B: AutodiffBackend>(
     devices: &[B::Device],
 ) -> Result<(), CliError> {
     let config = read_config(path)?;
-    let outcome = fine_tune_on::<B>(&config, options, &mut Progress::new(quiet), devices).map_err(
-        |e| match e {
-            TaskError::Inconsistent { dir, detail } => CliError::Usage(format!(
-                "cannot resume {} exactly: {detail} (pass --force to resume anyway)",
-                dir.display()
-            )),
-            TaskError::Invalid { field, message } if field == "train.output_dir" => {
-                CliError::Usage(format!(
-                    "[train] output_dir: {message} (--resume continues it, --overwrite \
-                     replaces it)"
-                ))
-            }
-            TaskError::Invalid { field, message } if field == "resume" => {
-                CliError::Usage(format!("--resume: {message}"))
-            }
-            TaskError::Invalid { field, message }
-            | TaskError::Parallel(ParallelError::Invalid { field, message })
-                if field.contains('.') =>
-            {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                field_error(path, &text, &field, &message)
-            }
-            other => other.into(),
-        },
-    )?;
-    let node = options
-        .node_rank
-        .or(config.distributed.as_ref().map(|d| d.node_rank))
-        .unwrap_or(0);
-    if node > 0 {
-        let steps = outcome.summary.steps;
+    let outcome = fine_tune_on::<B>(&config, options, &mut Progress::new(quiet), devices)
+        .map_err(|e| train_error(path, e))?;
+    if outcome.node_rank > 0 {
+        let (node, steps) = (outcome.node_rank, outcome.summary.steps);
         println!("node {node}: {steps} steps done in step with node 0, which saves the model");
         return Ok(());
     }

@@ -64,7 +64,82 @@ fn default_timeout() -> u64 {
     burnish_parallel::DEFAULT_TIMEOUT.as_secs()
 }
 
+/// A device as configurations and flags name it: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// Which backend serves it is the caller's choice.
+///
+/// ```
+/// use burnish_tasks::DeviceName;
+///
+/// assert_eq!("cuda:1".parse(), Ok(DeviceName::Cuda(1)));
+/// assert!("gpu".parse::<DeviceName>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceName {
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl DeviceName {
+    /// The CUDA index, for a CUDA device.
+    pub fn cuda_index(&self) -> Option<usize> {
+        match self {
+            DeviceName::Cuda(index) => Some(*index),
+            DeviceName::Cpu => None,
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            None if text == "cpu" => Ok(DeviceName::Cpu),
+            None if text == "cuda" => Ok(DeviceName::Cuda(0)),
+            Some(("cuda", index)) => index
+                .parse()
+                .map(DeviceName::Cuda)
+                .map_err(|_| format!("`{index}` is not a device index (cuda:0, cuda:1, ...)")),
+            _ => Err(format!("`{text}`: expected cpu, cuda or cuda:N")),
+        }
+    }
+}
+
 impl DistributedSection {
+    /// `devices`, parsed and checked: at least one, all of one kind, no GPU twice.
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] on `distributed.devices`.
+    pub fn device_names(&self) -> Result<Vec<DeviceName>, TaskError> {
+        let invalid = |message: String| TaskError::Invalid {
+            field: "distributed.devices".into(),
+            message,
+        };
+        let names = self
+            .devices
+            .iter()
+            .map(|name| name.parse::<DeviceName>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let Some(first) = names.first() else {
+            return Err(invalid("no device: list at least one".into()));
+        };
+        let kind = std::mem::discriminant(first);
+        if names.iter().any(|d| std::mem::discriminant(d) != kind) {
+            return Err(invalid("mixes cpu and cuda devices: use one kind".into()));
+        }
+        for (i, name) in names.iter().enumerate() {
+            if let DeviceName::Cuda(n) = name
+                && names[..i].contains(name)
+            {
+                return Err(invalid(format!("cuda:{n} is listed twice")));
+            }
+        }
+        Ok(names)
+    }
+
     /// The workers of node `node_rank` (this section's when `None`), checked.
     ///
     /// # Errors

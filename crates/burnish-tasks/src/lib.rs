@@ -15,7 +15,7 @@ mod setup;
 
 pub use batch::DeviceBatch;
 pub use config::{
-    DataSection, DistributedSection, ModelSection, RunConfig, Schedule, TrainSection,
+    DataSection, DeviceName, DistributedSection, ModelSection, RunConfig, Schedule, TrainSection,
 };
 pub use data::CacheData;
 pub use error::TaskError;

@@ -128,6 +128,9 @@ pub struct RunOutcome {
     pub train_examples: usize,
     /// Wall time of the training loop, seconds.
     pub train_seconds: f64,
+    /// This process's node in a multi-node data-parallel run (0 otherwise); a node other
+    /// than 0 wrote nothing and its outcome has the loop's summary only.
+    pub node_rank: usize,
 }
 
 /// Fine-tunes the model of `config` on `device`: loads the pretrained backbone under the
@@ -649,6 +652,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 test,
                 train_examples: caches.train.len(),
                 train_seconds,
+                node_rank: 0,
             };
             write_results(&outcome, &config.metric_for_best())?;
             Ok(outcome)
@@ -671,6 +675,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
                     test: None,
                     train_examples: caches.train.len(),
                     train_seconds: started.elapsed().as_secs_f64(),
+                    node_rank: topology.node_rank,
                 })
             }
         };

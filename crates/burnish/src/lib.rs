@@ -58,4 +58,33 @@ pub mod backend {
     /// A CUDA device by index (`CudaDevice::new(0)`).
     #[cfg(feature = "cuda")]
     pub use burn_cuda::CudaDevice;
+
+    /// Runs one tiny operation on `device`: `Err(reason)` instead of the panic burn raises
+    /// when a GPU backend has no driver or no such device.
+    ///
+    /// ```
+    /// # #[cfg(feature = "ndarray")]
+    /// assert!(burnish::backend::probe::<burnish::backend::Cpu>(&Default::default()).is_ok());
+    /// ```
+    ///
+    /// # Errors
+    /// The panic's message.
+    pub fn probe<B: burn::tensor::backend::Backend>(device: &B::Device) -> Result<(), String> {
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            burn::tensor::Tensor::<B, 1>::ones([1], device)
+                .sum()
+                .into_scalar()
+        }));
+        std::panic::set_hook(quiet);
+        outcome.map(|_| ()).map_err(|payload| {
+            payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown error")
+                .to_owned()
+        })
+    }
 }
