@@ -109,11 +109,7 @@ impl GradAccumulator {
         &mut self,
         module: &M,
     ) -> Result<GradientsParams, GradError> {
-        let Self {
-            mut sum,
-            items,
-            micro_batches,
-        } = std::mem::take(self);
+        let (mut sum, items, micro_batches) = self.take();
         if items == 0 {
             return Err(GradError::NoItems { micro_batches });
         }

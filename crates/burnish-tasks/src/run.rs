@@ -586,6 +586,7 @@ impl<B: AutodiffBackend> Run<'_, B> {
             let device = &self.devices[local];
             follower.run(
                 local,
+                device,
                 Trainer::new(model, trainer_config.clone())?,
                 train_data(device)?,
                 &|m, c| evaluate_on(m, c, device),
@@ -664,7 +665,8 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 let started = Instant::now();
                 let data = train_data(&self.device)?;
                 let device = &self.device;
-                let summary = follower.run(0, trainer, data, &|m, c| evaluate_on(m, c, device))?;
+                let summary =
+                    follower.run(0, device, trainer, data, &|m, c| evaluate_on(m, c, device))?;
                 Ok(RunOutcome {
                     output_dir: output.clone(),
                     final_dir: output.join("final"),
@@ -723,6 +725,7 @@ impl Follower<'_> {
     fn run<B, M>(
         &self,
         local: usize,
+        device: &B::Device,
         trainer: Trainer<B, M>,
         data: CacheData<'_, B>,
         evaluate_on: &EvalOn<'_, M::InnerModule>,
@@ -731,13 +734,7 @@ impl Follower<'_> {
         B: AutodiffBackend,
         M: AutodiffModule<B> + TaskModel<B>,
     {
-        let device = trainer
-            .model()
-            .devices()
-            .first()
-            .cloned()
-            .unwrap_or_default();
-        let sync = register::<B>(self.topology, local, &device, self.abort)?;
+        let sync = register::<B>(self.topology, local, device, self.abort)?;
         let rank = self.topology.rank_of(local);
         let mut trainer = trainer.with_grad_sync(sync);
         let state = match self.resumed {
