@@ -3,15 +3,21 @@
 // Helpers outside #[test] functions unwrap too: a broken fixture should fail loudly.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
-use burnish_heads::{GenerationConfig, generate};
-use burnish_loader::{HfModelDir, LoadOptions, Naming, Padding, Side, TokenizerConfig, export_dir};
-use burnish_models::{KvCache, ModelConfig};
+use burnish_heads::{GenerationConfig, causal_lm_loss, generate};
+use burnish_loader::{
+    HfModelDir, LoadOptions, Naming, Padding, SafetensorsFile, Side, TokenizerConfig, export_dir,
+    save_module,
+};
+use burnish_models::{KvCache, LlamaForCausalLm, ModelConfig};
 use burnish_params::named_params;
+use burnish_schedule::Warmup;
 use burnish_tests::TestBackend;
-use burnish_tests::{fixture, shared_dir, shared_present};
+use burnish_tests::{fixture, rel_err, shared_dir, shared_present};
+use burnish_trainer::{Trainer, TrainerConfig};
 use serde::Deserialize;
 
 type B = TestBackend;
@@ -30,6 +36,16 @@ struct Case {
     vocab: Option<usize>,
     greedy_prompt: Option<Vec<i64>>,
     greedy_tokens: Option<Vec<i64>>,
+    step: Option<Step>,
+}
+
+/// One training step of a decoder in PyTorch (generate_families.py).
+#[derive(Deserialize)]
+struct Step {
+    labels: Vec<i64>,
+    loss: f64,
+    grad_norm: f64,
+    after: BTreeMap<String, Vec<f32>>,
 }
 
 #[derive(Deserialize)]
@@ -135,11 +151,16 @@ fn check_decoder(case: &Case, dir: &Path) -> f32 {
     diff
 }
 
+/// The cases of generate_models.py and of generate_families.py (newer families).
+fn all_cases() -> Vec<Case> {
+    let (old, new): (Fixture, Fixture) = (fixture("models.json"), fixture("families.json"));
+    assert!(old.cases.len() >= 9 && new.cases.len() >= 6);
+    old.cases.into_iter().chain(new.cases).collect()
+}
+
 #[test]
 fn tiny_checkpoints_match_transformers() {
-    let fx: Fixture = fixture("models.json");
-    assert!(fx.cases.len() >= 9);
-    for case in &fx.cases {
+    for case in &all_cases() {
         let dir = models_dir().join(&case.checkpoint);
         let diff = if case.logits.is_some() {
             check_decoder(case, &dir)
@@ -173,6 +194,84 @@ fn kv_cache_equals_a_full_forward() {
     assert!(diff <= 1e-5, "cached decoding differs by {diff:e}");
 }
 
+/// Qwen3, Phi-3, Gemma 2, Gemma 3 and Llama 3 rope: the causal-LM loss, the gradient
+/// norm before clipping to 1.0 and the parameters after one AdamW step (lr 1e-3, weight
+/// decay 0.01 except biases and norms) equal PyTorch's, at the tolerances of the head
+/// steps in trainer_parity.rs.
+#[test]
+fn decoders_take_one_step_like_pytorch() {
+    type A = burn::backend::Autodiff<TestBackend>;
+    let cases: Vec<Case> = all_cases()
+        .into_iter()
+        .filter(|c| c.step.is_some())
+        .collect();
+    assert!(cases.len() >= 5);
+    for case in &cases {
+        let step = case.step.as_ref().unwrap();
+        let dir = models_dir().join(&case.checkpoint);
+        let hf = HfModelDir::open(&dir).unwrap();
+        let (model, _) = hf
+            .load_llama::<A>(&Default::default(), &LoadOptions::default())
+            .unwrap();
+        let config = TrainerConfig {
+            lr: 1e-3,
+            weight_decay: 0.01,
+            total_steps: 1,
+            warmup: Warmup::Steps(0),
+            max_grad_norm: Some(1.0),
+            ..Default::default()
+        };
+        let mut trainer = Trainer::new(model, config).unwrap();
+        let device = Default::default();
+        let tensor = |v: &[i64]| {
+            Tensor::<A, 2, Int>::from_data(TensorData::new(v.to_vec(), case.shape), &device)
+        };
+        let report = trainer
+            .step(&[()], |m: &LlamaForCausalLm<A>, _: &()| {
+                let logits = m.forward(
+                    tensor(&case.input_ids),
+                    Some(tensor(&case.attention_mask)),
+                    None,
+                );
+                causal_lm_loss(logits, &step.labels).unwrap()
+            })
+            .unwrap();
+        let loss_err = (report.loss - step.loss).abs();
+        let norm_err = (report.grad_norm - step.grad_norm).abs() / step.grad_norm;
+        assert!(
+            loss_err < 1e-5,
+            "{}: loss {} vs {}",
+            case.name,
+            report.loss,
+            step.loss
+        );
+        assert!(
+            norm_err < 1e-4,
+            "{}: grad norm {} vs {}",
+            case.name,
+            report.grad_norm,
+            step.grad_norm
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("model.safetensors");
+        save_module(trainer.model(), Naming::Llama, &path).unwrap();
+        let ours = SafetensorsFile::open(&path).unwrap();
+        let mut worst = 0.0f64;
+        for (name, reference) in &step.after {
+            let err = rel_err(&ours.read_f32(name).unwrap(), reference);
+            assert!(err <= 1e-4, "{}: {name} relative error {err:e}", case.name);
+            worst = worst.max(err);
+        }
+        eprintln!(
+            "{}: loss {:.6} (torch {:.6}), grad norm rel err {norm_err:.1e}, {} parameters within {worst:.1e}",
+            case.name,
+            report.loss,
+            step.loss,
+            step.after.len()
+        );
+    }
+}
+
 #[test]
 fn export_reloads_bit_identically_with_hf_names() {
     for name in [
@@ -181,6 +280,11 @@ fn export_reloads_bit_identically_with_hf_names() {
         "llama-tiny-gqa",
         "llama-tiny-tied",
         "bert-tiny-bf16",
+        "qwen3-tiny",
+        "phi3-tiny",
+        "gemma2-tiny",
+        "gemma3-tiny",
+        "xlm-roberta-tiny",
     ] {
         let src = models_dir().join(name);
         let hf = HfModelDir::open(&src).unwrap();

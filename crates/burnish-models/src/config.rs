@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::rope::Rope;
 
 /// Activation functions named by `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,14 +65,16 @@ fn default_theta() -> f64 {
 pub enum BertFlavor {
     /// BERT: positions `0..seq_len`.
     Bert,
-    /// RoBERTa: positions count non-pad tokens from `pad_token_id + 1`.
+    /// RoBERTa (and XLM-RoBERTa, the same architecture): positions count non-pad tokens
+    /// from `pad_token_id + 1`.
+    #[serde(alias = "xlm-roberta")]
     Roberta,
 }
 
-/// A BERT-family encoder configuration (`model_type` `bert` or `roberta`).
+/// A BERT-family encoder configuration (`model_type` `bert`, `roberta` or `xlm-roberta`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
-    /// `bert` or `roberta`.
+    /// `bert`, or `roberta` (also for `xlm-roberta`, the same architecture).
     #[serde(rename = "model_type")]
     pub flavor: BertFlavor,
     /// Vocabulary size.
@@ -115,10 +118,14 @@ pub struct BertConfig {
     pub position_embedding_type: Option<String>,
 }
 
-/// A Llama-family decoder configuration (`llama`, `mistral`, `qwen2`).
+/// A Llama-family decoder configuration: `llama`, `mistral`, `qwen2`, `qwen3`, `phi3`,
+/// `gemma2` and `gemma3_text` (see [`DecoderFamily`] for what each changes).
+///
+/// Fields a family does not use are ignored as transformers ignores them; options burnish
+/// does not implement are refused by [`LlamaConfig::validate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LlamaConfig {
-    /// `llama`, `mistral` or `qwen2`.
+    /// `llama`, `mistral`, `qwen2`, `qwen3`, `phi3`, `gemma2` or `gemma3_text`.
     pub model_type: String,
     /// Vocabulary size.
     pub vocab_size: usize,
@@ -133,37 +140,59 @@ pub struct LlamaConfig {
     /// Number of key/value heads (grouped-query attention); `None` means no grouping.
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
-    /// Per-head size; `None` means `hidden_size / num_attention_heads`.
+    /// Per-head size; `None` means the family's default (see [`LlamaConfig::head_dim`]).
     #[serde(default)]
     pub head_dim: Option<usize>,
     /// MLP activation (SwiGLU's gate).
     #[serde(default = "default_silu")]
     pub hidden_act: String,
+    /// Gemma's name for the MLP activation (it ignores `hidden_act`).
+    #[serde(default)]
+    pub hidden_activation: Option<String>,
     /// Longest sequence the rotary tables cover.
     pub max_position_embeddings: usize,
-    /// RMSNorm ε.
-    #[serde(default = "default_rms_eps")]
-    pub rms_norm_eps: f64,
-    /// Rotary base θ as transformers 4 writes it; see [`LlamaConfig::rope_theta`].
+    /// RMSNorm ε; `None` means the family's default (1e-5 for Phi-3, else 1e-6).
+    #[serde(default)]
+    pub rms_norm_eps: Option<f64>,
+    /// Rotary base θ as transformers 4 writes it; see [`LlamaConfig::rope`].
     #[serde(default)]
     pub rope_theta: Option<f64>,
-    /// Rotary parameters as transformers 5 writes them (`{"rope_theta": …,
-    /// "rope_type": "default"}`); only the default rope type is supported.
+    /// Rotary parameters as transformers 5 writes them (`{"rope_theta": …, "rope_type":
+    /// "default"}`, or one such object per layer type for Gemma 3).
     #[serde(default)]
     pub rope_parameters: Option<serde_json::Value>,
-    /// Rotary scaling (transformers 4); only `null` or the default type is supported.
+    /// Rotary scaling (transformers 4): `null`, `default`, `linear` or `llama3`.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
-    /// Mistral's sliding attention window, in tokens; `None` attends to everything.
+    /// Gemma 3's rotary base of its sliding-window layers (transformers 4).
+    #[serde(default)]
+    pub rope_local_base_freq: Option<f64>,
+    /// Fraction of each head the rotation applies to (Phi-3 family, transformers 4).
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+    /// Context length the rotary scaling was pretrained at (Phi-3, Llama 3 scaling).
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+    /// The attention window of sliding-window layers, in tokens.
     #[serde(default)]
     pub sliding_window: Option<usize>,
-    /// Qwen2's switch for its sliding window (unsupported when true).
+    /// Qwen's switch for its sliding window.
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
-    /// Whether `lm_head` shares the input embedding matrix.
+    /// Qwen's first layer with a sliding window (when `layer_types` is absent).
     #[serde(default)]
-    pub tie_word_embeddings: bool,
-    /// Bias on q/k/v/o projections (Llama); qwen2 always has q/k/v biases.
+    pub max_window_layers: Option<usize>,
+    /// Gemma 3's period of full-attention layers (when `layer_types` is absent).
+    #[serde(default)]
+    pub sliding_window_pattern: Option<usize>,
+    /// Attention of each layer, `full_attention` or `sliding_attention` (transformers 5).
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    /// Whether `lm_head` shares the input embedding matrix; `None` means the family's
+    /// default (tied for Gemma, untied otherwise).
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    /// Bias on q/k/v/o projections (Llama, Qwen3, Gemma); qwen2 always has q/k/v biases.
     #[serde(default)]
     pub attention_bias: bool,
     /// Bias on the MLP projections.
@@ -172,6 +201,24 @@ pub struct LlamaConfig {
     /// Dropout on attention probabilities.
     #[serde(default)]
     pub attention_dropout: f64,
+    /// Gemma's attention scale is `query_pre_attn_scalar^-½` instead of `head_dim^-½`.
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2's cap on attention scores, `c·tanh(s/c)` (absent: 50, `null`: none).
+    #[serde(default, deserialize_with = "present")]
+    pub attn_logit_softcapping: Option<Option<f64>>,
+    /// Gemma's cap on output logits (absent: 30 for Gemma 2, none for Gemma 3).
+    #[serde(default, deserialize_with = "present")]
+    pub final_logit_softcapping: Option<Option<f64>>,
+    /// Gemma's bidirectional attention (refused: burnish trains causal decoders).
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<bool>,
+    /// Phi-3's dropout on sub-layer outputs (burnish trains decoders without it).
+    #[serde(default)]
+    pub resid_pdrop: Option<f64>,
+    /// Phi-3's dropout on embeddings (burnish trains decoders without it).
+    #[serde(default)]
+    pub embd_pdrop: Option<f64>,
     /// Standard deviation of new weights.
     #[serde(default = "default_range")]
     pub initializer_range: f64,
@@ -186,7 +233,69 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<serde_json::Value>,
 }
 
+/// A field that is present (`Some`), possibly `null` (`Some(None)`), as opposed to
+/// absent (`None`, through `#[serde(default)]`): transformers' defaults differ.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<f64>>, D::Error> {
+    Option::<f64>::deserialize(d).map(Some)
+}
+
+/// What a decoder family changes in the Llama architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderFamily {
+    /// Llama: the base.
+    Llama,
+    /// Mistral: a sliding window on every layer when `sliding_window` is set.
+    Mistral,
+    /// Qwen2: q/k/v biases; a sliding window above `max_window_layers` when
+    /// `use_sliding_window`.
+    Qwen2,
+    /// Qwen3: RMSNorm of each query and key head (`q_norm`, `k_norm`), no biases, head
+    /// size 128 by default; windows as Qwen2.
+    Qwen3,
+    /// Phi-3: fused `qkv_proj` and `gate_up_proj`, partial rotary, a window on every
+    /// layer when set.
+    Phi3,
+    /// Gemma 2: `(1 + w)` RMSNorm around both sub-layers, GeGLU, embeddings scaled by
+    /// √hidden, attention scale from `query_pre_attn_scalar`, soft-capped attention
+    /// scores and logits, sliding window on alternate layers, tied embeddings.
+    Gemma2,
+    /// Gemma 3 (text): Gemma 2 with `q_norm`/`k_norm`, no score capping, five
+    /// sliding-window layers per global one and a separate rotary base for them.
+    Gemma3,
+}
+
+impl DecoderFamily {
+    /// The family of a `model_type`, if it is a supported decoder.
+    pub fn of(model_type: &str) -> Option<Self> {
+        Some(match model_type {
+            "llama" => DecoderFamily::Llama,
+            "mistral" => DecoderFamily::Mistral,
+            "qwen2" => DecoderFamily::Qwen2,
+            "qwen3" => DecoderFamily::Qwen3,
+            "phi3" => DecoderFamily::Phi3,
+            "gemma2" => DecoderFamily::Gemma2,
+            "gemma3_text" => DecoderFamily::Gemma3,
+            _ => return None,
+        })
+    }
+
+    /// Whether the family is Gemma 2 or 3 (shared norms, scaling and defaults).
+    pub fn is_gemma(self) -> bool {
+        matches!(self, DecoderFamily::Gemma2 | DecoderFamily::Gemma3)
+    }
+}
+
+/// The supported decoder `model_type`s, for error messages.
+pub const DECODER_TYPES: &str = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
+
+/// Every supported `model_type`, for error messages.
+const SUPPORTED_TYPES: &str =
+    "bert, roberta, xlm-roberta, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
+
 /// An architecture configuration, chosen by `model_type`.
+// One config per loaded model: boxing the larger variant would save nothing worth its
+// noise in every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     /// BERT or RoBERTa encoder.
@@ -243,17 +352,24 @@ impl ModelConfig {
             .to_owned();
         let parse_err = |e: serde_json::Error| ModelError::Config(e.to_string());
         let config = match model_type.as_str() {
-            "bert" | "roberta" => {
+            "bert" | "roberta" | "xlm-roberta" => {
                 ModelConfig::Bert(serde_json::from_value(value).map_err(parse_err)?)
             }
-            "llama" | "mistral" | "qwen2" => {
+            t if DecoderFamily::of(t).is_some() => {
                 ModelConfig::Llama(serde_json::from_value(value).map_err(parse_err)?)
+            }
+            "gemma3" => {
+                return Err(ModelError::Unsupported {
+                    field: "model_type",
+                    value: "gemma3".to_owned(),
+                    supported: "gemma3_text (a text-only Gemma 3 checkpoint; the image-text model is not supported)",
+                });
             }
             other => {
                 return Err(ModelError::Unsupported {
                     field: "model_type",
                     value: other.to_owned(),
-                    supported: "bert, roberta, llama, mistral, qwen2",
+                    supported: SUPPORTED_TYPES,
                 });
             }
         };
@@ -425,11 +541,21 @@ impl BertConfig {
 }
 
 impl LlamaConfig {
-    /// The MLP gate activation.
+    /// The family `model_type` names ([`DecoderFamily::Llama`] for an unknown one, which
+    /// [`validate`](Self::validate) refuses).
+    pub fn family(&self) -> DecoderFamily {
+        DecoderFamily::of(&self.model_type).unwrap_or(DecoderFamily::Llama)
+    }
+
+    /// The MLP gate activation (`hidden_activation` for Gemma, `hidden_act` otherwise).
     ///
     /// # Errors
-    /// [`ModelError::Unsupported`] for an unknown `hidden_act`.
+    /// [`ModelError::Unsupported`] for an unknown activation.
     pub fn activation(&self) -> Result<Activation, ModelError> {
+        if self.family().is_gemma() {
+            let act = self.hidden_activation.as_deref();
+            return Activation::parse("hidden_activation", act.unwrap_or("gelu_pytorch_tanh"));
+        }
         Activation::parse("hidden_act", &self.hidden_act)
     }
 
@@ -438,35 +564,181 @@ impl LlamaConfig {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
-    /// Size of one attention head.
+    /// Size of one attention head: `head_dim`, else transformers' default for the family
+    /// (128 for Qwen3, 256 for Gemma, `hidden_size / num_attention_heads` otherwise).
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim.unwrap_or(match self.family() {
+            DecoderFamily::Qwen3 => 128,
+            DecoderFamily::Gemma2 | DecoderFamily::Gemma3 => 256,
+            _ => self.hidden_size / self.num_attention_heads.max(1),
+        })
     }
 
-    /// The rotary base θ: `rope_parameters.rope_theta` (transformers 5), else the top-level
-    /// `rope_theta` (transformers 4), else 10 000.
-    pub fn rope_theta(&self) -> f64 {
-        self.rope_parameters
-            .as_ref()
-            .and_then(|p| p.get("rope_theta"))
-            .and_then(serde_json::Value::as_f64)
-            .or(self.rope_theta)
-            .unwrap_or_else(default_theta)
+    /// RMSNorm ε: `rms_norm_eps`, else 1e-5 for Phi-3 and 1e-6 otherwise.
+    pub fn rms_eps(&self) -> f64 {
+        self.rms_norm_eps.unwrap_or(match self.family() {
+            DecoderFamily::Phi3 => 1e-5,
+            _ => default_rms_eps(),
+        })
     }
 
-    /// The attention window: Mistral's `sliding_window` when set; Qwen2 declares its window
-    /// but only uses it with `use_sliding_window`, which is rejected by `validate`.
-    pub fn attention_window(&self) -> Option<usize> {
-        match self.model_type.as_str() {
-            "mistral" => self.sliding_window,
+    /// Whether `lm_head` is the input embedding (`tie_word_embeddings`, else tied for
+    /// Gemma only).
+    pub fn tied(&self) -> bool {
+        self.tie_word_embeddings.unwrap_or(self.family().is_gemma())
+    }
+
+    /// Whether q/k/v projections carry a bias (always for Qwen2, never for Phi-3,
+    /// `attention_bias` otherwise).
+    pub fn qkv_bias(&self) -> bool {
+        match self.family() {
+            DecoderFamily::Qwen2 => true,
+            DecoderFamily::Phi3 => false,
+            _ => self.attention_bias,
+        }
+    }
+
+    /// Whether the output projection carries a bias (`attention_bias`, never for Qwen2
+    /// and Phi-3).
+    pub fn o_bias(&self) -> bool {
+        match self.family() {
+            DecoderFamily::Qwen2 | DecoderFamily::Phi3 => false,
+            _ => self.attention_bias,
+        }
+    }
+
+    /// Whether the MLP projections carry a bias (`mlp_bias`, Llama only).
+    pub fn mlp_bias(&self) -> bool {
+        self.family() == DecoderFamily::Llama && self.mlp_bias
+    }
+
+    /// The attention scores' scale: `query_pre_attn_scalar^-½` for Gemma (default 256),
+    /// `head_dim^-½` otherwise.
+    pub fn attention_scale(&self) -> f64 {
+        match self.family() {
+            f if f.is_gemma() => self.query_pre_attn_scalar.unwrap_or(256.0).powf(-0.5),
+            _ => (self.head_dim() as f64).powf(-0.5),
+        }
+    }
+
+    /// Gemma 2's cap on attention scores (default 50; Gemma 3 has none, as transformers'
+    /// `Gemma3Attention` never applies it).
+    pub fn attention_softcap(&self) -> Option<f64> {
+        match self.family() {
+            DecoderFamily::Gemma2 => self.attn_logit_softcapping.unwrap_or(Some(50.0)),
             _ => None,
         }
     }
 
-    /// Whether q/k/v projections carry a bias (qwen2 always, Llama when `attention_bias`).
-    pub fn qkv_bias(&self) -> bool {
-        self.attention_bias || self.model_type == "qwen2"
+    /// Gemma's cap on output logits (default 30 for Gemma 2, none for Gemma 3).
+    pub fn logit_softcap(&self) -> Option<f64> {
+        match self.family() {
+            DecoderFamily::Gemma2 => self.final_logit_softcapping.unwrap_or(Some(30.0)),
+            DecoderFamily::Gemma3 => self.final_logit_softcapping.flatten(),
+            _ => None,
+        }
+    }
+
+    /// The attention window of each layer (`None`: full attention), from `layer_types`
+    /// when the config has them, else from the family's rule: every layer for Mistral and
+    /// Phi-3; layers from `max_window_layers` (default 28) for Qwen with
+    /// `use_sliding_window`; every other layer for Gemma 2 (the first sliding); five of
+    /// every `sliding_window_pattern` (default 6) for Gemma 3.
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] for an unknown layer type, [`ModelError::Inconsistent`]
+    /// when `layer_types` does not have one entry per layer.
+    pub fn layer_windows(&self) -> Result<Vec<Option<usize>>, ModelError> {
+        let n = self.num_hidden_layers;
+        let family = self.family();
+        // Qwen declares a window it only uses with `use_sliding_window`.
+        let window = match family {
+            DecoderFamily::Qwen2 | DecoderFamily::Qwen3
+                if self.use_sliding_window != Some(true) =>
+            {
+                None
+            }
+            DecoderFamily::Llama => None,
+            _ => self.sliding_window,
+        };
+        let sliding: Vec<bool> = match &self.layer_types {
+            Some(types) => {
+                if types.len() != n {
+                    return Err(ModelError::Inconsistent(format!(
+                        "layer_types has {} entries for num_hidden_layers {n}",
+                        types.len()
+                    )));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        "full_attention" => Ok(false),
+                        "sliding_attention" => Ok(true),
+                        other => Err(ModelError::Unsupported {
+                            field: "layer_types",
+                            value: other.to_owned(),
+                            supported: "full_attention, sliding_attention",
+                        }),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            None => (0..n)
+                .map(|i| match family {
+                    DecoderFamily::Llama => false,
+                    DecoderFamily::Mistral | DecoderFamily::Phi3 => true,
+                    DecoderFamily::Qwen2 | DecoderFamily::Qwen3 => {
+                        i >= self.max_window_layers.unwrap_or(28)
+                    }
+                    DecoderFamily::Gemma2 => (i + 1) % 2 != 0,
+                    DecoderFamily::Gemma3 => {
+                        (i + 1) % self.sliding_window_pattern.unwrap_or(6).max(1) != 0
+                    }
+                })
+                .collect(),
+        };
+        Ok(sliding.into_iter().map(|s| window.filter(|_| s)).collect())
+    }
+
+    /// The rotary embedding of full-attention layers (`sliding = false`) or of
+    /// sliding-window layers: Gemma 3 gives those their own base
+    /// (`rope_parameters.sliding_attention`, or `rope_local_base_freq`, default 10 000),
+    /// every other family uses one rotary embedding for all layers.
+    ///
+    /// # Errors
+    /// [`ModelError::Unsupported`] for a rope type other than `default`, `linear` and
+    /// `llama3`; [`ModelError::Inconsistent`] for missing or invalid parameters.
+    pub fn rope(&self, sliding: bool) -> Result<Rope, ModelError> {
+        let gemma3 = self.family() == DecoderFamily::Gemma3;
+        let nested = self.rope_parameters.as_ref().is_some_and(|p| {
+            p.get("full_attention").is_some() || p.get("sliding_attention").is_some()
+        });
+        let key = if sliding && gemma3 {
+            "sliding_attention"
+        } else {
+            "full_attention"
+        };
+        let null = serde_json::Value::Null;
+        let (field, params) = match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(p), _) if nested => ("rope_parameters", p.get(key).unwrap_or(&null)),
+            // transformers 4's Gemma 3 scales its global layers only.
+            (_, _) if sliding && gemma3 => ("rope_local_base_freq", &null),
+            (Some(p), _) if !p.is_null() => ("rope_parameters", p),
+            (_, Some(s)) => ("rope_scaling", s),
+            _ => ("rope_parameters", &null),
+        };
+        let default_theta = match (self.family(), sliding) {
+            (DecoderFamily::Gemma3, true) => self.rope_local_base_freq.unwrap_or(10_000.0),
+            (DecoderFamily::Gemma3, false) => self.rope_theta.unwrap_or(1_000_000.0),
+            _ => self.rope_theta.unwrap_or_else(default_theta),
+        };
+        Rope::from_params(
+            field,
+            params,
+            default_theta,
+            self.partial_rotary_factor,
+            self.original_max_position_embeddings
+                .unwrap_or(self.max_position_embeddings),
+        )
     }
 
     /// Checks sizes and options.
@@ -474,6 +746,13 @@ impl LlamaConfig {
     /// # Errors
     /// See [`ModelConfig::from_json`].
     pub fn validate(&self) -> Result<(), ModelError> {
+        if DecoderFamily::of(&self.model_type).is_none() {
+            return Err(ModelError::Unsupported {
+                field: "model_type",
+                value: self.model_type.clone(),
+                supported: DECODER_TYPES,
+            });
+        }
         for (field, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -482,6 +761,7 @@ impl LlamaConfig {
             ("num_key_value_heads", self.kv_heads()),
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
+            ("head_dim", self.head_dim()),
         ] {
             nonzero(field, v)?;
         }
@@ -498,47 +778,40 @@ impl LlamaConfig {
                 self.kv_heads()
             )));
         }
-        if !self.head_dim().is_multiple_of(2) {
-            return Err(ModelError::Inconsistent(format!(
-                "rotary embeddings need an even head_dim, got {}",
-                self.head_dim()
-            )));
-        }
-        let theta = self.rope_theta();
-        if !(theta.is_finite() && theta > 0.0) {
-            return Err(ModelError::Inconsistent(format!(
-                "rope_theta must be > 0, got {theta}"
-            )));
-        }
-        for (field, value) in [
-            ("rope_scaling", &self.rope_scaling),
-            ("rope_parameters", &self.rope_parameters),
-        ] {
-            let Some(value) = value else { continue };
-            let kind = value.get("rope_type").or_else(|| value.get("type"));
-            let default = value.is_null() || kind.is_none_or(|k| k == "default");
-            if !default {
-                return Err(ModelError::Unsupported {
-                    field,
-                    value: value.to_string(),
-                    supported: "the default rope type (no scaling)",
-                });
+        for sliding in [false, true] {
+            let rope = self.rope(sliding)?;
+            let dim = rope.rotary_dim(self.head_dim());
+            if dim == 0 || !dim.is_multiple_of(2) {
+                return Err(ModelError::Inconsistent(format!(
+                    "rotary embeddings need an even, non-zero rotary size, got {dim} (head_dim {} × partial_rotary_factor {})",
+                    self.head_dim(),
+                    rope.partial
+                )));
             }
         }
-        if self.model_type == "qwen2" && self.use_sliding_window == Some(true) {
+        if self.use_bidirectional_attention == Some(true) {
             return Err(ModelError::Unsupported {
-                field: "use_sliding_window",
+                field: "use_bidirectional_attention",
                 value: "true".to_owned(),
-                supported: "false",
+                supported: "false (causal decoders)",
             });
         }
-        if self.attention_window() == Some(0) {
+        if self.layer_windows()?.contains(&Some(0)) {
             return Err(ModelError::Inconsistent(
                 "sliding_window must be at least 1".to_owned(),
             ));
         }
+        for (field, cap) in [
+            ("attn_logit_softcapping", self.attention_softcap()),
+            ("final_logit_softcapping", self.logit_softcap()),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+        ] {
+            if let Some(c) = cap {
+                positive(field, c)?;
+            }
+        }
         self.activation()?;
-        positive("rms_norm_eps", self.rms_norm_eps)?;
+        positive("rms_norm_eps", self.rms_eps())?;
         positive("initializer_range", self.initializer_range)?;
         for (field, ids) in [
             ("bos_token_id", &self.bos_token_id),
@@ -546,6 +819,12 @@ impl LlamaConfig {
             ("pad_token_id", &self.pad_token_id),
         ] {
             token_ids(field, ids.as_ref(), self.vocab_size)?;
+        }
+        for (field, p) in [
+            ("resid_pdrop", self.resid_pdrop),
+            ("embd_pdrop", self.embd_pdrop),
+        ] {
+            probability(field, p.unwrap_or(0.0))?;
         }
         probability("attention_dropout", self.attention_dropout)
     }

@@ -37,13 +37,18 @@ pub fn layer_norm<B: Backend>(d: usize, eps: f64, device: &B::Device) -> LayerNo
     LayerNormConfig::new(d).with_epsilon(eps).init(device)
 }
 
-/// RMSNorm as transformers' `LlamaRMSNorm`: `weight · x / sqrt(mean(x²) + ε)`.
+/// RMSNorm as transformers' `LlamaRMSNorm`, `weight · x / sqrt(mean(x²) + ε)`, or with
+/// `unit_offset` as Gemma's, `(1 + weight) · x / sqrt(mean(x²) + ε)` (weight stored
+/// zero-centred).
 #[derive(burn::module::Module, Debug)]
 pub struct RmsNorm<B: Backend> {
-    /// Scale, `[d]`, initialized to 1.
+    /// Scale, `[d]`, initialized to 1 (0 with `unit_offset`).
     pub weight: Param<Tensor<B, 1>>,
     /// ε added to the mean square.
     pub eps: f64,
+    /// Gemma's `(1 + weight)` scale.
+    #[module(skip)]
+    pub unit_offset: bool,
 }
 
 impl<B: Backend> RmsNorm<B> {
@@ -52,6 +57,16 @@ impl<B: Backend> RmsNorm<B> {
         RmsNorm {
             weight: Initializer::Ones.init([d], device),
             eps,
+            unit_offset: false,
+        }
+    }
+
+    /// A new Gemma RMSNorm over `d` features: scale `1 + weight`, weight initialized to 0.
+    pub fn with_unit_offset(d: usize, eps: f64, device: &B::Device) -> Self {
+        RmsNorm {
+            weight: Initializer::Zeros.init([d], device),
+            eps,
+            unit_offset: true,
         }
     }
 
@@ -61,6 +76,10 @@ impl<B: Backend> RmsNorm<B> {
         let x = x.cast(burn::tensor::FloatDType::F32);
         let variance = x.clone().square().mean_dim(D - 1);
         let normed = x.mul(variance.add_scalar(self.eps).sqrt().recip());
-        normed.mul(self.weight.val().unsqueeze())
+        let scale = match self.unit_offset {
+            true => self.weight.val().add_scalar(1.0),
+            false => self.weight.val(),
+        };
+        normed.mul(scale.unsqueeze())
     }
 }

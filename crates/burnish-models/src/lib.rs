@@ -8,18 +8,23 @@ mod input;
 mod layers;
 mod llama;
 pub mod ops;
+mod rope;
 
 pub use bert::{
     BertAttention, BertEmbeddings, BertEncoder, BertIntermediate, BertLayer, BertModel, BertOutput,
     BertPooler, BertResidual, BertSelfAttention,
 };
-pub use config::{Activation, BertConfig, BertFlavor, LlamaConfig, ModelConfig, ProblemType};
+pub use config::{
+    Activation, BertConfig, BertFlavor, DECODER_TYPES, DecoderFamily, LlamaConfig, ModelConfig,
+    ProblemType,
+};
 pub use input::InputLimits;
 pub use layers::{RmsNorm, embedding, layer_norm, linear};
 pub use llama::{
     KvCache, LlamaAttention, LlamaForCausalLm, LlamaLayer, LlamaMlp, LlamaModel,
     positions_from_mask,
 };
+pub use rope::{Rope, RopeScaling};
 
 /// Mixed-precision compute, as `torch.autocast`: parameters stay float32 (the master
 /// weights); each matmul casts its operands to the compute dtype (a differentiable cast, so

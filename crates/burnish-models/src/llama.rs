@@ -1,48 +1,68 @@
-//! Llama-family decoders (Llama, Mistral, Qwen2 shapes): RMSNorm, rotary embeddings,
-//! SwiGLU, grouped-query attention, causal + padding masks, optional tied embeddings, and a
-//! KV cache for generation, as transformers' `LlamaForCausalLM`.
+//! Llama-family decoders (Llama, Mistral, Qwen2/3, Phi-3, Gemma 2/3): RMSNorm, rotary
+//! embeddings, gated MLPs, grouped-query attention, causal, padding and sliding-window
+//! masks, optional tied embeddings, and a KV cache for generation, as transformers'
+//! `LlamaForCausalLM` and its relatives.
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 
-use crate::config::{Activation, LlamaConfig};
+use crate::config::{Activation, DecoderFamily, LlamaConfig};
 use crate::layers::{RmsNorm, embedding, linear};
-use crate::ops::{activate, attention, linear_in, repeat_kv};
+use crate::ops::{activate, attention_scaled, linear_in, repeat_kv, soft_cap};
+use crate::rope::Rope;
 use crate::{Autocast, ModelError};
 
-/// Attention projections of one layer (HF `self_attn`).
+/// Attention of one layer (HF `self_attn`): separate q/k/v projections, or Phi-3's fused
+/// `qkv_proj`; Qwen3 and Gemma 3 normalize each query and key head (`q_norm`, `k_norm`).
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
-    /// Query projection, `[hidden → heads·head_dim]`.
-    pub q_proj: Linear<B>,
-    /// Key projection, `[hidden → kv_heads·head_dim]`.
-    pub k_proj: Linear<B>,
-    /// Value projection, `[hidden → kv_heads·head_dim]`.
-    pub v_proj: Linear<B>,
+    /// Query projection, `[hidden → heads·head_dim]` (absent when fused).
+    pub q_proj: Option<Linear<B>>,
+    /// Key projection, `[hidden → kv_heads·head_dim]` (absent when fused).
+    pub k_proj: Option<Linear<B>>,
+    /// Value projection, `[hidden → kv_heads·head_dim]` (absent when fused).
+    pub v_proj: Option<Linear<B>>,
+    /// Phi-3's fused projection, `[hidden → (heads + 2·kv_heads)·head_dim]`: queries,
+    /// then keys, then values.
+    pub qkv_proj: Option<Linear<B>>,
     /// Output projection, `[heads·head_dim → hidden]`.
     pub o_proj: Linear<B>,
+    /// RMSNorm over each query head's features (Qwen3, Gemma 3).
+    pub q_norm: Option<RmsNorm<B>>,
+    /// RMSNorm over each key head's features (Qwen3, Gemma 3).
+    pub k_norm: Option<RmsNorm<B>>,
     dropout: Dropout,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    #[module(skip)]
+    scale: f64,
+    #[module(skip)]
+    softcap: Option<f64>,
 }
 
-/// SwiGLU MLP (HF `mlp`): `down(act(gate(x)) · up(x))`.
+/// Gated MLP (HF `mlp`): `down(act(gate(x)) · up(x))` — SwiGLU, or GeGLU for Gemma;
+/// Phi-3 fuses gate and up into `gate_up_proj` (gate first).
 #[derive(Module, Debug)]
 pub struct LlamaMlp<B: Backend> {
-    /// Gate projection.
-    pub gate_proj: Linear<B>,
-    /// Up projection.
-    pub up_proj: Linear<B>,
+    /// Gate projection (absent when fused).
+    pub gate_proj: Option<Linear<B>>,
+    /// Up projection (absent when fused).
+    pub up_proj: Option<Linear<B>>,
+    /// Phi-3's fused `[gate | up]` projection, `[hidden → 2·intermediate]`.
+    pub gate_up_proj: Option<Linear<B>>,
     /// Down projection.
     pub down_proj: Linear<B>,
     #[module(skip)]
     activation: Activation,
 }
 
-/// One pre-norm decoder layer (HF `model.layers.N`).
+/// One pre-norm decoder layer (HF `model.layers.N`). Gemma normalizes both sides of each
+/// sub-layer: `post_attention_layernorm` then applies to the attention output and
+/// `pre_feedforward_layernorm` / `post_feedforward_layernorm` surround the MLP; otherwise
+/// `post_attention_layernorm` is the norm before the MLP.
 #[derive(Module, Debug)]
 pub struct LlamaLayer<B: Backend> {
     /// Attention.
@@ -51,8 +71,15 @@ pub struct LlamaLayer<B: Backend> {
     pub mlp: LlamaMlp<B>,
     /// Norm before attention.
     pub input_layernorm: RmsNorm<B>,
-    /// Norm before the MLP.
+    /// Norm before the MLP, or (Gemma) of the attention output.
     pub post_attention_layernorm: RmsNorm<B>,
+    /// Gemma's norm before the MLP.
+    pub pre_feedforward_layernorm: Option<RmsNorm<B>>,
+    /// Gemma's norm of the MLP output.
+    pub post_feedforward_layernorm: Option<RmsNorm<B>>,
+    /// The attention window of this layer, `None` for full attention.
+    #[module(skip)]
+    window: Option<usize>,
 }
 
 /// The decoder stack without an output layer (HF `model`).
@@ -64,8 +91,15 @@ pub struct LlamaModel<B: Backend> {
     pub layers: Vec<LlamaLayer<B>>,
     /// Final norm.
     pub norm: RmsNorm<B>,
-    rope_theta: f64,
-    window: Option<usize>,
+    /// Rotary embeddings of full-attention and of sliding-window layers.
+    #[module(skip)]
+    ropes: [Rope; 2],
+    /// Gemma's embedding multiplier, √hidden.
+    #[module(skip)]
+    embed_scale: Option<f64>,
+    /// Gemma's cap on the output logits.
+    #[module(skip)]
+    logit_softcap: Option<f64>,
     /// The dtype matmuls compute in (see [`LlamaForCausalLm::with_compute_dtype`]).
     #[module(skip)]
     compute: FloatDType,
@@ -116,94 +150,156 @@ impl LlamaConfig {
     /// [`ModelError`] when the config does not validate.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<LlamaForCausalLm<B>, ModelError> {
         self.validate()?;
-        let h = self.hidden_size;
-        let std = self.initializer_range;
+        let family = self.family();
+        let (h, inner, std, eps) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.initializer_range,
+            self.rms_eps(),
+        );
         let (heads, kv_heads, head_dim) =
             (self.num_attention_heads, self.kv_heads(), self.head_dim());
         let activation = self.activation()?;
-        let qkv_bias = self.qkv_bias();
-        let layers = (0..self.num_hidden_layers)
-            .map(|_| LlamaLayer {
+        let (qkv_bias, mlp_bias) = (self.qkv_bias(), self.mlp_bias());
+        let fused = family == DecoderFamily::Phi3;
+        let gemma = family.is_gemma();
+        let norm = |d: usize| match gemma {
+            true => RmsNorm::with_unit_offset(d, eps, device),
+            false => RmsNorm::new(d, eps, device),
+        };
+        let separate =
+            |d_out: usize, bias: bool| (!fused).then(|| linear(h, d_out, bias, std, device));
+        let qk_norm = matches!(family, DecoderFamily::Qwen3 | DecoderFamily::Gemma3);
+        let layers = self
+            .layer_windows()?
+            .into_iter()
+            .map(|window| LlamaLayer {
                 self_attn: LlamaAttention {
-                    q_proj: linear(h, heads * head_dim, qkv_bias, std, device),
-                    k_proj: linear(h, kv_heads * head_dim, qkv_bias, std, device),
-                    v_proj: linear(h, kv_heads * head_dim, qkv_bias, std, device),
-                    o_proj: linear(heads * head_dim, h, self.attention_bias, std, device),
+                    q_proj: separate(heads * head_dim, qkv_bias),
+                    k_proj: separate(kv_heads * head_dim, qkv_bias),
+                    v_proj: separate(kv_heads * head_dim, qkv_bias),
+                    qkv_proj: fused
+                        .then(|| linear(h, (heads + 2 * kv_heads) * head_dim, false, std, device)),
+                    o_proj: linear(heads * head_dim, h, self.o_bias(), std, device),
+                    q_norm: qk_norm.then(|| norm(head_dim)),
+                    k_norm: qk_norm.then(|| norm(head_dim)),
                     dropout: DropoutConfig::new(self.attention_dropout).init(),
                     heads,
                     kv_heads,
                     head_dim,
+                    scale: self.attention_scale(),
+                    softcap: self.attention_softcap(),
                 },
                 mlp: LlamaMlp {
-                    gate_proj: linear(h, self.intermediate_size, self.mlp_bias, std, device),
-                    up_proj: linear(h, self.intermediate_size, self.mlp_bias, std, device),
-                    down_proj: linear(self.intermediate_size, h, self.mlp_bias, std, device),
+                    gate_proj: separate(inner, mlp_bias),
+                    up_proj: separate(inner, mlp_bias),
+                    gate_up_proj: fused.then(|| linear(h, 2 * inner, false, std, device)),
+                    down_proj: linear(inner, h, mlp_bias, std, device),
                     activation,
                 },
-                input_layernorm: RmsNorm::new(h, self.rms_norm_eps, device),
-                post_attention_layernorm: RmsNorm::new(h, self.rms_norm_eps, device),
+                input_layernorm: norm(h),
+                post_attention_layernorm: norm(h),
+                pre_feedforward_layernorm: gemma.then(|| norm(h)),
+                post_feedforward_layernorm: gemma.then(|| norm(h)),
+                window,
             })
             .collect();
         Ok(LlamaForCausalLm {
             model: LlamaModel {
                 embed_tokens: embedding(self.vocab_size, h, std, device),
                 layers,
-                norm: RmsNorm::new(h, self.rms_norm_eps, device),
-                rope_theta: self.rope_theta(),
-                window: self.attention_window(),
+                norm: norm(h),
+                ropes: [self.rope(false)?, self.rope(true)?],
+                embed_scale: gemma.then(|| (h as f64).sqrt()),
+                logit_softcap: self.logit_softcap(),
                 compute: FloatDType::F32,
             },
-            lm_head: (!self.tie_word_embeddings)
-                .then(|| linear(h, self.vocab_size, false, std, device)),
+            lm_head: (!self.tied()).then(|| linear(h, self.vocab_size, false, std, device)),
         })
     }
 }
 
-/// cos/sin tables `[batch, 1, seq, head_dim]` for the given (flattened) positions, computed in f32 as
-/// transformers' `LlamaRotaryEmbedding` does (`inv_freq = 1/θ^(2i/d)`, angle = pos·inv_freq,
-/// the two halves repeated).
+/// cos/sin tables `[batch, 1, seq, rotary_dim]` for the given (flattened) positions,
+/// computed in f32 as transformers' rotary embeddings do (angle = pos·inv_freq, the two
+/// halves repeated).
 fn rotary_tables<B: Backend>(
     positions: &[i64],
     [batch, seq]: [usize; 2],
-    head_dim: usize,
-    theta: f64,
+    inv_freq: &[f32],
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(batch * seq * head_dim);
-    let mut sin = Vec::with_capacity(batch * seq * head_dim);
+    let dim = 2 * inv_freq.len();
+    let mut cos = Vec::with_capacity(batch * seq * dim);
+    let mut sin = Vec::with_capacity(batch * seq * dim);
     for &p in positions {
-        // The two halves of the head share the same angles.
+        // The two halves of the rotated features share the same angles.
         for _ in 0..2 {
-            for f in &inv_freq {
+            for f in inv_freq {
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
             }
         }
     }
-    let shape = [batch, 1, seq, head_dim];
+    let shape = [batch, 1, seq, dim];
     (
         Tensor::from_data(TensorData::new(cos, shape), device),
         Tensor::from_data(TensorData::new(sin, shape), device),
     )
 }
 
-/// `x·cos + rotate_half(x)·sin`, with `rotate_half([a, b]) = [−b, a]` over the two halves;
-/// the float32 tables are cast to `x`'s dtype first, as transformers does.
+/// `x·cos + rotate_half(x)·sin` on the first `rotary_dim` features (the tables' width),
+/// with `rotate_half([a, b]) = [−b, a]` over their two halves; the other features pass
+/// unchanged (partial rotary). The float32 tables are cast to `x`'s dtype first, as
+/// transformers does.
 fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
     let [b, h, s, d] = x.dims();
+    let r = cos.dims()[3];
     let (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
-    let first = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-    let second = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
+    let rot = if r == d {
+        x.clone()
+    } else {
+        x.clone().slice([0..b, 0..h, 0..s, 0..r])
+    };
+    let first = rot.clone().slice([0..b, 0..h, 0..s, 0..r / 2]);
+    let second = rot.clone().slice([0..b, 0..h, 0..s, r / 2..r]);
     let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    x.mul(cos).add(rotated.mul(sin))
+    let out = rot.mul(cos).add(rotated.mul(sin));
+    if r == d {
+        return out;
+    }
+    Tensor::cat(vec![out, x.slice([0..b, 0..h, 0..s, r..d])], 3)
 }
 
 impl<B: Backend> LlamaAttention<B> {
+    /// Queries, keys and values `[batch, seq, n·head_dim]` of `x`.
+    fn project(&self, x: Tensor<B, 3>, cx: FloatDType) -> [Tensor<B, 3>; 3] {
+        let q_width = self.heads * self.head_dim;
+        let kv_width = self.kv_heads * self.head_dim;
+        if let Some(fused) = &self.qkv_proj {
+            let [b, s, _] = x.dims();
+            let qkv = linear_in(fused, x, cx);
+            let part =
+                |from: usize, width: usize| qkv.clone().slice([0..b, 0..s, from..from + width]);
+            return [
+                part(0, q_width),
+                part(q_width, kv_width),
+                part(q_width + kv_width, kv_width),
+            ];
+        }
+        // Fields are both present or both absent by construction; a module mapped into
+        // another shape would fail on the first missing projection.
+        let proj = |layer: &Option<Linear<B>>, x: Tensor<B, 3>| match layer {
+            Some(layer) => linear_in(layer, x, cx),
+            None => unreachable!("an attention without q/k/v or qkv projections"),
+        };
+        [
+            proj(&self.q_proj, x.clone()),
+            proj(&self.k_proj, x.clone()),
+            proj(&self.v_proj, x),
+        ]
+    }
+
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -215,9 +311,20 @@ impl<B: Backend> LlamaAttention<B> {
         let [batch, seq, _] = x.dims();
         let split =
             |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
-        let q = split(linear_in(&self.q_proj, x.clone(), cx), self.heads);
-        let k = split(linear_in(&self.k_proj, x.clone(), cx), self.kv_heads);
-        let v = split(linear_in(&self.v_proj, x, cx), self.kv_heads);
+        let [q, k, v] = self.project(x, cx);
+        let (q, k, v) = (
+            split(q, self.heads),
+            split(k, self.kv_heads),
+            split(v, self.kv_heads),
+        );
+        // Per-head norms run in float32 and hand back the compute dtype.
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (
+                qn.forward(q.clone()).cast(q.dtype()),
+                kn.forward(k.clone()).cast(k.dtype()),
+            ),
+            _ => (q, k),
+        };
         let q = apply_rotary(q, rotary.0.clone(), rotary.1.clone());
         let k = apply_rotary(k, rotary.0.clone(), rotary.1.clone());
         let (k, v) = match cache {
@@ -228,17 +335,38 @@ impl<B: Backend> LlamaAttention<B> {
             None => (k, v),
         };
         let groups = self.heads / self.kv_heads;
-        let out = attention(
+        let out = attention_scaled(
             q,
             repeat_kv(k.clone(), groups),
             repeat_kv(v.clone(), groups),
             Some(mask),
             &self.dropout,
+            self.scale,
+            self.softcap,
         );
         let out = out
             .swap_dims(1, 2)
             .reshape([batch, seq, self.heads * self.head_dim]);
         (linear_in(&self.o_proj, out, cx), (k, v))
+    }
+}
+
+impl<B: Backend> LlamaMlp<B> {
+    fn forward(&self, x: Tensor<B, 3>, cx: FloatDType) -> Tensor<B, 3> {
+        let (gate, up) = match (&self.gate_up_proj, &self.gate_proj, &self.up_proj) {
+            (Some(fused), _, _) => {
+                let [b, s, _] = x.dims();
+                let both = linear_in(fused, x, cx);
+                let inner = both.dims()[2] / 2;
+                (
+                    both.clone().slice([0..b, 0..s, 0..inner]),
+                    both.slice([0..b, 0..s, inner..2 * inner]),
+                )
+            }
+            (None, Some(gate), Some(up)) => (linear_in(gate, x.clone(), cx), linear_in(up, x, cx)),
+            _ => unreachable!("an MLP without gate/up or gate_up projections"),
+        };
+        linear_in(&self.down_proj, activate(self.activation, gate).mul(up), cx)
     }
 }
 
@@ -297,57 +425,89 @@ impl<B: Backend> LlamaModel<B> {
             .to_vec()
             .unwrap_or_default();
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let rotary =
-            rotary_tables::<B>(&positions, [batch, seq], head_dim, self.rope_theta, &device);
+        let tables = |rope: &Rope| {
+            rotary_tables::<B>(&positions, [batch, seq], &rope.inv_freq(head_dim), &device)
+        };
+        let global = tables(&self.ropes[0]);
+        // Only Gemma 3 gives its sliding-window layers another rotary embedding.
+        let local = (self.ropes[1] != self.ropes[0]
+            && self.layers.iter().any(|l| l.window.is_some()))
+        .then(|| tables(&self.ropes[1]));
 
         // Key j is hidden from query i when j > past + i (causal) or j is padding.
-        let causal = Tensor::<B, 1, Int>::arange(0..total as i64, &device)
-            .unsqueeze::<2>()
-            .greater(
-                Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device)
-                    .unsqueeze_dim::<2>(1),
-            );
+        let keys = || Tensor::<B, 1, Int>::arange(0..total as i64, &device).unsqueeze::<2>();
+        let queries = || {
+            Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device).unsqueeze_dim::<2>(1)
+        };
         let padding = full_mask
             .clone()
             .equal_elem(0)
-            .reshape([batch, 1, 1, total]);
-        // Mistral's sliding window also hides keys `window` or more positions back.
-        let causal = match self.window {
-            Some(window) => causal.bool_or(
-                Tensor::<B, 1, Int>::arange(0..total as i64, &device)
-                    .unsqueeze::<2>()
-                    .add_scalar(window as i64)
-                    .lower_equal(
-                        Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device)
-                            .unsqueeze_dim::<2>(1),
-                    ),
-            ),
-            None => causal,
+            .reshape([batch, 1, 1, total])
+            .expand([batch, 1, seq, total]);
+        let full = |hidden: Tensor<B, 2, Bool>| {
+            hidden
+                .reshape([1, 1, seq, total])
+                .expand([batch, 1, seq, total])
+                .bool_or(padding.clone())
         };
-        let mask = causal
-            .reshape([1, 1, seq, total])
-            .expand([batch, 1, seq, total])
-            .bool_or(padding.expand([batch, 1, seq, total]));
+        let causal = keys().greater(queries());
+        // A sliding window also hides keys `window` or more positions back.
+        let windowed = |window: usize| {
+            full(
+                causal
+                    .clone()
+                    .bool_or(keys().add_scalar(window as i64).lower_equal(queries())),
+            )
+        };
+        let causal_mask = full(causal.clone());
+        let mut window_masks: Vec<(usize, Tensor<B, 4, Bool>)> = Vec::new();
+        for window in self.layers.iter().filter_map(|l| l.window) {
+            if !window_masks.iter().any(|(w, _)| *w == window) {
+                window_masks.push((window, windowed(window)));
+            }
+        }
 
         let cx = self.compute;
         let mut x = self.embed_tokens.forward(input_ids);
+        if let Some(scale) = self.embed_scale {
+            x = x.mul_scalar(scale);
+        }
         let mut new_cache = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().and_then(|c| c.layers.get_mut(i));
+            let mask = match layer.window {
+                Some(window) => window_masks
+                    .iter()
+                    .find(|(w, _)| *w == window)
+                    .map_or_else(|| windowed(window), |(_, m)| m.clone()),
+                None => causal_mask.clone(),
+            };
+            let rope = match (&local, layer.window) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
+            };
             let (attn, kv) = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
-                &rotary,
-                mask.clone(),
+                rope,
+                mask,
                 layer_cache,
                 cx,
             );
             // The residual stream stays float32; sub-layer outputs are cast up to join it.
-            x = x.add(attn.cast(FloatDType::F32));
-            let h = layer.post_attention_layernorm.forward(x.clone());
-            let mlp = &layer.mlp;
-            let gated = activate(mlp.activation, linear_in(&mlp.gate_proj, h.clone(), cx))
-                .mul(linear_in(&mlp.up_proj, h, cx));
-            x = x.add(linear_in(&mlp.down_proj, gated, cx).cast(FloatDType::F32));
+            let attn = attn.cast(FloatDType::F32);
+            x = match &layer.pre_feedforward_layernorm {
+                Some(_) => x.add(layer.post_attention_layernorm.forward(attn)),
+                None => x.add(attn),
+            };
+            let h = match &layer.pre_feedforward_layernorm {
+                Some(pre) => pre.forward(x.clone()),
+                None => layer.post_attention_layernorm.forward(x.clone()),
+            };
+            let mlp = layer.mlp.forward(h, cx).cast(FloatDType::F32);
+            x = match &layer.post_feedforward_layernorm {
+                Some(post) => x.add(post.forward(mlp)),
+                None => x.add(mlp),
+            };
             new_cache.push(kv);
         }
         if let Some(c) = cache {
@@ -373,7 +533,7 @@ impl<B: Backend> LlamaForCausalLm<B> {
 
     /// Projects hidden states to vocabulary logits (through the tied embedding when there
     /// is no `lm_head`). The projection runs in the compute dtype; the logits are float32,
-    /// as transformers upcasts them for the loss.
+    /// as transformers upcasts them for the loss, and soft-capped for Gemma.
     pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let cx = self.model.compute;
         let logits = match &self.lm_head {
@@ -389,7 +549,11 @@ impl<B: Backend> LlamaForCausalLm<B> {
                     .reshape([b, s, vocab])
             }
         };
-        logits.cast(FloatDType::F32)
+        let logits = logits.cast(FloatDType::F32);
+        match self.model.logit_softcap {
+            Some(cap) => soft_cap(logits, cap),
+            None => logits,
+        }
     }
 
     /// Whether the output projection is the input embedding.

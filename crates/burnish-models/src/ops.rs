@@ -59,11 +59,48 @@ pub fn attention<B: Backend>(
     mask: Option<Tensor<B, 4, Bool>>,
     dropout: &burn::nn::Dropout,
 ) -> Tensor<B, 4> {
+    // BERT divides by √d (transformers' `/ math.sqrt(head_dim)`), which rounds differently
+    // from multiplying by its inverse.
     let head_dim = q.dims()[3];
     let scores = q
         .matmul(k.swap_dims(2, 3))
-        .div_scalar((head_dim as f64).sqrt())
-        .cast(FloatDType::F32);
+        .div_scalar((head_dim as f64).sqrt());
+    attend(scores, v, mask, dropout)
+}
+
+/// [`attention`] with the scores multiplied by `scale` (transformers' decoders:
+/// `head_dim^-½`, Gemma's `query_pre_attn_scalar^-½`) and, with `softcap = Some(c)`,
+/// capped to `c·tanh(s/c)` before masking (Gemma 2), in float32.
+pub fn attention_scaled<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    dropout: &burn::nn::Dropout,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor<B, 4> {
+    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    let scores = match softcap {
+        Some(cap) => soft_cap(scores.cast(FloatDType::F32), cap),
+        None => scores,
+    };
+    attend(scores, v, mask, dropout)
+}
+
+/// Gemma's soft cap, `c·tanh(x/c)`: smooth, odd, bounded by `c`.
+pub fn soft_cap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
+    x.div_scalar(cap).tanh().mul_scalar(cap)
+}
+
+/// Masked softmax of `scores` (in float32), dropout, then the weighted sum of `v`.
+fn attend<B: Backend>(
+    scores: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    dropout: &burn::nn::Dropout,
+) -> Tensor<B, 4> {
+    let scores = scores.cast(FloatDType::F32);
     let scores = match mask {
         Some(mask) => {
             let [b, h, q_len, k_len] = scores.dims();
