@@ -16,12 +16,14 @@ import json
 import pathlib
 
 import torch
-from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
-                          LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config,
-                          Qwen3ForCausalLM, XLMRobertaConfig, XLMRobertaModel)
+from transformers import (DebertaV2Config, DebertaV2Model, DistilBertConfig, DistilBertModel,
+                          Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
+                          LlamaConfig, LlamaForCausalLM, ModernBertConfig, ModernBertModel, Phi3Config,
+                          Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM, XLMRobertaConfig,
+                          XLMRobertaModel)
 from transformers.trainer_pt_utils import get_parameter_names
 
-from generate_models import FIXTURES, VERSIONS, decoder_case, encoder_case, save
+from generate_models import FIXTURES, VERSIONS, decoder_case, encoder_case, flat, save
 
 torch.set_num_threads(1)
 
@@ -68,6 +70,21 @@ def one_step(model, ids, mask):
     model.eval()
     return {"labels": labels.reshape(-1).tolist(), "loss": float(out.loss), "grad_norm": norm,
             "after": {n: state[n].detach().reshape(-1).tolist() for n in WATCHED if n in state}}
+
+
+def encoder(cases, name, model, ids, mask, types=None):
+    """An encoder's last hidden state on a padded batch (token types only where given)."""
+    save(model, name)
+    model.eval()
+    extra = {} if types is None else {"token_type_ids": types}
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, **extra)
+    case = {"name": name, "checkpoint": name, "shape": list(ids.shape),
+            "input_ids": ids.reshape(-1).tolist(), "attention_mask": mask.reshape(-1).tolist(),
+            "last_hidden_state": flat(out.last_hidden_state), "pooler_output": None}
+    if types is not None:
+        case["token_type_ids"] = types.reshape(-1).tolist()
+    cases.append(case)
 
 
 def randomize_norms(model, std):
@@ -158,6 +175,60 @@ def main():
     rmask[1, 6:] = 0
     rids = torch.where(rmask == 1, rids, torch.ones_like(rids))
     cases.append(encoder_case("xlm-roberta-tiny", model, rids, rmask))
+
+    # Encoders on a longer padded batch: relative distances beyond DeBERTa's buckets and
+    # ModernBERT's local window; weights large enough (std 0.3) that attention patterns,
+    # and so every position term, move the outputs by far more than the tolerance.
+    eids = torch.randint(3, 99, (3, 14), generator=gen)
+    emask = torch.ones_like(eids)
+    emask[1, 9:] = 0
+    emask[2, 4:] = 0
+    eids = eids * emask
+    etypes = torch.zeros_like(eids)
+    etypes[0, 6:] = 1
+    enc = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=37, max_position_embeddings=64, pad_token_id=0,
+               initializer_range=0.3)
+
+    # DistilBERT: BERT's layers under other names, no token types.
+    torch.manual_seed(27)
+    cfg = DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
+                           max_position_embeddings=64, pad_token_id=0)
+    encoder(cases, "distilbert-tiny", DistilBertModel(cfg), eids, emask)
+
+    # DeBERTa-v3: relative attention in log buckets, c2p + p2c through shared keys,
+    # normalized relative embeddings, no absolute positions, no token types.
+    torch.manual_seed(28)
+    cfg = DebertaV2Config(**enc, relative_attention=True, position_buckets=8, max_relative_positions=32,
+                          pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                          position_biased_input=False, type_vocab_size=0, hidden_act="gelu")
+    model = DebertaV2Model(cfg)
+    randomize_norms(model, 0.3)
+    encoder(cases, "deberta-v3-tiny", model, eids, emask)
+
+    # DeBERTa-v2 style: separate position projections, absolute positions, token types,
+    # a narrow relative span that clamps, the legacy "c2p|p2c" string.
+    torch.manual_seed(29)
+    cfg = DebertaV2Config(**enc, relative_attention=True, max_relative_positions=5, pos_att_type="c2p|p2c",
+                          share_att_key=False, position_biased_input=True, type_vocab_size=2)
+    encoder(cases, "deberta-v2-tiny", DebertaV2Model(cfg), eids, emask, etypes)
+
+    # ModernBERT: global attention every 2 layers, a 4-token local window, two rotary bases.
+    torch.manual_seed(30)
+    cfg = ModernBertConfig(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
+                           num_attention_heads=4, max_position_embeddings=64, pad_token_id=0,
+                           bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                           global_attn_every_n_layers=2, local_attention=4, initializer_range=0.3,
+                           rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 160000.0},
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                           attn_implementation="eager")
+    model = ModernBertModel(cfg)
+    randomize_norms(model, 0.3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(1.0)
+    encoder(cases, "modernbert-tiny", model, eids, emask)
 
     path = FIXTURES / "families.json"
     path.write_text(json.dumps(shorten({"versions": VERSIONS, "cases": cases})) + "\n")

@@ -6,7 +6,8 @@ outputs. Not run by CI (it needs Python); run after changing the exporter:
     python3 tests/reference/verify_export.py /tmp/out
 
 For every <name> under the given folder, loads it with transformers' AutoModel classes and
-compares with tests/reference/fixtures/models.json (max |diff| must be <= 1e-5).
+compares with tests/reference/fixtures/models.json and families.json (max |diff| must be
+<= 1e-5).
 """
 import json
 import pathlib
@@ -19,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parent
 
 
 def main(out_root):
-    cases = json.loads((ROOT / "fixtures" / "models.json").read_text())["cases"]
+    cases = [case for fixture in ["models.json", "families.json"]
+             for case in json.loads((ROOT / "fixtures" / fixture).read_text())["cases"]]
     worst = 0.0
     checked = 0
     for case in cases:
@@ -30,16 +32,17 @@ def main(out_root):
         mask = torch.tensor(case["attention_mask"]).reshape(case["shape"])
         with torch.no_grad():
             if "logits" in case:
-                model = AutoModelForCausalLM.from_pretrained(path).eval()
+                model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
                 got = model(input_ids=ids, attention_mask=mask).logits.reshape(-1)
                 want = torch.tensor(case["logits"])
                 keep = mask.reshape(-1).repeat_interleave(case["vocab"]) == 1
                 diff = (got - want)[keep].abs().max().item()
             else:
-                model = AutoModel.from_pretrained(path).eval()
+                model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
                 types = case.get("token_type_ids")
-                types = torch.tensor(types).reshape(case["shape"]) if types else None
-                got = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+                # DistilBERT and ModernBERT take no token types at all.
+                extra = {"token_type_ids": torch.tensor(types).reshape(case["shape"])} if types else {}
+                got = model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
                 diff = (got.reshape(-1) - torch.tensor(case["last_hidden_state"])).abs().max().item()
         print(f"{case['name']}: transformers reloads the export, max |diff| = {diff:.3g}")
         worst = max(worst, diff)

@@ -78,6 +78,35 @@ fn max_abs_diff(a: &[f32], b: &[f32], keep: impl Fn(usize) -> bool) -> f32 {
 
 fn check_encoder(case: &Case, dir: &Path) -> f32 {
     let hf = HfModelDir::open(dir).unwrap();
+    let ids = ints(&case.input_ids, case.shape);
+    let mask = ints(&case.attention_mask, case.shape);
+    let types = case.token_type_ids.as_ref().map(|t| ints(t, case.shape));
+    let expected = case.last_hidden_state.as_ref().unwrap();
+    let (hidden, report) = match hf.config() {
+        ModelConfig::Deberta(_) => {
+            let (m, report) = hf
+                .load_deberta::<B>(&Default::default(), &LoadOptions::default())
+                .unwrap();
+            (m.forward(ids, Some(mask), types), report)
+        }
+        ModelConfig::ModernBert(_) => {
+            let (m, report) = hf
+                .load_modernbert::<B>(&Default::default(), &LoadOptions::default())
+                .unwrap();
+            (m.forward(ids, Some(mask)), report)
+        }
+        _ => return check_bert(case, &hf),
+    };
+    assert!(
+        report.unexpected.is_empty(),
+        "{}: {:?}",
+        case.name,
+        report.unexpected
+    );
+    max_abs_diff(&values(hidden), expected, |_| true)
+}
+
+fn check_bert(case: &Case, hf: &HfModelDir) -> f32 {
     let (model, report) = hf
         .load_bert::<B>(&Default::default(), &LoadOptions::default())
         .unwrap();
@@ -285,32 +314,28 @@ fn export_reloads_bit_identically_with_hf_names() {
         "gemma2-tiny",
         "gemma3-tiny",
         "xlm-roberta-tiny",
+        "distilbert-tiny",
+        "deberta-v3-tiny",
+        "deberta-v2-tiny",
+        "modernbert-tiny",
     ] {
         let src = models_dir().join(name);
         let hf = HfModelDir::open(&src).unwrap();
         let out = tempfile::tempdir().unwrap();
         let device = Default::default();
         let (ours, reloaded) = match hf.config() {
-            ModelConfig::Bert(_) => {
-                let (m, _) = hf.load_bert::<B>(&device, &LoadOptions::default()).unwrap();
-                export_dir(out.path(), &m, hf.naming(), hf.config_json(), Some(&src)).unwrap();
-                let back = HfModelDir::open(out.path()).unwrap();
-                let (r, _) = back
-                    .load_bert::<B>(&device, &LoadOptions::default())
-                    .unwrap();
-                (snapshot(&m), snapshot(&r))
-            }
-            ModelConfig::Llama(_) => {
-                let (m, _) = hf
-                    .load_llama::<B>(&device, &LoadOptions::default())
-                    .unwrap();
-                export_dir(out.path(), &m, Naming::Llama, hf.config_json(), Some(&src)).unwrap();
-                let back = HfModelDir::open(out.path()).unwrap();
-                let (r, _) = back
-                    .load_llama::<B>(&device, &LoadOptions::default())
-                    .unwrap();
-                (snapshot(&m), snapshot(&r))
-            }
+            ModelConfig::Bert(_) => round_trip(&hf, out.path(), |d| {
+                d.load_bert::<B>(&device, &LoadOptions::default())
+            }),
+            ModelConfig::Deberta(_) => round_trip(&hf, out.path(), |d| {
+                d.load_deberta::<B>(&device, &LoadOptions::default())
+            }),
+            ModelConfig::ModernBert(_) => round_trip(&hf, out.path(), |d| {
+                d.load_modernbert::<B>(&device, &LoadOptions::default())
+            }),
+            ModelConfig::Llama(_) => round_trip(&hf, out.path(), |d| {
+                d.load_llama::<B>(&device, &LoadOptions::default())
+            }),
         };
         assert_eq!(ours, reloaded, "{name}: reload differs");
         let config: serde_json::Value =
@@ -344,7 +369,22 @@ fn export_reloads_bit_identically_with_hf_names() {
     }
 }
 
-fn snapshot<M: burn::module::Module<B>>(m: &M) -> Vec<(String, Vec<u32>)> {
+/// Every parameter's path and bits.
+type Snapshot = Vec<(String, Vec<u32>)>;
+
+/// Loads `hf` with `load`, exports it to `out`, loads the export: both snapshots.
+fn round_trip<M: burn::module::Module<B>>(
+    hf: &HfModelDir,
+    out: &Path,
+    load: impl Fn(&HfModelDir) -> Result<(M, burnish_loader::LoadReport), burnish_loader::LoadError>,
+) -> (Snapshot, Snapshot) {
+    let (m, _) = load(hf).unwrap();
+    export_dir(out, &m, hf.naming(), hf.config_json(), Some(hf.path())).unwrap();
+    let (r, _) = load(&HfModelDir::open(out).unwrap()).unwrap();
+    (snapshot(&m), snapshot(&r))
+}
+
+fn snapshot<M: burn::module::Module<B>>(m: &M) -> Snapshot {
     let mut out = Vec::new();
     struct Collect<'a>(&'a mut Vec<Vec<u32>>);
     impl burn::module::ModuleVisitor<B> for Collect<'_> {

@@ -59,6 +59,8 @@ pub(crate) fn head_config(base: &Value, labels: &LabelNames, task: &str) -> Valu
     let (id2label, label2id) = labels.to_json();
     let family = match config.get("model_type").and_then(Value::as_str) {
         Some("roberta") => "Roberta",
+        Some("xlm-roberta") => "XLMRoberta",
+        Some("distilbert") => "DistilBert",
         _ => "Bert",
     };
     if let Some(fields) = config.as_object_mut() {
@@ -194,10 +196,12 @@ pub(crate) use autocast_through;
 autocast_through!(BertForSequenceClassification.bert);
 autocast_through!(BertForTokenClassification.bert);
 
-/// A BERT-family encoder with a sequence classification head.
+/// A BERT-family encoder with a sequence classification head. On a DistilBERT encoder it
+/// is transformers' `DistilBertForSequenceClassification`: the pooler is its
+/// `pre_classifier` (ReLU), the encoder is saved under `distilbert.`.
 #[derive(Module, Debug)]
 pub struct BertForSequenceClassification<B: Backend> {
-    /// The encoder (HF `bert.`), built with a pooler.
+    /// The encoder (HF `bert.`, `distilbert.`), built with a pooler.
     pub bert: BertModel<B>,
     dropout: Dropout,
     /// `Linear(hidden, num_labels)` (HF `classifier`).
@@ -226,7 +230,11 @@ impl<B: Backend> BertForSequenceClassification<B> {
         check_labels(num_labels, problem)?;
         Ok(Self {
             bert,
-            dropout: dropout_of(config),
+            // DistilBERT's sequence head has a dropout of its own.
+            dropout: match config.seq_classif_dropout {
+                Some(p) => DropoutConfig::new(p).init(),
+                None => dropout_of(config),
+            },
             classifier: new_head(config, config.hidden_size, num_labels, device),
             problem,
         })

@@ -27,6 +27,14 @@ fn main() -> Result<(), LoadError> {
             let (model, report) = dir.load_bert::<B>(&device, &LoadOptions::default())?;
             finish(&dir, &model, &report, start, out.as_deref())
         }
+        ModelConfig::Deberta(_) => {
+            let (model, report) = dir.load_deberta::<B>(&device, &LoadOptions::default())?;
+            finish(&dir, &model, &report, start, out.as_deref())
+        }
+        ModelConfig::ModernBert(_) => {
+            let (model, report) = dir.load_modernbert::<B>(&device, &LoadOptions::default())?;
+            finish(&dir, &model, &report, start, out.as_deref())
+        }
         ModelConfig::Llama(_) => {
             let (model, report) = dir.load_llama::<B>(&device, &LoadOptions::default())?;
             finish(&dir, &model, &report, start, out.as_deref())

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burnish_models::{
-    BertConfig, BertFlavor, BertModel, LlamaConfig, LlamaForCausalLm, ModelConfig,
+    BertConfig, BertFlavor, BertModel, DECODER_TYPES, DebertaV2Config, DebertaV2Model, LlamaConfig,
+    LlamaForCausalLm, ModelConfig, ModelError, ModernBertModel,
 };
 
 pub use chat::{ChatTemplate, Message};
@@ -96,7 +97,10 @@ impl HfModelDir {
     pub fn naming(&self) -> Naming {
         match &self.config {
             ModelConfig::Bert(c) if c.flavor == BertFlavor::Roberta => Naming::Roberta,
+            ModelConfig::Bert(c) if c.flavor == BertFlavor::DistilBert => Naming::DistilBert,
             ModelConfig::Bert(_) => Naming::Bert,
+            ModelConfig::Deberta(_) => Naming::Deberta,
+            ModelConfig::ModernBert(_) => Naming::ModernBert,
             ModelConfig::Llama(_) => Naming::Llama,
         }
     }
@@ -116,14 +120,16 @@ impl HfModelDir {
 
     fn check_sizes(&self, weights: &Weights) -> Result<(), LoadError> {
         let config_path = self.path.join("config.json");
-        let (vocab, hidden, layers) = match &self.config {
-            ModelConfig::Bert(c) => (c.vocab_size, c.hidden_size, c.num_hidden_layers),
-            ModelConfig::Llama(c) => (c.vocab_size, c.hidden_size, c.num_hidden_layers),
-        };
+        let [vocab, hidden] = self.config.embedding_shape();
+        let layers = self.config.num_layers();
         let embedding = [
             "embeddings.word_embeddings.weight",
             "bert.embeddings.word_embeddings.weight",
             "roberta.embeddings.word_embeddings.weight",
+            "distilbert.embeddings.word_embeddings.weight",
+            "deberta.embeddings.word_embeddings.weight",
+            "embeddings.tok_embeddings.weight",
+            "model.embeddings.tok_embeddings.weight",
             "model.embed_tokens.weight",
             "embed_tokens.weight",
         ]
@@ -175,19 +181,95 @@ impl HfModelDir {
     fn bert_config(&self) -> Result<&BertConfig, LoadError> {
         match &self.config {
             ModelConfig::Bert(c) => Ok(c),
-            ModelConfig::Llama(c) => {
-                Err(self.wrong_family("an encoder (bert, roberta)", &c.model_type))
-            }
+            other => Err(self.wrong_family(
+                "a BERT-family encoder (bert, roberta, xlm-roberta, distilbert)",
+                other.model_type(),
+            )),
         }
     }
 
     fn llama_config(&self) -> Result<&LlamaConfig, LoadError> {
         match &self.config {
             ModelConfig::Llama(c) => Ok(c),
-            ModelConfig::Bert(_) => {
-                Err(self.wrong_family("a decoder (llama, mistral, qwen2)", "bert/roberta"))
+            other => {
+                Err(self.wrong_family(&format!("a decoder ({DECODER_TYPES})"), other.model_type()))
             }
         }
+    }
+
+    /// Builds an encoder of another family with `init` (from the directory's config,
+    /// or the family's `config` when `config` picks it) and loads it.
+    fn load_encoder<B: Backend, M: burn::module::Module<B>>(
+        &self,
+        init: impl FnOnce(&ModelConfig) -> Option<Result<M, ModelError>>,
+        expected: &str,
+        options: &LoadOptions,
+    ) -> Result<(M, LoadReport), LoadError> {
+        let model = init(&self.config)
+            .ok_or_else(|| self.wrong_family(expected, self.config.model_type()))?
+            .map_err(|source| LoadError::Config {
+                path: self.path.join("config.json"),
+                source,
+            })?;
+        let weights = self.weights()?;
+        load_module(model, &weights, self.naming(), options, &self.path)
+    }
+
+    /// Builds a DeBERTa-v2/v3 encoder from `config` and loads the directory's weights
+    /// (bare or under a task model's `deberta.`).
+    ///
+    /// # Errors
+    /// See [`load_module`]; [`LoadError::Format`] when the directory holds another family.
+    pub fn load_deberta_with<B: Backend>(
+        &self,
+        config: &DebertaV2Config,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<(DebertaV2Model<B>, LoadReport), LoadError> {
+        self.load_encoder(
+            |own| matches!(own, ModelConfig::Deberta(_)).then(|| config.init(device)),
+            "a DeBERTa-v2 encoder (deberta-v2)",
+            options,
+        )
+    }
+
+    /// [`load_deberta_with`](Self::load_deberta_with) the directory's own config.
+    ///
+    /// # Errors
+    /// See [`load_module`].
+    pub fn load_deberta<B: Backend>(
+        &self,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<(DebertaV2Model<B>, LoadReport), LoadError> {
+        self.load_encoder(
+            |own| match own {
+                ModelConfig::Deberta(c) => Some(c.init(device)),
+                _ => None,
+            },
+            "a DeBERTa-v2 encoder (deberta-v2)",
+            options,
+        )
+    }
+
+    /// Builds a ModernBERT encoder from the directory's config and loads it (bare or
+    /// under a task model's `model.`).
+    ///
+    /// # Errors
+    /// See [`load_module`]; [`LoadError::Format`] when the directory holds another family.
+    pub fn load_modernbert<B: Backend>(
+        &self,
+        device: &B::Device,
+        options: &LoadOptions,
+    ) -> Result<(ModernBertModel<B>, LoadReport), LoadError> {
+        self.load_encoder(
+            |own| match own {
+                ModelConfig::ModernBert(c) => Some(c.init(device)),
+                _ => None,
+            },
+            "a ModernBERT encoder (modernbert)",
+            options,
+        )
     }
 
     fn wrong_family(&self, expected: &str, found: &str) -> LoadError {

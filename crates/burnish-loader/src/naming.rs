@@ -10,6 +10,15 @@ pub enum Naming {
     Bert,
     /// RoBERTa: as BERT, with the `roberta.` prefix.
     Roberta,
+    /// DeBERTa-v2/v3: as BERT, with the `deberta.` prefix.
+    Deberta,
+    /// ModernBERT: `Wqkv`, `Wo`, `Wi` for `wqkv`, `wo`, `wi`, `weight`/`bias` of norms,
+    /// the `model.` prefix for a head's encoder.
+    ModernBert,
+    /// DistilBERT in a BERT module: `distilbert.` for the head's `bert.`,
+    /// `transformer.layer.N` with `q_lin`/`k_lin`/`v_lin`/`out_lin`, `sa_layer_norm`,
+    /// `ffn.lin1`/`ffn.lin2`, `output_layer_norm`, and the pooler as `pre_classifier`.
+    DistilBert,
     /// Llama family: module paths are the HF names of `LlamaForCausalLM`
     /// (`model.layers.0.self_attn.q_proj.weight`, `lm_head.weight`).
     Llama,
@@ -20,7 +29,26 @@ impl Naming {
     pub fn hf_name(self, info: &ParamInfo) -> String {
         match self {
             Naming::Llama => info.path.clone(),
-            Naming::Bert | Naming::Roberta => {
+            Naming::DistilBert => distilbert_name(&Naming::Bert.hf_name(info)),
+            Naming::ModernBert => {
+                let norm = info.in_norm_module();
+                let parts: Vec<&str> = info.path.split('.').collect();
+                let last = parts.len().saturating_sub(1);
+                parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, part)| match *part {
+                        "wqkv" => "Wqkv",
+                        "wo" => "Wo",
+                        "wi" => "Wi",
+                        "gamma" if norm && i == last => "weight",
+                        "beta" if norm && i == last => "bias",
+                        other => other,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".")
+            }
+            Naming::Bert | Naming::Roberta | Naming::Deberta => {
                 let norm = info.in_norm_module();
                 let parts: Vec<&str> = info.path.split('.').collect();
                 let last = parts.len().saturating_sub(1);
@@ -47,19 +75,24 @@ impl Naming {
         let name = self.hf_name(info);
         let mut out = vec![name.clone()];
         match self {
-            Naming::Bert | Naming::Roberta => {
-                let prefix = if self == Naming::Bert {
-                    "bert."
-                } else {
-                    "roberta."
-                };
+            Naming::DistilBert => match name.strip_prefix("distilbert.") {
+                Some(bare) => out.push(bare.to_owned()),
+                None if info.path.starts_with("encoder.")
+                    || info.path.starts_with("embeddings.") =>
+                {
+                    out.push(format!("distilbert.{name}"));
+                }
+                None => {}
+            },
+            Naming::Bert | Naming::Roberta | Naming::Deberta | Naming::ModernBert => {
+                let prefix = self.prefixes()[0];
                 // A head module's backbone lives under the prefix; a bare encoder
                 // checkpoint (all-MiniLM-L6-v2) has none, a task checkpoint has it.
                 match name.strip_prefix(prefix) {
                     Some(bare) => out.push(bare.to_owned()),
                     None => out.push(format!("{prefix}{name}")),
                 }
-                if info.in_norm_module() {
+                if info.in_norm_module() && self != Naming::ModernBert {
                     let legacy = info
                         .path
                         .split('.')
@@ -98,9 +131,45 @@ impl Naming {
         match self {
             Naming::Bert => &["bert."],
             Naming::Roberta => &["roberta."],
+            Naming::DistilBert => &["distilbert."],
+            Naming::Deberta => &["deberta."],
+            Naming::ModernBert => &["model."],
             Naming::Llama => &[],
         }
     }
+}
+
+/// A BERT name (`bert.encoder.layer.3.attention.self.query.weight`) as DistilBERT writes
+/// it (`distilbert.transformer.layer.3.attention.q_lin.weight`).
+fn distilbert_name(bert: &str) -> String {
+    let (prefix, rest) = match bert.strip_prefix("bert.") {
+        Some(rest) => ("distilbert.", rest),
+        None => ("", bert),
+    };
+    if let Some(leaf) = rest.strip_prefix("pooler.dense.") {
+        return format!("pre_classifier.{leaf}");
+    }
+    let Some((index, inner)) = rest
+        .strip_prefix("encoder.layer.")
+        .and_then(|layer| layer.split_once('.'))
+    else {
+        return format!("{prefix}{rest}");
+    };
+    const RENAMES: [(&str, &str); 8] = [
+        ("attention.self.query.", "attention.q_lin."),
+        ("attention.self.key.", "attention.k_lin."),
+        ("attention.self.value.", "attention.v_lin."),
+        ("attention.output.dense.", "attention.out_lin."),
+        ("attention.output.LayerNorm.", "sa_layer_norm."),
+        ("intermediate.dense.", "ffn.lin1."),
+        ("output.dense.", "ffn.lin2."),
+        ("output.LayerNorm.", "output_layer_norm."),
+    ];
+    let inner = RENAMES
+        .iter()
+        .find_map(|(from, to)| inner.strip_prefix(from).map(|leaf| format!("{to}{leaf}")))
+        .unwrap_or_else(|| inner.to_owned());
+    format!("{prefix}transformer.layer.{index}.{inner}")
 }
 
 #[cfg(test)]
@@ -155,6 +224,85 @@ mod tests {
         );
         assert!(n.transposed(&info("pooler.dense.weight", "Linear")));
         assert!(!n.transposed(&info("embeddings.word_embeddings.weight", "Embedding")));
+    }
+
+    #[test]
+    fn distilbert_names() {
+        let n = Naming::DistilBert;
+        for (path, owner, hf) in [
+            (
+                "bert.encoder.layer.2.attention.self_attn.value.bias",
+                "Linear",
+                "distilbert.transformer.layer.2.attention.v_lin.bias",
+            ),
+            (
+                "encoder.layer.0.attention.output.layer_norm.gamma",
+                "LayerNorm",
+                "transformer.layer.0.sa_layer_norm.weight",
+            ),
+            (
+                "bert.encoder.layer.1.output.layer_norm.beta",
+                "LayerNorm",
+                "distilbert.transformer.layer.1.output_layer_norm.bias",
+            ),
+            (
+                "bert.encoder.layer.1.intermediate.dense.weight",
+                "Linear",
+                "distilbert.transformer.layer.1.ffn.lin1.weight",
+            ),
+            (
+                "bert.embeddings.layer_norm.gamma",
+                "LayerNorm",
+                "distilbert.embeddings.LayerNorm.weight",
+            ),
+            (
+                "bert.pooler.dense.weight",
+                "Linear",
+                "pre_classifier.weight",
+            ),
+            ("classifier.bias", "Linear", "classifier.bias"),
+        ] {
+            assert_eq!(n.hf_name(&info(path, owner)), hf, "{path}");
+        }
+        let bare = n.candidates(&info("encoder.layer.0.output.dense.weight", "Linear"));
+        assert_eq!(
+            bare,
+            [
+                "transformer.layer.0.ffn.lin2.weight",
+                "distilbert.transformer.layer.0.ffn.lin2.weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn deberta_and_modernbert_names() {
+        let d = Naming::Deberta.candidates(&info(
+            "deberta.encoder.layer.0.attention.self_attn.pos_key_proj.weight",
+            "Linear",
+        ));
+        assert_eq!(
+            d[..2],
+            [
+                "deberta.encoder.layer.0.attention.self.pos_key_proj.weight",
+                "encoder.layer.0.attention.self.pos_key_proj.weight"
+            ]
+        );
+        let m = Naming::ModernBert;
+        assert_eq!(
+            m.candidates(&info("layers.1.attn.wqkv.weight", "Linear")),
+            [
+                "layers.1.attn.Wqkv.weight",
+                "model.layers.1.attn.Wqkv.weight"
+            ]
+        );
+        assert_eq!(
+            m.hf_name(&info("model.final_norm.gamma", "LayerNorm")),
+            "model.final_norm.weight"
+        );
+        assert_eq!(
+            m.hf_name(&info("head.norm.gamma", "LayerNorm")),
+            "head.norm.weight"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! BERT and RoBERTa encoders (post-LayerNorm), as transformers' `BertModel` /
-//! `RobertaModel`.
+//! BERT, RoBERTa (and XLM-RoBERTa) and DistilBERT encoders (post-LayerNorm), as
+//! transformers' `BertModel`, `RobertaModel` and `DistilBertModel`.
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
@@ -18,8 +18,8 @@ pub struct BertEmbeddings<B: Backend> {
     pub word_embeddings: Embedding<B>,
     /// `[max_position_embeddings, hidden]`.
     pub position_embeddings: Embedding<B>,
-    /// `[type_vocab_size, hidden]`.
-    pub token_type_embeddings: Embedding<B>,
+    /// `[type_vocab_size, hidden]` (absent for DistilBERT, which has no token types).
+    pub token_type_embeddings: Option<Embedding<B>>,
     /// HF `LayerNorm`.
     pub layer_norm: LayerNorm<B>,
     dropout: Dropout,
@@ -89,11 +89,14 @@ pub struct BertEncoder<B: Backend> {
     pub layer: Vec<BertLayer<B>>,
 }
 
-/// `tanh(Linear(h[:, 0]))` (HF `pooler`).
+/// `act(Linear(h[:, 0]))`: BERT's `pooler` (tanh), or DistilBERT's `pre_classifier`
+/// (ReLU).
 #[derive(Module, Debug)]
 pub struct BertPooler<B: Backend> {
     /// Pooler projection.
     pub dense: Linear<B>,
+    #[module(skip)]
+    activation: Activation,
 }
 
 /// A BERT-family encoder. Parameter paths follow the Hugging Face names, with `self_attn`
@@ -167,22 +170,27 @@ impl BertConfig {
             embeddings: BertEmbeddings {
                 word_embeddings: embedding(self.vocab_size, h, std, device),
                 position_embeddings: embedding(self.max_position_embeddings, h, std, device),
-                token_type_embeddings: embedding(self.type_vocab_size, h, std, device),
+                token_type_embeddings: (self.flavor != BertFlavor::DistilBert)
+                    .then(|| embedding(self.type_vocab_size, h, std, device)),
                 layer_norm: layer_norm(h, self.layer_norm_eps, device),
                 dropout: dropout(self.hidden_dropout_prob),
                 padding_idx: match self.flavor {
-                    BertFlavor::Bert => None,
+                    BertFlavor::Bert | BertFlavor::DistilBert => None,
                     BertFlavor::Roberta => Some(self.pad_token_id.unwrap_or(1)),
                 },
                 // transformers' defaults when config.json has none: BERT 0, RoBERTa 1.
                 pad_token_id: self.pad_token_id.unwrap_or(match self.flavor {
-                    BertFlavor::Bert => 0,
+                    BertFlavor::Bert | BertFlavor::DistilBert => 0,
                     BertFlavor::Roberta => 1,
                 }),
             },
             encoder: BertEncoder { layer: layers },
             pooler: with_pooler.then(|| BertPooler {
                 dense: linear(h, h, true, std, device),
+                activation: match self.flavor {
+                    BertFlavor::DistilBert => Activation::Relu,
+                    _ => Activation::Tanh,
+                },
             }),
             compute: FloatDType::F32,
         })
@@ -208,7 +216,6 @@ impl<B: Backend> BertEmbeddings<B> {
                 mask.clone().cumsum(1).mul(mask).add_scalar(pad as i64)
             }
         };
-        let token_types = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
         let is_pad = input_ids
             .clone()
             .equal_elem(self.pad_token_id as i64)
@@ -225,9 +232,15 @@ impl<B: Backend> BertEmbeddings<B> {
             Some(_) => frozen_at_pads(positions),
             None => positions,
         };
-        let x = frozen_at_pads(self.word_embeddings.forward(input_ids))
-            .add(self.token_type_embeddings.forward(token_types))
-            .add(positions);
+        let x = frozen_at_pads(self.word_embeddings.forward(input_ids));
+        let x = match &self.token_type_embeddings {
+            Some(table) => {
+                let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
+                x.add(table.forward(types))
+            }
+            None => x,
+        };
+        let x = x.add(positions);
         self.dropout.forward(layer_norm_f32(&self.layer_norm, x))
     }
 }
@@ -285,7 +298,7 @@ impl<B: Backend> BertLayer<B> {
 
 impl<B: Backend> BertModel<B> {
     /// Encodes a batch. `attention_mask` is 1 for tokens and 0 for padding (all ones when
-    /// `None`); `token_type_ids` default to 0.
+    /// `None`); `token_type_ids` default to 0 (DistilBERT ignores them).
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -301,9 +314,7 @@ impl<B: Backend> BertModel<B> {
         let pooler_output = self.pooler.as_ref().map(|p| {
             let [_, _, hidden] = x.dims();
             let first = x.clone().slice([0..batch, 0..1]).reshape([batch, hidden]);
-            linear_in(&p.dense, first, self.compute)
-                .tanh()
-                .cast(FloatDType::F32)
+            activate(p.activation, linear_in(&p.dense, first, self.compute)).cast(FloatDType::F32)
         });
         BertOutput {
             last_hidden_state: x,

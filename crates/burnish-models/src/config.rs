@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::deberta::DebertaV2Config;
+use crate::modernbert::ModernBertConfig;
 use crate::rope::Rope;
 
 /// Activation functions named by `hidden_act`.
@@ -20,15 +22,18 @@ pub enum Activation {
     /// SiLU / swish (Llama's MLP gate).
     #[serde(rename = "silu", alias = "swish")]
     Silu,
+    /// tanh (BERT's pooler).
+    #[serde(rename = "tanh")]
+    Tanh,
 }
 
 impl Activation {
-    fn parse(field: &'static str, value: &str) -> Result<Self, ModelError> {
+    pub(crate) fn parse(field: &'static str, value: &str) -> Result<Self, ModelError> {
         serde_json::from_value(serde_json::Value::String(value.to_owned())).map_err(|_| {
             ModelError::Unsupported {
                 field,
                 value: value.to_owned(),
-                supported: "gelu, gelu_new, gelu_pytorch_tanh, relu, silu",
+                supported: "gelu, gelu_new, gelu_pytorch_tanh, relu, silu, tanh",
             }
         })
     }
@@ -69,6 +74,10 @@ pub enum BertFlavor {
     /// from `pad_token_id + 1`.
     #[serde(alias = "xlm-roberta")]
     Roberta,
+    /// DistilBERT: BERT's layers without token types or pooler, under other names (its
+    /// `config.json` is read by [`ModelConfig::from_json`]).
+    #[serde(rename = "distilbert")]
+    DistilBert,
 }
 
 /// A BERT-family encoder configuration (`model_type` `bert`, `roberta` or `xlm-roberta`).
@@ -116,6 +125,59 @@ pub struct BertConfig {
     /// `absolute` only (relative position types are not supported).
     #[serde(default)]
     pub position_embedding_type: Option<String>,
+    /// DistilBERT's dropout before its sequence classifier (`seq_classif_dropout`); other
+    /// heads use `classifier_dropout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_classif_dropout: Option<f64>,
+}
+
+/// DistilBERT's `config.json` fields, converted to a [`BertConfig`].
+#[derive(Deserialize)]
+struct DistilBertJson {
+    vocab_size: usize,
+    dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    hidden_dim: usize,
+    max_position_embeddings: usize,
+    #[serde(default = "default_hidden_act")]
+    activation: String,
+    #[serde(default = "default_dropout")]
+    dropout: f64,
+    #[serde(default = "default_dropout")]
+    attention_dropout: f64,
+    #[serde(default)]
+    seq_classif_dropout: Option<f64>,
+    #[serde(default = "default_range")]
+    initializer_range: f64,
+    #[serde(default)]
+    pad_token_id: Option<usize>,
+}
+
+impl From<DistilBertJson> for BertConfig {
+    fn from(d: DistilBertJson) -> Self {
+        BertConfig {
+            flavor: BertFlavor::DistilBert,
+            vocab_size: d.vocab_size,
+            hidden_size: d.dim,
+            num_hidden_layers: d.n_layers,
+            num_attention_heads: d.n_heads,
+            intermediate_size: d.hidden_dim,
+            hidden_act: d.activation,
+            hidden_dropout_prob: d.dropout,
+            attention_probs_dropout_prob: d.attention_dropout,
+            max_position_embeddings: d.max_position_embeddings,
+            // No token-type table.
+            type_vocab_size: 0,
+            // DistilBERT's LayerNorms are built with ε = 1e-12 whatever the config says.
+            layer_norm_eps: 1e-12,
+            pad_token_id: Some(d.pad_token_id.unwrap_or(0)),
+            initializer_range: d.initializer_range,
+            classifier_dropout: None,
+            position_embedding_type: None,
+            seq_classif_dropout: Some(d.seq_classif_dropout.unwrap_or(0.2)),
+        }
+    }
 }
 
 /// A Llama-family decoder configuration: `llama`, `mistral`, `qwen2`, `qwen3`, `phi3`,
@@ -289,8 +351,7 @@ impl DecoderFamily {
 pub const DECODER_TYPES: &str = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
 
 /// Every supported `model_type`, for error messages.
-const SUPPORTED_TYPES: &str =
-    "bert, roberta, xlm-roberta, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
+const SUPPORTED_TYPES: &str = "bert, roberta, xlm-roberta, distilbert, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
 
 /// An architecture configuration, chosen by `model_type`.
 // One config per loaded model: boxing the larger variant would save nothing worth its
@@ -298,8 +359,12 @@ const SUPPORTED_TYPES: &str =
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
-    /// BERT or RoBERTa encoder.
+    /// BERT, RoBERTa, XLM-RoBERTa or DistilBERT encoder.
     Bert(BertConfig),
+    /// DeBERTa-v2/v3 encoder.
+    Deberta(DebertaV2Config),
+    /// ModernBERT encoder.
+    ModernBert(ModernBertConfig),
     /// Llama-family decoder.
     Llama(LlamaConfig),
 }
@@ -310,6 +375,8 @@ impl ModelConfig {
     pub fn min_parameters(&self) -> u128 {
         match self {
             ModelConfig::Bert(c) => c.min_parameters(),
+            ModelConfig::Deberta(c) => c.min_parameters(),
+            ModelConfig::ModernBert(c) => c.min_parameters(),
             ModelConfig::Llama(c) => c.min_parameters(),
         }
     }
@@ -318,7 +385,43 @@ impl ModelConfig {
     pub fn vocab_size(&self) -> usize {
         match self {
             ModelConfig::Bert(c) => c.vocab_size,
+            ModelConfig::Deberta(c) => c.vocab_size,
+            ModelConfig::ModernBert(c) => c.vocab_size,
             ModelConfig::Llama(c) => c.vocab_size,
+        }
+    }
+
+    /// The shape of the token embedding table, `[vocab, width]`.
+    pub fn embedding_shape(&self) -> [usize; 2] {
+        match self {
+            ModelConfig::Bert(c) => [c.vocab_size, c.hidden_size],
+            ModelConfig::Deberta(c) => [c.vocab_size, c.embedding_width()],
+            ModelConfig::ModernBert(c) => [c.vocab_size, c.hidden_size],
+            ModelConfig::Llama(c) => [c.vocab_size, c.hidden_size],
+        }
+    }
+
+    /// The number of layers.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.num_hidden_layers,
+            ModelConfig::Deberta(c) => c.num_hidden_layers,
+            ModelConfig::ModernBert(c) => c.num_hidden_layers,
+            ModelConfig::Llama(c) => c.num_hidden_layers,
+        }
+    }
+
+    /// The `model_type` this config was read from.
+    pub fn model_type(&self) -> &str {
+        match self {
+            ModelConfig::Bert(c) => match c.flavor {
+                BertFlavor::Bert => "bert",
+                BertFlavor::Roberta => "roberta",
+                BertFlavor::DistilBert => "distilbert",
+            },
+            ModelConfig::Deberta(c) => &c.model_type,
+            ModelConfig::ModernBert(c) => &c.model_type,
+            ModelConfig::Llama(c) => &c.model_type,
         }
     }
 
@@ -332,7 +435,8 @@ impl ModelConfig {
                     .saturating_sub(c.pad_token_id.unwrap_or(1) + 1),
             ),
             ModelConfig::Bert(c) => Some(c.max_position_embeddings),
-            ModelConfig::Llama(_) => None,
+            ModelConfig::Deberta(c) if c.position_biased_input => Some(c.max_position_embeddings),
+            ModelConfig::Deberta(_) | ModelConfig::ModernBert(_) | ModelConfig::Llama(_) => None,
         }
     }
 
@@ -355,6 +459,15 @@ impl ModelConfig {
             "bert" | "roberta" | "xlm-roberta" => {
                 ModelConfig::Bert(serde_json::from_value(value).map_err(parse_err)?)
             }
+            "deberta-v2" => ModelConfig::Deberta(serde_json::from_value(value).map_err(parse_err)?),
+            "modernbert" => {
+                ModelConfig::ModernBert(serde_json::from_value(value).map_err(parse_err)?)
+            }
+            "distilbert" => ModelConfig::Bert(
+                serde_json::from_value::<DistilBertJson>(value)
+                    .map_err(parse_err)?
+                    .into(),
+            ),
             t if DecoderFamily::of(t).is_some() => {
                 ModelConfig::Llama(serde_json::from_value(value).map_err(parse_err)?)
             }
@@ -384,12 +497,14 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         match self {
             ModelConfig::Bert(c) => c.validate(),
+            ModelConfig::Deberta(c) => c.validate(),
+            ModelConfig::ModernBert(c) => c.validate(),
             ModelConfig::Llama(c) => c.validate(),
         }
     }
 }
 
-fn nonzero(field: &'static str, value: usize) -> Result<(), ModelError> {
+pub(crate) fn nonzero(field: &'static str, value: usize) -> Result<(), ModelError> {
     if value == 0 {
         return Err(ModelError::Inconsistent(format!(
             "{field} must be at least 1"
@@ -398,7 +513,7 @@ fn nonzero(field: &'static str, value: usize) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn positive(field: &'static str, value: f64) -> Result<(), ModelError> {
+pub(crate) fn positive(field: &'static str, value: f64) -> Result<(), ModelError> {
     if !(value.is_finite() && value > 0.0) {
         return Err(ModelError::Inconsistent(format!(
             "{field} must be a finite number > 0, got {value}"
@@ -409,7 +524,7 @@ fn positive(field: &'static str, value: f64) -> Result<(), ModelError> {
 
 /// Every id of a special-token field (a number or a list of numbers, as transformers
 /// writes `eos_token_id`) must be a row of the embedding table.
-fn token_ids(
+pub(crate) fn token_ids(
     field: &'static str,
     value: Option<&serde_json::Value>,
     vocab_size: usize,
@@ -432,7 +547,7 @@ fn token_ids(
     Ok(())
 }
 
-fn probability(field: &'static str, p: f64) -> Result<(), ModelError> {
+pub(crate) fn probability(field: &'static str, p: f64) -> Result<(), ModelError> {
     if !(0.0..1.0).contains(&p) {
         return Err(ModelError::Inconsistent(format!(
             "{field} must be a probability in [0, 1), got {p}"
@@ -492,9 +607,12 @@ impl BertConfig {
             ("num_attention_heads", self.num_attention_heads),
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
         ] {
             nonzero(field, v)?;
+        }
+        // DistilBERT has no token-type table; the others need one.
+        if self.flavor != BertFlavor::DistilBert {
+            nonzero("type_vocab_size", self.type_vocab_size)?;
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(ModelError::Inconsistent(format!(
@@ -513,8 +631,13 @@ impl BertConfig {
             "attention_probs_dropout_prob",
             self.attention_probs_dropout_prob,
         )?;
-        if let Some(p) = self.classifier_dropout {
-            probability("classifier_dropout", p)?;
+        for (field, p) in [
+            ("classifier_dropout", self.classifier_dropout),
+            ("seq_classif_dropout", self.seq_classif_dropout),
+        ] {
+            if let Some(p) = p {
+                probability(field, p)?;
+            }
         }
         match self.position_embedding_type.as_deref() {
             None | Some("absolute") => {}

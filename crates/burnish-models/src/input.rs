@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::Backend;
 
-use crate::{BertModel, LlamaForCausalLm, ModelError};
+use crate::{BertModel, DebertaV2Model, LlamaForCausalLm, ModelError, ModernBertModel};
 
 /// The ranges a model's embedding tables cover.
 ///
@@ -75,8 +75,31 @@ impl<B: Backend> BertModel<B> {
         let offset = e.padding_idx().map_or(0, |pad| pad + 1);
         InputLimits {
             vocab_size: e.word_embeddings.weight.dims()[0],
-            type_vocab_size: Some(e.token_type_embeddings.weight.dims()[0]),
+            type_vocab_size: e.token_type_embeddings.as_ref().map(|t| t.weight.dims()[0]),
             max_positions: Some(e.position_embeddings.weight.dims()[0].saturating_sub(offset)),
+        }
+    }
+}
+
+impl<B: Backend> DebertaV2Model<B> {
+    /// The ranges of this encoder's tables (positions only with absolute embeddings).
+    pub fn input_limits(&self) -> InputLimits {
+        let e = &self.embeddings;
+        InputLimits {
+            vocab_size: e.word_embeddings.weight.dims()[0],
+            type_vocab_size: e.token_type_embeddings.as_ref().map(|t| t.weight.dims()[0]),
+            max_positions: e.position_embeddings.as_ref().map(|t| t.weight.dims()[0]),
+        }
+    }
+}
+
+impl<B: Backend> ModernBertModel<B> {
+    /// The ranges of this encoder's tables: the vocabulary only (rotary positions).
+    pub fn input_limits(&self) -> InputLimits {
+        InputLimits {
+            vocab_size: self.embeddings.tok_embeddings.weight.dims()[0],
+            type_vocab_size: None,
+            max_positions: None,
         }
     }
 }

@@ -4,9 +4,11 @@ use burn::tensor::FloatDType;
 
 mod bert;
 mod config;
+mod deberta;
 mod input;
 mod layers;
 mod llama;
+mod modernbert;
 pub mod ops;
 mod rope;
 
@@ -18,11 +20,19 @@ pub use config::{
     Activation, BertConfig, BertFlavor, DECODER_TYPES, DecoderFamily, LlamaConfig, ModelConfig,
     ProblemType,
 };
+pub use deberta::{
+    DebertaAttention, DebertaEmbeddings, DebertaEncoder, DebertaIntermediate, DebertaLayer,
+    DebertaResidual, DebertaV2Config, DebertaV2Model, DisentangledSelfAttention,
+};
 pub use input::InputLimits;
 pub use layers::{RmsNorm, embedding, layer_norm, linear};
 pub use llama::{
     KvCache, LlamaAttention, LlamaForCausalLm, LlamaLayer, LlamaMlp, LlamaModel,
     positions_from_mask,
+};
+pub use modernbert::{
+    ModernBertAttention, ModernBertConfig, ModernBertEmbeddings, ModernBertLayer, ModernBertMlp,
+    ModernBertModel,
 };
 pub use rope::{Rope, RopeScaling};
 

@@ -38,6 +38,7 @@ pub fn activate<B: Backend, const D: usize>(act: Activation, x: Tensor<B, D>) ->
         Activation::GeluTanh => gelu_tanh(x),
         Activation::Relu => relu(x),
         Activation::Silu => silu(x),
+        Activation::Tanh => x.tanh(),
     }
 }
 

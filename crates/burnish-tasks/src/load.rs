@@ -58,10 +58,10 @@ pub fn encoder_config(hf: &HfModelDir, dropout: Option<f64>) -> Result<BertConfi
             Some(p) => c.clone().with_dropout(p),
             None => c.clone(),
         }),
-        ModelConfig::Llama(_) => Err(TaskError::WrongFamily {
+        _ => Err(TaskError::WrongFamily {
             path: hf.path().to_owned(),
-            task: "an encoder head".into(),
-            needs: "an encoder (bert, roberta)",
+            task: "a BERT-family encoder head".into(),
+            needs: "a BERT-family encoder (bert, roberta, xlm-roberta, distilbert)",
         }),
     }
 }
