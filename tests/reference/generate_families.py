@@ -16,7 +16,11 @@ import json
 import pathlib
 
 import torch
-from transformers import (DebertaV2Config, DebertaV2Model, DistilBertConfig, DistilBertModel,
+from transformers import (DebertaV2Config, DebertaV2ForQuestionAnswering,
+                          DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification,
+                          DebertaV2Model, DistilBertConfig, DistilBertForSequenceClassification,
+                          DistilBertModel, ModernBertForQuestionAnswering,
+                          ModernBertForSequenceClassification, ModernBertForTokenClassification,
                           Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
                           LlamaConfig, LlamaForCausalLM, ModernBertConfig, ModernBertModel, Phi3Config,
                           Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM, XLMRobertaConfig,
@@ -24,6 +28,7 @@ from transformers import (DebertaV2Config, DebertaV2Model, DistilBertConfig, Dis
 from transformers.trainer_pt_utils import get_parameter_names
 
 from generate_models import FIXTURES, VERSIONS, decoder_case, encoder_case, flat, save
+from generate_tasks import one_step as head_step
 
 torch.set_num_threads(1)
 
@@ -101,6 +106,64 @@ def decoder(cases, name, model, ids, mask):
     case = decoder_case(name, model, ids, mask)
     case["step"] = one_step(model, ids, mask)
     cases.append(case)
+
+
+def task_heads(gen):
+    """One training step of each new family's task heads, as tests/tests/trainer_parity.rs
+    checks generate_tasks.py's: dropout 0, labels of every kind."""
+    ids = torch.randint(3, 99, (3, 12), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    ids = ids * mask
+    zeros = torch.zeros_like(ids)
+    tags = torch.randint(0, 4, (3, 12), generator=gen).masked_fill(mask == 0, -100)
+    spans = {"start_positions": torch.tensor([5, 0, 4]), "end_positions": torch.tensor([7, 0, 6])}
+    enc = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=37, max_position_embeddings=64, pad_token_id=0, initializer_range=0.1)
+    deberta = dict(**enc, relative_attention=True, position_buckets=6, max_relative_positions=24,
+                   pos_att_type=["p2c", "c2p"], share_att_key=True, norm_rel_ebd="layer_norm",
+                   position_biased_input=False, type_vocab_size=0, hidden_dropout_prob=0.0,
+                   attention_probs_dropout_prob=0.0)
+    modern = dict(vocab_size=99, hidden_size=32, intermediate_size=40, num_hidden_layers=3,
+                  num_attention_heads=4, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                  eos_token_id=2, cls_token_id=1, sep_token_id=2, global_attn_every_n_layers=2,
+                  local_attention=4, initializer_range=0.1, attn_implementation="eager")
+    backbone = ["distilbert.transformer.layer.0.attention.q_lin.weight", "pre_classifier.weight",
+                "deberta.encoder.layer.0.attention.self.query_proj.weight",
+                "deberta.encoder.rel_embeddings.weight", "pooler.dense.weight",
+                "model.layers.1.attn.Wo.weight", "head.dense.weight", "head.norm.weight"]
+    heads = "classifier.weight", "classifier.bias", "qa_outputs.weight"
+    cases = []
+    for seed, name, cls, cfg, labels in [
+        (41, "distilbert-tiny-multilabel", DistilBertForSequenceClassification,
+         DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64,
+                          pad_token_id=0, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0,
+                          num_labels=3, problem_type="multi_label_classification"),
+         {"labels": torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])}),
+        (42, "deberta-v3-tiny-seqcls", DebertaV2ForSequenceClassification,
+         DebertaV2Config(**deberta, num_labels=3), {"labels": torch.tensor([2, 0, 1])}),
+        (43, "deberta-v3-tiny-tokcls", DebertaV2ForTokenClassification,
+         DebertaV2Config(**deberta, num_labels=4), {"labels": tags}),
+        (44, "deberta-v3-tiny-qa", DebertaV2ForQuestionAnswering, DebertaV2Config(**deberta), spans),
+        (45, "modernbert-tiny-seqcls-mean", ModernBertForSequenceClassification,
+         ModernBertConfig(**modern, classifier_pooling="mean", num_labels=3),
+         {"labels": torch.tensor([1, 2, 0])}),
+        (46, "modernbert-tiny-tokcls", ModernBertForTokenClassification,
+         ModernBertConfig(**modern, classifier_bias=True, num_labels=4), {"labels": tags}),
+        (47, "modernbert-tiny-qa", ModernBertForQuestionAnswering, ModernBertConfig(**modern), spans),
+    ]:
+        torch.manual_seed(seed)
+        model = cls(cfg)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ("classifier" in n or "qa_outputs" in n) and n.endswith("bias"):
+                    p.normal_(0, 0.5)
+        save(model, name)
+        # A span head's bias gets no gradient in exact arithmetic (each softmax ignores a
+        # shift shared by all positions): ModernBERT names that layer `classifier`.
+        watched = [n for n in backbone + list(heads) if not (name.endswith("-qa") and n == "classifier.bias")]
+        cases.append(head_step(name, model, ids, mask, zeros, labels, watched))
+    return cases
 
 
 def main():
@@ -230,8 +293,9 @@ def main():
                 p.add_(1.0)
     encoder(cases, "modernbert-tiny", model, eids, emask)
 
+    heads = task_heads(gen)
     path = FIXTURES / "families.json"
-    path.write_text(json.dumps(shorten({"versions": VERSIONS, "cases": cases})) + "\n")
+    path.write_text(json.dumps(shorten({"versions": VERSIONS, "cases": cases, "heads": heads})) + "\n")
     print(f"wrote fixtures/families.json ({path.stat().st_size} bytes)")
 
 

@@ -68,7 +68,7 @@ def squad_scorer(wheel):
     return scope
 
 
-def one_step(name, model, ids, mask, types, labels):
+def one_step(name, model, ids, mask, types, labels, watched=WATCHED):
     """Forward with labels, backward, clip to 1.0, one AdamW step, as the HF Trainer."""
     model.train()
     decay = set(get_parameter_names(model, [torch.nn.LayerNorm],
@@ -85,7 +85,7 @@ def one_step(name, model, ids, mask, types, labels):
     norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
     opt.step()
     state = dict(model.named_parameters())
-    after = {n: state[n].detach().reshape(-1).tolist() for n in WATCHED if n in state}
+    after = {n: state[n].detach().reshape(-1).tolist() for n in watched if n in state}
     plain = {k: (v.reshape(-1).tolist() if torch.is_tensor(v) else v) for k, v in labels.items()}
     return {"name": name, "shape": list(ids.shape), "input_ids": ids.reshape(-1).tolist(),
             "attention_mask": mask.reshape(-1).tolist(),

@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burn::tensor::{Int, Tensor, TensorData};
-use burnish_heads::{BertForSequenceClassification, LossParts, ProblemType, SequenceLabels};
+use burnish_heads::{
+    BertForSequenceClassification, DebertaV2ForQuestionAnswering,
+    DebertaV2ForSequenceClassification, DebertaV2ForTokenClassification, LossParts,
+    ModernBertForQuestionAnswering, ModernBertForSequenceClassification,
+    ModernBertForTokenClassification, ProblemType, SequenceLabels,
+};
 use burnish_loader::{
     HfModelDir, LoadOptions, Naming, SafetensorsFile, Weights, load_module, save_module,
 };
@@ -428,6 +433,159 @@ fn task_heads_take_one_step_like_pytorch() {
             "roberta-tiny-qa" => {
                 check_head_step::<burnish_heads::RobertaForQuestionAnswering<B>>(case)
             }
+            other => panic!("unknown case {other}"),
+        }
+    }
+}
+
+/// The backbone of a new family's head, built from the directory's config.
+fn family_backbone<T>(dir: &HfModelDir, init: impl FnOnce(&ModelConfig) -> Option<T>) -> T {
+    init(dir.config()).unwrap_or_else(|| panic!("{}: another family", dir.path().display()))
+}
+
+/// [`TaskHead`] for a head of the newer encoder families: `$new` builds it from the
+/// backbone and the family's config `c` (`n` labels), `$labels` turns the case into the
+/// head's labels.
+macro_rules! family_head {
+    ($ty:ty, $variant:ident, |$m:ident, $c:ident, $n:ident| $new:expr, |$case:ident| $labels:expr) => {
+        impl TaskHead for $ty {
+            fn new_from(dir: &HfModelDir) -> Self {
+                let device = Default::default();
+                let $n = dir.config_json()["id2label"]
+                    .as_object()
+                    .map_or(2, |labels| labels.len());
+                let head = family_backbone(dir, |config| match config {
+                    ModelConfig::$variant($c) => {
+                        let $m = $c.init::<B>(&device).unwrap();
+                        Some($new)
+                    }
+                    _ => None,
+                });
+                loaded(dir, head)
+            }
+
+            fn logits_and_loss(&self, $case: &HeadStep) -> (Tensor<B, 3>, LossParts<B>) {
+                let logits = self.forward(
+                    ints($case, &$case.input_ids),
+                    Some(ints($case, &$case.attention_mask)),
+                    None,
+                );
+                let labels = $labels;
+                let loss = self.loss(logits.clone(), &labels).unwrap();
+                (shaped(logits), loss)
+            }
+        }
+    };
+}
+
+/// Logits as `[batch, positions, outputs]`.
+trait Shaped {
+    fn into_3d(self) -> Tensor<B, 3>;
+}
+impl Shaped for Tensor<B, 2> {
+    fn into_3d(self) -> Tensor<B, 3> {
+        self.unsqueeze_dim(1)
+    }
+}
+impl Shaped for Tensor<B, 3> {
+    fn into_3d(self) -> Tensor<B, 3> {
+        self
+    }
+}
+fn shaped(t: impl Shaped) -> Tensor<B, 3> {
+    t.into_3d()
+}
+
+fn class_labels(case: &HeadStep) -> Vec<i64> {
+    case.labels["labels"].iter().map(|&v| v as i64).collect()
+}
+
+fn span_positions(case: &HeadStep) -> Vec<i64> {
+    let (start, end) = (
+        &case.labels["start_positions"],
+        &case.labels["end_positions"],
+    );
+    start
+        .iter()
+        .zip(end)
+        .flat_map(|(&s, &e)| [s as i64, e as i64])
+        .collect()
+}
+
+family_head!(
+    DebertaV2ForSequenceClassification<B>,
+    Deberta,
+    |m, c, n| DebertaV2ForSequenceClassification::new(
+        m,
+        c,
+        n,
+        ProblemType::SingleLabelClassification,
+        &Default::default()
+    )
+    .unwrap(),
+    |case| SequenceLabels::Classes(class_labels(case))
+);
+family_head!(
+    DebertaV2ForTokenClassification<B>,
+    Deberta,
+    |m, c, n| DebertaV2ForTokenClassification::new(m, c, n, &Default::default()).unwrap(),
+    |case| class_labels(case)
+);
+family_head!(
+    DebertaV2ForQuestionAnswering<B>,
+    Deberta,
+    |m, c, _n| DebertaV2ForQuestionAnswering::new(m, c, &Default::default()),
+    |case| span_positions(case)
+);
+family_head!(
+    ModernBertForSequenceClassification<B>,
+    ModernBert,
+    |m, c, n| ModernBertForSequenceClassification::new(
+        m,
+        c,
+        n,
+        ProblemType::SingleLabelClassification,
+        &Default::default()
+    )
+    .unwrap(),
+    |case| SequenceLabels::Classes(class_labels(case))
+);
+family_head!(
+    ModernBertForTokenClassification<B>,
+    ModernBert,
+    |m, c, n| ModernBertForTokenClassification::new(m, c, n, &Default::default()).unwrap(),
+    |case| class_labels(case)
+);
+family_head!(
+    ModernBertForQuestionAnswering<B>,
+    ModernBert,
+    |m, c, _n| ModernBertForQuestionAnswering::new(m, c, &Default::default()).unwrap(),
+    |case| span_positions(case)
+);
+
+/// DistilBERT (multi-label, through the BERT head with its `pre_classifier`), DeBERTa-v3
+/// and ModernBERT (mean pooling) sequence, token and QA heads: logits, loss, clipped grad
+/// norm and updated head and backbone weights after one AdamW step, against transformers
+/// (tests/reference/generate_families.py).
+#[test]
+fn new_family_heads_take_one_step_like_pytorch() {
+    let families: Tasks = fixture("families.json");
+    assert_eq!(families.heads.len(), 7);
+    for case in &families.heads {
+        match case.name.as_str() {
+            "distilbert-tiny-multilabel" => check_head_step::<Model>(case),
+            "deberta-v3-tiny-seqcls" => {
+                check_head_step::<DebertaV2ForSequenceClassification<B>>(case)
+            }
+            "deberta-v3-tiny-tokcls" => check_head_step::<DebertaV2ForTokenClassification<B>>(case),
+            "deberta-v3-tiny-qa" => check_head_step::<DebertaV2ForQuestionAnswering<B>>(case),
+            "modernbert-tiny-seqcls-mean" => {
+                check_head_step::<ModernBertForSequenceClassification<B>>(case)
+            }
+            "modernbert-tiny-tokcls" => {
+                check_head_step::<ModernBertForTokenClassification<B>>(case)
+            }
+            "modernbert-tiny-qa" => check_head_step::<ModernBertForQuestionAnswering<B>>(case),
             other => panic!("unknown case {other}"),
         }
     }

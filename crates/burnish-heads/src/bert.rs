@@ -61,6 +61,8 @@ pub(crate) fn head_config(base: &Value, labels: &LabelNames, task: &str) -> Valu
         Some("roberta") => "Roberta",
         Some("xlm-roberta") => "XLMRoberta",
         Some("distilbert") => "DistilBert",
+        Some("deberta-v2") => "DebertaV2",
+        Some("modernbert") => "ModernBert",
         _ => "Bert",
     };
     if let Some(fields) = config.as_object_mut() {
@@ -92,6 +94,16 @@ pub(crate) fn token_loss<B: Backend>(
 ) -> Result<LossParts<B>, ModelError> {
     let [b, s, k] = logits.dims();
     cross_entropy(logits.reshape([b * s, k]), labels)
+}
+
+/// A per-token head needs at least one label.
+pub(crate) fn labels_at_least_one(num_labels: usize) -> Result<(), ModelError> {
+    if num_labels == 0 {
+        return Err(ModelError::Inconsistent(
+            "num_labels must be at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a head's label count against its problem type.
@@ -158,7 +170,18 @@ pub(crate) fn new_head<B: Backend>(
     n: usize,
     device: &B::Device,
 ) -> Linear<B> {
-    let head = linear(inputs, n, true, config.initializer_range, device);
+    new_linear(config.initializer_range, inputs, n, true, device)
+}
+
+/// [`new_head`] for any family: N(0, `std`) weights, a zero bias when `bias`.
+pub(crate) fn new_linear<B: Backend>(
+    std: f64,
+    inputs: usize,
+    n: usize,
+    bias: bool,
+    device: &B::Device,
+) -> Linear<B> {
+    let head = linear(inputs, n, bias, std, device);
     let _ = head.weight.val();
     if let Some(b) = &head.bias {
         let _ = b.val();
@@ -304,11 +327,7 @@ impl<B: Backend> BertForTokenClassification<B> {
         num_labels: usize,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        if num_labels == 0 {
-            return Err(ModelError::Inconsistent(
-                "num_labels must be at least 1".into(),
-            ));
-        }
+        labels_at_least_one(num_labels)?;
         Ok(Self {
             bert,
             dropout: dropout_of(config),

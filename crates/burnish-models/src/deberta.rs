@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Activation, nonzero, positive, probability, token_ids};
 use crate::layers::{embedding, layer_norm, linear};
-use crate::ops::{MASKED, activate, layer_norm_f32, linear_in};
+use crate::ops::{MASKED, activate, embed_padded, layer_norm_f32, linear_in};
 use crate::{Autocast, ModelError};
 
 fn gelu() -> String {
@@ -362,6 +362,7 @@ impl DebertaV2Config {
                 embed_proj: (e != h).then(|| linear(e, h, false, std, device)),
                 layer_norm: layer_norm(h, eps, device),
                 dropout: dropout(self.hidden_dropout_prob),
+                pad_token_id: self.pad_token_id.unwrap_or(0),
             },
             encoder: DebertaEncoder {
                 layer,
@@ -392,6 +393,8 @@ pub struct DebertaEmbeddings<B: Backend> {
     /// HF `LayerNorm`.
     pub layer_norm: LayerNorm<B>,
     dropout: Dropout,
+    /// The padding token, whose word row gets no gradient.
+    pad_token_id: usize,
 }
 
 /// Disentangled self-attention (HF `attention.self`).
@@ -607,7 +610,7 @@ impl<B: Backend> DebertaV2Model<B> {
         let device = input_ids.device();
         let mask = attention_mask.unwrap_or_else(|| Tensor::ones([batch, seq], &device));
         let e = &self.embeddings;
-        let mut x = e.word_embeddings.forward(input_ids);
+        let mut x = embed_padded(&e.word_embeddings, input_ids, Some(e.pad_token_id));
         if let Some(table) = &e.position_embeddings {
             let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
                 .unsqueeze::<2>()

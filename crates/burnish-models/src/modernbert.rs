@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Activation, nonzero, positive, probability, token_ids};
 use crate::layers::{embedding, linear};
-use crate::ops::{activate, attention_scaled, layer_norm_f32, linear_in};
+use crate::ops::{activate, attention_scaled, embed_padded, layer_norm_f32, linear_in};
 use crate::rope::Rope;
 use crate::{Autocast, ModelError};
 
@@ -337,6 +337,7 @@ impl ModernBertConfig {
                 tok_embeddings: embedding(self.vocab_size, h, std, device),
                 norm: self.norm(device),
                 drop: dropout(self.embedding_dropout),
+                pad_token_id: self.pad_token_id,
             },
             layers,
             final_norm: self.norm(device),
@@ -355,6 +356,8 @@ pub struct ModernBertEmbeddings<B: Backend> {
     /// LayerNorm.
     pub norm: LayerNorm<B>,
     drop: Dropout,
+    /// The padding token, whose row gets no gradient.
+    pad_token_id: Option<usize>,
 }
 
 /// Attention with a fused `[q | k | v]` projection (HF `attn`).
@@ -462,9 +465,8 @@ impl<B: Backend> ModernBertModel<B> {
         let cx = self.compute;
         let heads = self.layers.first().map_or(1, |l| l.attn.heads);
         let e = &self.embeddings;
-        let mut x = e
-            .drop
-            .forward(layer_norm_f32(&e.norm, e.tok_embeddings.forward(input_ids)));
+        let tokens = embed_padded(&e.tok_embeddings, input_ids, e.pad_token_id);
+        let mut x = e.drop.forward(layer_norm_f32(&e.norm, tokens));
         let [_, _, hidden] = x.dims();
         let d = hidden / heads;
 

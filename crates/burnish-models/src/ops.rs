@@ -1,9 +1,9 @@
 //! Tensor functions shared by the architectures.
 
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::activation::{relu, silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, FloatDType, Tensor};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::Activation;
 
@@ -147,4 +147,23 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2)
         .expand([b, kv, groups, s, d])
         .reshape([b, kv * groups, s, d])
+}
+
+/// Embeddings of `ids` `[batch, seq]` whose `pad` row learns nothing, as torch's
+/// `nn.Embedding(padding_idx = pad)`: the row takes part in the forward pass (a QA loss
+/// reads padded positions too) but gets no gradient.
+pub fn embed_padded<B: Backend>(
+    table: &Embedding<B>,
+    ids: Tensor<B, 2, Int>,
+    pad: Option<usize>,
+) -> Tensor<B, 3> {
+    let Some(pad) = pad else {
+        return table.forward(ids);
+    };
+    let [batch, seq] = ids.dims();
+    let is_pad = ids.clone().equal_elem(pad as i64).unsqueeze_dim::<3>(2);
+    let x = table.forward(ids);
+    let hidden = x.dims()[2];
+    x.clone()
+        .mask_where(is_pad.expand([batch, seq, hidden]), x.detach())
 }

@@ -5,12 +5,15 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burnish_data::Task;
 use burnish_heads::{
     BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
-    ProblemType, RobertaForQuestionAnswering, RobertaForSequenceClassification,
-    RobertaForTokenClassification,
+    DebertaV2ForQuestionAnswering, DebertaV2ForSequenceClassification,
+    DebertaV2ForTokenClassification, ModernBertForQuestionAnswering,
+    ModernBertForSequenceClassification, ModernBertForTokenClassification, ProblemType,
+    RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
 };
 use burnish_loader::{HfModelDir, LoadOptions, load_module};
 use burnish_models::{
-    BertConfig, BertFlavor, BertModel, LlamaForCausalLm, ModelConfig, ModelError,
+    BertConfig, BertFlavor, BertModel, DebertaV2Config, LlamaForCausalLm, ModelConfig, ModelError,
+    ModernBertConfig,
 };
 
 use crate::{TaskError, TaskModel};
@@ -104,8 +107,18 @@ enum Kind {
     RobertaToken,
     BertQa,
     RobertaQa,
+    DebertaSequence,
+    DebertaToken,
+    DebertaQa,
+    ModernBertSequence,
+    ModernBertToken,
+    ModernBertQa,
     Causal,
 }
+
+/// The encoder families, for error messages.
+const ENCODER_TYPES: &str =
+    "an encoder (bert, roberta, xlm-roberta, distilbert, deberta-v2, modernbert)";
 
 impl Kind {
     fn of(hf: &HfModelDir, spec: &HeadSpec) -> Result<Self, TaskError> {
@@ -117,6 +130,9 @@ impl Kind {
         let roberta =
             matches!(hf.config(), ModelConfig::Bert(c) if c.flavor == BertFlavor::Roberta);
         Ok(match (spec.task, hf.config()) {
+            (Task::CausalLm, ModelConfig::Llama(_)) => Kind::Causal,
+            (Task::CausalLm, _) => return Err(wrong(DECODER_NEEDED)),
+            (_, ModelConfig::Llama(_)) => return Err(wrong(ENCODER_TYPES)),
             (Task::SequenceClassification, ModelConfig::Bert(_)) if roberta => {
                 Kind::RobertaSequence
             }
@@ -125,12 +141,18 @@ impl Kind {
             (Task::TokenClassification, ModelConfig::Bert(_)) => Kind::BertToken,
             (Task::QuestionAnswering, ModelConfig::Bert(_)) if roberta => Kind::RobertaQa,
             (Task::QuestionAnswering, ModelConfig::Bert(_)) => Kind::BertQa,
-            (Task::CausalLm, ModelConfig::Llama(_)) => Kind::Causal,
-            (Task::CausalLm, _) => return Err(wrong("a decoder (llama, mistral, qwen2)")),
-            (_, _) => return Err(wrong("an encoder (bert, roberta)")),
+            (Task::SequenceClassification, ModelConfig::Deberta(_)) => Kind::DebertaSequence,
+            (Task::TokenClassification, ModelConfig::Deberta(_)) => Kind::DebertaToken,
+            (Task::QuestionAnswering, ModelConfig::Deberta(_)) => Kind::DebertaQa,
+            (Task::SequenceClassification, ModelConfig::ModernBert(_)) => Kind::ModernBertSequence,
+            (Task::TokenClassification, ModelConfig::ModernBert(_)) => Kind::ModernBertToken,
+            (Task::QuestionAnswering, ModelConfig::ModernBert(_)) => Kind::ModernBertQa,
         })
     }
 }
+
+/// What a causal-LM task needs, for error messages.
+const DECODER_NEEDED: &str = "a decoder (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text)";
 
 /// Receives the built-in task model a directory and [`HeadSpec`] make, whatever its type
 /// (for inference: any backend).
@@ -160,7 +182,25 @@ fn model_error(hf: &HfModelDir) -> impl Fn(ModelError) -> TaskError + '_ {
     }
 }
 
-/// Builds an encoder head with `make` on a fresh backbone and loads the checkpoint into it.
+/// Builds a head with `make` on a fresh backbone (`init` of the family's `config`) and
+/// loads the checkpoint into it; parameters under `new` may be absent unless the spec is
+/// strict.
+fn head_on<B: Backend, C, E, M: Module<B>>(
+    hf: &HfModelDir,
+    spec: &HeadSpec,
+    config: C,
+    init: impl FnOnce(&C) -> Result<E, ModelError>,
+    make: impl FnOnce(E, &C) -> Result<M, ModelError>,
+    new: &[&str],
+) -> Result<(M, HeadReport), TaskError> {
+    // The sizes are checked against the weights before the model is allocated.
+    hf.weights()?;
+    let backbone = init(&config).map_err(model_error(hf))?;
+    let head = make(backbone, &config).map_err(model_error(hf))?;
+    load_pretrained(hf, head, if spec.strict { &[] } else { new })
+}
+
+/// Builds a BERT-family head with `make` on a fresh backbone and loads the checkpoint.
 fn encoder_head<B: Backend, M: Module<B>>(
     hf: &HfModelDir,
     spec: &HeadSpec,
@@ -169,16 +209,67 @@ fn encoder_head<B: Backend, M: Module<B>>(
     device: &B::Device,
 ) -> Result<(M, HeadReport), TaskError> {
     let config = encoder_config(hf, spec.dropout)?;
-    // The sizes are checked against the weights before the model is allocated.
-    hf.weights()?;
-    let backbone = config.init::<B>(pooler, device).map_err(model_error(hf))?;
-    let head = make(backbone, &config).map_err(model_error(hf))?;
-    let new: &[&str] = if spec.strict {
-        &[]
-    } else {
-        &["classifier", "pooler", "qa_outputs"]
+    // DistilBERT's `pre_classifier` lives in the encoder's pooler (`bert.pooler`).
+    let new = ["classifier", "pooler", "bert.pooler", "qa_outputs"];
+    head_on(
+        hf,
+        spec,
+        config,
+        |c| c.init::<B>(pooler, device),
+        make,
+        &new,
+    )
+}
+
+/// Builds a DeBERTa-v2/v3 head with `make` and loads the checkpoint.
+fn deberta_head<B: Backend, M: Module<B>>(
+    hf: &HfModelDir,
+    spec: &HeadSpec,
+    make: impl FnOnce(burnish_models::DebertaV2Model<B>, &DebertaV2Config) -> Result<M, ModelError>,
+    device: &B::Device,
+) -> Result<(M, HeadReport), TaskError> {
+    let ModelConfig::Deberta(config) = hf.config() else {
+        return Err(family_mismatch(hf, spec));
     };
-    load_pretrained(hf, head, new)
+    let config = match spec.dropout {
+        Some(p) => config.clone().with_dropout(p),
+        None => config.clone(),
+    };
+    let new = ["classifier", "pooler", "qa_outputs"];
+    head_on(hf, spec, config, |c| c.init::<B>(device), make, &new)
+}
+
+/// Builds a ModernBERT head with `make` and loads the checkpoint.
+fn modernbert_head<B: Backend, M: Module<B>>(
+    hf: &HfModelDir,
+    spec: &HeadSpec,
+    make: impl FnOnce(burnish_models::ModernBertModel<B>, &ModernBertConfig) -> Result<M, ModelError>,
+    device: &B::Device,
+) -> Result<(M, HeadReport), TaskError> {
+    let ModelConfig::ModernBert(config) = hf.config() else {
+        return Err(family_mismatch(hf, spec));
+    };
+    let config = match spec.dropout {
+        Some(p) => config.clone().with_dropout(p),
+        None => config.clone(),
+    };
+    head_on(
+        hf,
+        spec,
+        config,
+        |c| c.init::<B>(device),
+        make,
+        &["head", "classifier"],
+    )
+}
+
+/// A head builder called on a directory of another family (`Kind::of` prevents it).
+fn family_mismatch(hf: &HfModelDir, spec: &HeadSpec) -> TaskError {
+    TaskError::WrongFamily {
+        path: hf.path().to_owned(),
+        task: spec.task.name().into(),
+        needs: ENCODER_TYPES,
+    }
 }
 
 /// Loads a Llama-family causal LM (its head is part of the checkpoint).
@@ -239,6 +330,45 @@ macro_rules! dispatch {
             Kind::RobertaQa => {
                 let make = |b, c: &BertConfig| Ok(RobertaForQuestionAnswering::new(b, c, device));
                 let $loaded = encoder_head::<$b, _>(hf, spec, false, make, device)?;
+                $body
+            }
+            Kind::DebertaSequence => {
+                let make = |m, c: &DebertaV2Config| {
+                    DebertaV2ForSequenceClassification::new(m, c, n, problem, device)
+                };
+                let $loaded = deberta_head::<$b, _>(hf, spec, make, device)?;
+                $body
+            }
+            Kind::DebertaToken => {
+                let make =
+                    |m, c: &DebertaV2Config| DebertaV2ForTokenClassification::new(m, c, n, device);
+                let $loaded = deberta_head::<$b, _>(hf, spec, make, device)?;
+                $body
+            }
+            Kind::DebertaQa => {
+                let make =
+                    |m, c: &DebertaV2Config| Ok(DebertaV2ForQuestionAnswering::new(m, c, device));
+                let $loaded = deberta_head::<$b, _>(hf, spec, make, device)?;
+                $body
+            }
+            Kind::ModernBertSequence => {
+                let make = |m, c: &ModernBertConfig| {
+                    ModernBertForSequenceClassification::new(m, c, n, problem, device)
+                };
+                let $loaded = modernbert_head::<$b, _>(hf, spec, make, device)?;
+                $body
+            }
+            Kind::ModernBertToken => {
+                let make = |m, c: &ModernBertConfig| {
+                    ModernBertForTokenClassification::new(m, c, n, device)
+                };
+                let $loaded = modernbert_head::<$b, _>(hf, spec, make, device)?;
+                $body
+            }
+            Kind::ModernBertQa => {
+                let make =
+                    |m, c: &ModernBertConfig| ModernBertForQuestionAnswering::new(m, c, device);
+                let $loaded = modernbert_head::<$b, _>(hf, spec, make, device)?;
                 $body
             }
             Kind::Causal => {

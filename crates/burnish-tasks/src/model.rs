@@ -5,9 +5,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 use burnish_heads::{
     BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
-    LabelNames, LossParts, ProblemType, RobertaForQuestionAnswering,
-    RobertaForSequenceClassification, RobertaForTokenClassification, SequenceLabels,
-    causal_lm_loss,
+    DebertaV2ForQuestionAnswering, DebertaV2ForSequenceClassification,
+    DebertaV2ForTokenClassification, LabelNames, LossParts, ModernBertForQuestionAnswering,
+    ModernBertForSequenceClassification, ModernBertForTokenClassification, ProblemType,
+    RobertaForQuestionAnswering, RobertaForSequenceClassification, RobertaForTokenClassification,
+    SequenceLabels, causal_lm_loss,
 };
 use burnish_models::{Autocast, InputLimits, LlamaForCausalLm};
 use burnish_trainer::StepLoss;
@@ -168,6 +170,8 @@ macro_rules! sequence_classifier {
 
 sequence_classifier!(BertForSequenceClassification.bert);
 sequence_classifier!(RobertaForSequenceClassification.roberta);
+sequence_classifier!(DebertaV2ForSequenceClassification.deberta);
+sequence_classifier!(ModernBertForSequenceClassification.model);
 /// A head with labels in the batch as the head's `loss` takes them: per token (token
 /// classification) or start/end per example (QA).
 macro_rules! labeled_head {
@@ -184,6 +188,10 @@ labeled_head!(BertForTokenClassification.bert);
 labeled_head!(RobertaForTokenClassification.roberta);
 labeled_head!(BertForQuestionAnswering.bert);
 labeled_head!(RobertaForQuestionAnswering.roberta);
+labeled_head!(DebertaV2ForTokenClassification.deberta);
+labeled_head!(DebertaV2ForQuestionAnswering.deberta);
+labeled_head!(ModernBertForTokenClassification.model);
+labeled_head!(ModernBertForQuestionAnswering.model);
 
 impl<B: Backend> TaskModel<B> for LlamaForCausalLm<B> {
     fn logits(&self, batch: &DeviceBatch<B>) -> Tensor<B, 3> {
