@@ -296,10 +296,21 @@ impl HfTokenizer {
             let rest = e.take_overflowing();
             std::iter::once(e).chain(rest).map(qa_window).collect()
         };
-        match windowed.encode_batch_char_offsets(pairs.iter().map(input).collect(), true) {
-            Ok(encodings) => Ok(encodings.into_iter().map(|e| Ok(windows(e))).collect()),
+        // tokenizers panics (an assertion, not an error) when a context must be split but
+        // the question leaves no more room than the stride: such pairs are refused first.
+        let refused = self.stride_refusals(&windowed, pairs, stride)?;
+        let kept: Vec<&(&str, &str)> = pairs
+            .iter()
+            .zip(&refused)
+            .filter(|(_, r)| r.is_none())
+            .map(|(p, _)| p)
+            .collect();
+        let mut encoded = match windowed
+            .encode_batch_char_offsets(kept.iter().map(|p| input(p)).collect(), true)
+        {
+            Ok(encodings) => encodings.into_iter().map(|e| Ok(windows(e))).collect(),
             // One pair the truncation refuses fails the batch: find which, one at a time.
-            Err(_) => Ok(pairs
+            Err(_) => kept
                 .iter()
                 .map(|p| {
                     windowed
@@ -307,8 +318,71 @@ impl HfTokenizer {
                         .map(windows)
                         .map_err(|e| e.to_string())
                 })
-                .collect()),
+                .collect::<Vec<_>>(),
         }
+        .into_iter();
+        Ok(refused
+            .into_iter()
+            .map(|r| match r {
+                Some(why) => Err(why),
+                None => encoded
+                    .next()
+                    .unwrap_or_else(|| Err("not encoded".to_owned())),
+            })
+            .collect())
+    }
+
+    /// For each pair, why it cannot be windowed with `stride` (its context needs
+    /// splitting and the question leaves at most `stride` tokens for it), or `None`.
+    fn stride_refusals(
+        &self,
+        windowed: &tokenizers::Tokenizer,
+        pairs: &[(&str, &str)],
+        stride: usize,
+    ) -> Result<Vec<Option<String>>, LoadError> {
+        let mut plain = windowed.clone();
+        plain
+            .with_truncation(None)
+            .map_err(|e| LoadError::format(&self.path, e.to_string()))?;
+        let specials = plain
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, true));
+        let count = |texts: Vec<&str>| -> Result<Vec<usize>, LoadError> {
+            let inputs = texts.into_iter().map(EncodeInput::from).collect();
+            Ok(plain
+                .encode_batch(inputs, false)
+                .map_err(|e| LoadError::format(&self.path, e.to_string()))?
+                .iter()
+                .map(tokenizers::Encoding::len)
+                .collect())
+        };
+        let max_length = self.config.max_length;
+        let questions = count(pairs.iter().map(|(q, _)| *q).collect())?;
+        let room = |q: usize| max_length.saturating_sub(q + specials);
+        let tight: Vec<&str> = pairs
+            .iter()
+            .zip(&questions)
+            .filter(|(_, q)| room(**q) <= stride)
+            .map(|((_, c), _)| *c)
+            .collect();
+        let mut contexts = count(tight)?.into_iter();
+        Ok(questions
+            .iter()
+            .map(|&q| {
+                if room(q) > stride {
+                    return None;
+                }
+                let c = contexts.next().unwrap_or(0);
+                (q + c + specials > max_length).then(|| {
+                    format!(
+                        "the question takes {q} of max_length {max_length} tokens, leaving {} for \
+                         the context, not more than doc_stride {stride}: the context of {c} \
+                         tokens cannot be split into windows",
+                        room(q)
+                    )
+                })
+            })
+            .collect())
     }
 
     /// Tokenizes pre-split words without padding: per sentence, the ids and the word

@@ -234,3 +234,41 @@ fn a_config_that_does_not_match_the_weights() {
         other => panic!("{other}"),
     }
 }
+
+/// A question that leaves the context no more room than the stride: tokenizers would panic
+/// splitting it; burnish refuses that pair by name and windows the others.
+#[test]
+fn qa_windows_refuse_a_stride_the_question_leaves_no_room_for() {
+    use burnish_loader::{HfTokenizer, TokenizerConfig};
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/assets/toy-bert/tokenizer.json");
+    let config = TokenizerConfig {
+        max_length: 16,
+        ..TokenizerConfig::default()
+    };
+    let tokenizer = HfTokenizer::from_file(&path, config).unwrap();
+    let context = "alice met bob in paris and carol saw the movie in rome . it was great";
+    let long_question = "alice met bob in paris and carol saw the";
+    let pairs = [
+        ("who met bob", context),
+        (long_question, context),
+        (long_question, "alice"),
+    ];
+    let windows = tokenizer.encode_qa_windows(&pairs, 4).unwrap();
+    assert!(
+        windows[0].as_ref().is_ok_and(|w| w.len() > 1),
+        "{:?}",
+        windows[0]
+    );
+    let refused = windows[1].as_ref().unwrap_err();
+    assert!(
+        refused.contains("doc_stride 4") && refused.contains("leaving 4"),
+        "{refused}"
+    );
+    // A context that fits needs no splitting, whatever the stride.
+    assert!(
+        windows[2].as_ref().is_ok_and(|w| w.len() == 1),
+        "{:?}",
+        windows[2]
+    );
+}

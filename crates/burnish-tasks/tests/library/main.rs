@@ -12,6 +12,7 @@ use serde_json::Value;
 /// The training backend of these tests.
 type Flex = Autodiff<burn_flex::Flex<f32, i32>>;
 
+mod families;
 mod parallel;
 mod real_data;
 mod resume;
