@@ -490,3 +490,174 @@ fn tokenizer_padding_and_truncation_come_from_our_config() {
     assert_eq!(&encoded.attention_mask[6..], [0, 0, 0, 1, 1, 1]);
     assert_eq!(tokenizer.decode(&[7592, 2088]).unwrap(), "hello world");
 }
+
+/// Half-precision compute (autocast) of the newer families on burn-flex: DeBERTa (whose
+/// disentangled scores overflow fp16 in some implementations), ModernBERT and the new
+/// decoders stay finite and close to float32 in bf16 and fp16, and a DeBERTa classifier
+/// takes finite fp16 training steps with loss scaling. The checkpoints' weights have std
+/// 0.2-0.3 (large activations).
+#[test]
+fn new_families_stay_finite_in_half_precision() {
+    use burn::tensor::FloatDType;
+    use burnish_models::Autocast;
+    type F = burn_flex::Flex;
+    let device = Default::default();
+    let fx: Fixture = fixture("families.json");
+    for case in &fx.cases {
+        let hf = HfModelDir::open(&models_dir().join(&case.checkpoint)).unwrap();
+        let ids = || {
+            Tensor::<F, 2, Int>::from_data(
+                TensorData::new(case.input_ids.clone(), case.shape),
+                &device,
+            )
+        };
+        let mask = || {
+            Tensor::<F, 2, Int>::from_data(
+                TensorData::new(case.attention_mask.clone(), case.shape),
+                &device,
+            )
+        };
+        let opts = LoadOptions::default();
+        let run = |dtype: FloatDType| -> Vec<f32> {
+            let out = match hf.config() {
+                ModelConfig::Deberta(_) => {
+                    let (m, _) = hf.load_deberta::<F>(&device, &opts).unwrap();
+                    m.with_compute_dtype(dtype)
+                        .forward(ids(), Some(mask()), None)
+                }
+                ModelConfig::ModernBert(_) => {
+                    let (m, _) = hf.load_modernbert::<F>(&device, &opts).unwrap();
+                    m.with_compute_dtype(dtype).forward(ids(), Some(mask()))
+                }
+                ModelConfig::Llama(_) => {
+                    let (m, _) = hf.load_llama::<F>(&device, &opts).unwrap();
+                    m.with_compute_dtype(dtype)
+                        .forward(ids(), Some(mask()), None)
+                }
+                ModelConfig::Bert(_) => return Vec::new(),
+            };
+            out.into_data().convert::<f32>().to_vec().unwrap()
+        };
+        let full = run(FloatDType::F32);
+        if full.is_empty() {
+            continue;
+        }
+        let scale = full.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (dtype, tolerance) in [(FloatDType::BF16, 0.1), (FloatDType::F16, 0.02)] {
+            let half = run(dtype);
+            assert!(
+                half.iter().all(|v| v.is_finite()),
+                "{} in {dtype:?}: not finite",
+                case.name
+            );
+            let worst = max_abs_diff(&half, &full, |i| {
+                case.attention_mask[i * case.shape[0] * case.shape[1] / full.len()] == 1
+            });
+            eprintln!(
+                "{} {dtype:?}: max |Δ| {worst:.2e} of max |x| {scale:.2}",
+                case.name
+            );
+            assert!(
+                worst <= tolerance * scale,
+                "{} in {dtype:?}: {worst} vs {scale}",
+                case.name
+            );
+            assert!(
+                worst > 0.0,
+                "{} in {dtype:?}: computed in float32",
+                case.name
+            );
+        }
+    }
+}
+
+/// A DeBERTa-v3 classifier trains in fp16 with dynamic loss scaling: every loss finite,
+/// few steps skipped, the loss falling as in float32.
+#[test]
+fn deberta_trains_in_fp16_with_loss_scaling() {
+    use burnish_amp::Precision;
+    use burnish_heads::{DebertaV2ForSequenceClassification, ProblemType, SequenceLabels};
+    use burnish_models::Autocast;
+    type A = burn::backend::Autodiff<burn_flex::Flex>;
+    let device = Default::default();
+    let hf = HfModelDir::open(&models_dir().join("deberta-v3-tiny-seqcls")).unwrap();
+    let ModelConfig::Deberta(config) = hf.config().clone() else {
+        panic!("not DeBERTa")
+    };
+    let ids: Vec<i64> = (0..48).map(|i| (i * 37 % 96 + 3) as i64).collect();
+    let labels = vec![0i64, 1, 2, 1];
+    let mut losses = Vec::new();
+    for precision in [Precision::Fp32, Precision::Fp16] {
+        let backbone = config.init::<A>(&device).unwrap();
+        let head = DebertaV2ForSequenceClassification::new(
+            backbone,
+            &config,
+            3,
+            ProblemType::SingleLabelClassification,
+            &device,
+        )
+        .unwrap();
+        let weights = hf.weights().unwrap();
+        let (head, _) = burnish_loader::load_module(
+            head,
+            &weights,
+            hf.naming(),
+            &LoadOptions::default(),
+            hf.path(),
+        )
+        .unwrap();
+        let config = TrainerConfig {
+            lr: 1e-3,
+            total_steps: 20,
+            warmup: Warmup::Steps(0),
+            max_grad_norm: Some(1.0),
+            precision,
+            ..Default::default()
+        };
+        let mut trainer =
+            Trainer::new(head.with_compute_dtype(precision.compute_dtype()), config).unwrap();
+        let mut run = Vec::new();
+        for _ in 0..20 {
+            let report = trainer
+                .step(
+                    &[()],
+                    |m: &DebertaV2ForSequenceClassification<A>, _: &()| {
+                        let input = Tensor::<A, 2, Int>::from_data(
+                            TensorData::new(ids.clone(), [4, 12]),
+                            &device,
+                        );
+                        let logits = m.forward(input, None, None);
+                        m.loss(logits, &SequenceLabels::Classes(labels.clone()))
+                            .unwrap()
+                    },
+                )
+                .unwrap();
+            assert!(report.loss.is_finite(), "{precision}: loss {}", report.loss);
+            run.push(report.loss);
+        }
+        eprintln!(
+            "{precision}: loss {:.4} -> {:.4}, {} skipped",
+            run[0],
+            run[19],
+            trainer.skipped_steps()
+        );
+        assert!(
+            trainer.skipped_steps() <= 6,
+            "{precision}: {} skipped",
+            trainer.skipped_steps()
+        );
+        assert!(
+            run[19] < 0.5 * run[0],
+            "{precision}: {} -> {}",
+            run[0],
+            run[19]
+        );
+        losses.push(run[19]);
+    }
+    assert!(
+        (losses[0] - losses[1]).abs() < 0.05,
+        "fp16 {} vs fp32 {}",
+        losses[1],
+        losses[0]
+    );
+}
