@@ -732,3 +732,101 @@ fn real_gemma3_270m_matches_transformers() {
         "greedy tokens"
     );
 }
+
+/// Activation checkpointing (`[train] gradient_checkpointing`, burn's
+/// `BalancedCheckpointing`) recomputes the forward pass of the newer families in the
+/// backward pass with the same numbers: the embedding gradient of each tiny checkpoint is
+/// the one of an ordinary backward pass.
+#[test]
+fn checkpointed_backward_equals_plain_backward() {
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    type Plain = Autodiff<TestBackend>;
+    type Saving = Autodiff<TestBackend, BalancedCheckpointing>;
+
+    /// The loss and the token-embedding gradient of `checkpoint` on the backend `A`.
+    fn embedding_grad<A: burn::tensor::backend::AutodiffBackend>(case: &Case) -> (f32, Vec<f32>) {
+        let hf = HfModelDir::open(&models_dir().join(&case.checkpoint)).unwrap();
+        let device = Default::default();
+        let opts = LoadOptions::default();
+        let ids = Tensor::<A, 2, Int>::from_data(
+            TensorData::new(case.input_ids.clone(), case.shape),
+            &device,
+        );
+        let mask = Tensor::<A, 2, Int>::from_data(
+            TensorData::new(case.attention_mask.clone(), case.shape),
+            &device,
+        );
+        // An odd moment: a LayerNorm output's second moment is constant.
+        let cubes = |t: Tensor<A, 3>| t.powf_scalar(3.0).mean();
+        let (loss, table) = match hf.config() {
+            ModelConfig::Deberta(c) => {
+                // Dropout (0.1 in these configs) would draw differently on the two backends.
+                let c = c.clone().with_dropout(0.0);
+                let (m, _) = hf.load_deberta_with::<A>(&c, &device, &opts).unwrap();
+                (
+                    cubes(m.forward(ids, Some(mask), None)),
+                    m.embeddings.word_embeddings.weight,
+                )
+            }
+            ModelConfig::ModernBert(_) => {
+                let (m, _) = hf.load_modernbert::<A>(&device, &opts).unwrap();
+                (
+                    cubes(m.forward(ids, Some(mask))),
+                    m.embeddings.tok_embeddings.weight,
+                )
+            }
+            ModelConfig::Llama(_) => {
+                let (m, _) = hf.load_llama::<A>(&device, &opts).unwrap();
+                let labels: Vec<i64> = case
+                    .input_ids
+                    .iter()
+                    .zip(&case.attention_mask)
+                    .map(|(&id, &keep)| if keep == 1 { id } else { -100 })
+                    .collect();
+                let parts = causal_lm_loss(m.forward(ids, Some(mask), None), &labels).unwrap();
+                (
+                    parts.sum.div_scalar(parts.count as f64),
+                    m.model.embed_tokens.weight,
+                )
+            }
+            ModelConfig::Bert(_) => unreachable!("filtered out"),
+        };
+        let value = loss.clone().into_scalar().elem::<f32>();
+        let grads = loss.backward();
+        let grad = table.grad(&grads).unwrap();
+        (value, grad.into_data().convert::<f32>().to_vec().unwrap())
+    }
+
+    use burn::tensor::ElementConversion;
+    let fx: Fixture = fixture("families.json");
+    let cases: Vec<&Case> = fx
+        .cases
+        .iter()
+        .filter(|c| {
+            !matches!(
+                HfModelDir::open(&models_dir().join(&c.checkpoint))
+                    .unwrap()
+                    .config(),
+                ModelConfig::Bert(_)
+            )
+        })
+        .collect();
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let (plain_loss, plain) = embedding_grad::<Plain>(case);
+        let (saving_loss, saving) = embedding_grad::<Saving>(case);
+        let diff = max_abs_diff(&plain, &saving, |_| true);
+        let norm = plain.iter().map(|g| g * g).sum::<f32>().sqrt();
+        eprintln!(
+            "{}: loss {plain_loss} / {saving_loss}, gradient max |Δ| {diff:e} (norm {norm:.3e})",
+            case.name
+        );
+        assert_eq!(plain_loss, saving_loss, "{}", case.name);
+        assert!(
+            norm > 0.0 && diff <= 1e-6 * norm.max(1.0),
+            "{}: {diff}",
+            case.name
+        );
+    }
+}
