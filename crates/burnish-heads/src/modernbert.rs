@@ -113,6 +113,22 @@ fn parts<B: Backend>(
     ))
 }
 
+/// Per-token logits through the encoder, head, dropout and classifier.
+fn per_token<B: Backend>(
+    (model, head, drop, classifier): (
+        &ModernBertModel<B>,
+        &ModernBertPredictionHead<B>,
+        &Dropout,
+        &Linear<B>,
+    ),
+    input_ids: Tensor<B, 2, Int>,
+    attention_mask: Option<Tensor<B, 2, Int>>,
+) -> Tensor<B, 3> {
+    let cx = model.compute_dtype();
+    let hidden = head.forward(model.forward(input_ids, attention_mask), cx);
+    logits(classifier, drop.forward(hidden), cx)
+}
+
 impl<B: Backend> ModernBertForSequenceClassification<B> {
     /// A new head with `num_labels` outputs; pooling per `classifier_pooling`.
     ///
@@ -216,11 +232,11 @@ impl<B: Backend> ModernBertForTokenClassification<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         _token_type_ids: Option<Tensor<B, 2, Int>>,
     ) -> Tensor<B, 3> {
-        let cx = self.model.compute_dtype();
-        let hidden = self
-            .head
-            .forward(self.model.forward(input_ids, attention_mask), cx);
-        logits(&self.classifier, self.drop.forward(hidden), cx)
+        per_token(
+            (&self.model, &self.head, &self.drop, &self.classifier),
+            input_ids,
+            attention_mask,
+        )
     }
 
     /// Cross-entropy over tokens, labels `[batch, seq]` row-major with −100 ignored.
@@ -263,11 +279,11 @@ impl<B: Backend> ModernBertForQuestionAnswering<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         _token_type_ids: Option<Tensor<B, 2, Int>>,
     ) -> Tensor<B, 3> {
-        let cx = self.model.compute_dtype();
-        let hidden = self
-            .head
-            .forward(self.model.forward(input_ids, attention_mask), cx);
-        logits(&self.classifier, self.drop.forward(hidden), cx)
+        per_token(
+            (&self.model, &self.head, &self.drop, &self.classifier),
+            input_ids,
+            attention_mask,
+        )
     }
 
     /// [`span_loss`] of `logits` against start/end `positions`.

@@ -42,19 +42,19 @@ impl Activation {
 fn default_eps() -> f64 {
     1e-12
 }
-fn default_range() -> f64 {
+pub(crate) fn default_range() -> f64 {
     0.02
 }
 fn default_type_vocab() -> usize {
     2
 }
-fn default_hidden_act() -> String {
+pub(crate) fn default_hidden_act() -> String {
     "gelu".to_owned()
 }
 fn default_silu() -> String {
     "silu".to_owned()
 }
-fn default_dropout() -> f64 {
+pub(crate) fn default_dropout() -> f64 {
     0.1
 }
 fn default_rms_eps() -> f64 {
@@ -513,6 +513,63 @@ pub(crate) fn nonzero(field: &'static str, value: usize) -> Result<(), ModelErro
     Ok(())
 }
 
+/// Heads must split the hidden size evenly.
+pub(crate) fn divisible(hidden_size: usize, heads: usize) -> Result<(), ModelError> {
+    if !hidden_size.is_multiple_of(heads) {
+        return Err(ModelError::Inconsistent(format!(
+            "hidden_size {hidden_size} is not divisible by num_attention_heads {heads}"
+        )));
+    }
+    Ok(())
+}
+
+/// transformers 5's `layer_types`: per layer, whether it attends in a sliding window.
+///
+/// # Errors
+/// [`ModelError::Unsupported`] for an unknown layer type, [`ModelError::Inconsistent`]
+/// when there is not one entry per layer.
+pub(crate) fn sliding_layers(types: &[String], layers: usize) -> Result<Vec<bool>, ModelError> {
+    if types.len() != layers {
+        return Err(ModelError::Inconsistent(format!(
+            "layer_types has {} entries for num_hidden_layers {layers}",
+            types.len()
+        )));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "full_attention" => Ok(false),
+            "sliding_attention" => Ok(true),
+            other => Err(ModelError::Unsupported {
+                field: "layer_types",
+                value: other.to_owned(),
+                supported: "full_attention, sliding_attention",
+            }),
+        })
+        .collect()
+}
+
+/// The fewest parameters of an encoder: the token table (`vocab × width`) and per layer
+/// four `hidden²` attention projections and `ffn` feed-forward matrices of
+/// `hidden × intermediate` (saturating, no biases or norms).
+pub(crate) fn encoder_min_parameters(
+    [vocab, width]: [usize; 2],
+    hidden: usize,
+    intermediate: usize,
+    ffn: u128,
+    layers: usize,
+) -> u128 {
+    let n = |v: usize| v as u128;
+    let (h, i) = (n(hidden), n(intermediate));
+    let layer = h
+        .saturating_mul(h)
+        .saturating_mul(4)
+        .saturating_add(h.saturating_mul(i).saturating_mul(ffn));
+    n(vocab)
+        .saturating_mul(n(width))
+        .saturating_add(n(layers).saturating_mul(layer))
+}
+
 pub(crate) fn positive(field: &'static str, value: f64) -> Result<(), ModelError> {
     if !(value.is_finite() && value > 0.0) {
         return Err(ModelError::Inconsistent(format!(
@@ -574,18 +631,17 @@ impl BertConfig {
     /// the layers' projections, no biases or norms): what a weights file must at least
     /// hold before the model is allocated.
     pub fn min_parameters(&self) -> u128 {
-        let n = |v: usize| v as u128;
-        let (h, i) = (n(self.hidden_size), n(self.intermediate_size));
-        let tables = n(self.vocab_size)
-            .saturating_add(n(self.max_position_embeddings))
-            .saturating_add(n(self.type_vocab_size));
-        let layer = h
-            .saturating_mul(h)
-            .saturating_mul(4)
-            .saturating_add(h.saturating_mul(i).saturating_mul(2));
-        tables
-            .saturating_mul(h)
-            .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))
+        let tables = self
+            .vocab_size
+            .saturating_add(self.max_position_embeddings)
+            .saturating_add(self.type_vocab_size);
+        encoder_min_parameters(
+            [tables, self.hidden_size],
+            self.hidden_size,
+            self.intermediate_size,
+            2,
+            self.num_hidden_layers,
+        )
     }
 
     /// Sets every dropout probability of the encoder (embeddings, attention, outputs).
@@ -614,12 +670,7 @@ impl BertConfig {
         if self.flavor != BertFlavor::DistilBert {
             nonzero("type_vocab_size", self.type_vocab_size)?;
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(ModelError::Inconsistent(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
+        divisible(self.hidden_size, self.num_attention_heads)?;
         self.activation()?;
         positive("layer_norm_eps", self.layer_norm_eps)?;
         positive("initializer_range", self.initializer_range)?;
@@ -785,26 +836,7 @@ impl LlamaConfig {
             _ => self.sliding_window,
         };
         let sliding: Vec<bool> = match &self.layer_types {
-            Some(types) => {
-                if types.len() != n {
-                    return Err(ModelError::Inconsistent(format!(
-                        "layer_types has {} entries for num_hidden_layers {n}",
-                        types.len()
-                    )));
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        "full_attention" => Ok(false),
-                        "sliding_attention" => Ok(true),
-                        other => Err(ModelError::Unsupported {
-                            field: "layer_types",
-                            value: other.to_owned(),
-                            supported: "full_attention, sliding_attention",
-                        }),
-                    })
-                    .collect::<Result<_, _>>()?
-            }
+            Some(types) => sliding_layers(types, n)?,
             None => (0..n)
                 .map(|i| match family {
                     DecoderFamily::Llama => false,
@@ -888,11 +920,8 @@ impl LlamaConfig {
         ] {
             nonzero(field, v)?;
         }
-        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(ModelError::Inconsistent(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
+        if self.head_dim.is_none() {
+            divisible(self.hidden_size, self.num_attention_heads)?;
         }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(ModelError::Inconsistent(format!(

@@ -10,17 +10,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Activation, nonzero, positive, probability, token_ids};
+use crate::config::{
+    Activation, default_dropout, default_hidden_act, default_range, divisible,
+    encoder_min_parameters, nonzero, positive, probability, token_ids,
+};
 use crate::layers::{embedding, layer_norm, linear};
 use crate::ops::{MASKED, activate, embed_padded, layer_norm_f32, linear_in};
 use crate::{Autocast, ModelError};
 
-fn gelu() -> String {
-    "gelu".to_owned()
-}
-fn tenth() -> f64 {
-    0.1
-}
 fn positions_512() -> usize {
     512
 }
@@ -32,9 +29,6 @@ fn minus_one() -> i64 {
 }
 fn yes() -> bool {
     true
-}
-fn std_002() -> f64 {
-    0.02
 }
 
 /// A DeBERTa-v2/v3 configuration (`model_type` `deberta-v2`), with transformers' defaults.
@@ -53,13 +47,13 @@ pub struct DebertaV2Config {
     /// Feed-forward inner size.
     pub intermediate_size: usize,
     /// Feed-forward activation.
-    #[serde(default = "gelu")]
+    #[serde(default = "default_hidden_act")]
     pub hidden_act: String,
     /// Dropout after embeddings, sub-layer outputs and on relative embeddings.
-    #[serde(default = "tenth")]
+    #[serde(default = "default_dropout")]
     pub hidden_dropout_prob: f64,
     /// Dropout on attention probabilities.
-    #[serde(default = "tenth")]
+    #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
     /// Absolute position table size (and relative span when `max_relative_positions` < 1).
     #[serde(default = "positions_512")]
@@ -110,13 +104,13 @@ pub struct DebertaV2Config {
     #[serde(default)]
     pub pooler_dropout: f64,
     /// The pooler's activation.
-    #[serde(default = "gelu")]
+    #[serde(default = "default_hidden_act")]
     pub pooler_hidden_act: String,
     /// Dropout before a sequence classifier; `None` uses `hidden_dropout_prob`.
     #[serde(default)]
     pub cls_dropout: Option<f64>,
     /// Standard deviation of new weights.
-    #[serde(default = "std_002")]
+    #[serde(default = "default_range")]
     pub initializer_range: f64,
 }
 
@@ -209,15 +203,13 @@ impl DebertaV2Config {
 
     /// The fewest parameters an encoder of this configuration has.
     pub fn min_parameters(&self) -> u128 {
-        let n = |v: usize| v as u128;
-        let (h, i) = (n(self.hidden_size), n(self.intermediate_size));
-        let layer = h
-            .saturating_mul(h)
-            .saturating_mul(4)
-            .saturating_add(h.saturating_mul(i).saturating_mul(2));
-        n(self.vocab_size)
-            .saturating_mul(n(self.embedding_width()))
-            .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))
+        encoder_min_parameters(
+            [self.vocab_size, self.embedding_width()],
+            self.hidden_size,
+            self.intermediate_size,
+            2,
+            self.num_hidden_layers,
+        )
     }
 
     /// Checks sizes and options.
@@ -238,12 +230,7 @@ impl DebertaV2Config {
         ] {
             nonzero(field, v)?;
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(ModelError::Inconsistent(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
+        divisible(self.hidden_size, self.num_attention_heads)?;
         let unsupported = |field, value: String, supported| {
             Err(ModelError::Unsupported {
                 field,

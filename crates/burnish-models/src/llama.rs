@@ -6,12 +6,12 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, DecoderFamily, LlamaConfig};
 use crate::layers::{RmsNorm, embedding, linear};
 use crate::ops::{activate, attention_scaled, linear_in, repeat_kv, soft_cap};
-use crate::rope::Rope;
+use crate::rope::{Rope, apply_rotary, rotary_tables};
 use crate::{Autocast, ModelError};
 
 /// Attention of one layer (HF `self_attn`): separate q/k/v projections, or Phi-3's fused
@@ -217,58 +217,6 @@ impl LlamaConfig {
             lm_head: (!self.tied()).then(|| linear(h, self.vocab_size, false, std, device)),
         })
     }
-}
-
-/// cos/sin tables `[batch, 1, seq, rotary_dim]` for the given (flattened) positions,
-/// computed in f32 as transformers' rotary embeddings do (angle = pos·inv_freq, the two
-/// halves repeated).
-fn rotary_tables<B: Backend>(
-    positions: &[i64],
-    [batch, seq]: [usize; 2],
-    inv_freq: &[f32],
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let dim = 2 * inv_freq.len();
-    let mut cos = Vec::with_capacity(batch * seq * dim);
-    let mut sin = Vec::with_capacity(batch * seq * dim);
-    for &p in positions {
-        // The two halves of the rotated features share the same angles.
-        for _ in 0..2 {
-            for f in inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-    }
-    let shape = [batch, 1, seq, dim];
-    (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
-    )
-}
-
-/// `x·cos + rotate_half(x)·sin` on the first `rotary_dim` features (the tables' width),
-/// with `rotate_half([a, b]) = [−b, a]` over their two halves; the other features pass
-/// unchanged (partial rotary). The float32 tables are cast to `x`'s dtype first, as
-/// transformers does.
-fn apply_rotary<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
-    let r = cos.dims()[3];
-    let (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
-    let rot = if r == d {
-        x.clone()
-    } else {
-        x.clone().slice([0..b, 0..h, 0..s, 0..r])
-    };
-    let first = rot.clone().slice([0..b, 0..h, 0..s, 0..r / 2]);
-    let second = rot.clone().slice([0..b, 0..h, 0..s, r / 2..r]);
-    let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    let out = rot.mul(cos).add(rotated.mul(sin));
-    if r == d {
-        return out;
-    }
-    Tensor::cat(vec![out, x.slice([0..b, 0..h, 0..s, r..d])], 3)
 }
 
 impl<B: Backend> LlamaAttention<B> {

@@ -6,23 +6,20 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
+use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Activation, nonzero, positive, probability, token_ids};
+use crate::config::{
+    Activation, default_hidden_act, default_range, divisible, encoder_min_parameters, nonzero,
+    positive, probability, sliding_layers, token_ids,
+};
 use crate::layers::{embedding, linear};
 use crate::ops::{activate, attention_scaled, embed_padded, layer_norm_f32, linear_in};
-use crate::rope::Rope;
+use crate::rope::{Rope, apply_rotary, rotary_tables};
 use crate::{Autocast, ModelError};
 
-fn gelu() -> String {
-    "gelu".to_owned()
-}
 fn positions_8192() -> usize {
     8192
-}
-fn std_002() -> f64 {
-    0.02
 }
 fn eps_1e5() -> f64 {
     1e-5
@@ -53,13 +50,13 @@ pub struct ModernBertConfig {
     /// Number of attention heads.
     pub num_attention_heads: usize,
     /// Feed-forward activation.
-    #[serde(default = "gelu")]
+    #[serde(default = "default_hidden_act")]
     pub hidden_activation: String,
     /// Longest sequence (rotary positions are computed for any length).
     #[serde(default = "positions_8192")]
     pub max_position_embeddings: usize,
     /// Standard deviation of new weights.
-    #[serde(default = "std_002")]
+    #[serde(default = "default_range")]
     pub initializer_range: f64,
     /// LayerNorm ε.
     #[serde(default = "eps_1e5")]
@@ -113,7 +110,7 @@ pub struct ModernBertConfig {
     #[serde(default)]
     pub classifier_bias: bool,
     /// The head's activation.
-    #[serde(default = "gelu")]
+    #[serde(default = "default_hidden_act")]
     pub classifier_activation: String,
 }
 
@@ -151,25 +148,7 @@ impl ModernBertConfig {
     /// when `layer_types` does not have one entry per layer.
     pub fn local_layers(&self) -> Result<Vec<bool>, ModelError> {
         match &self.layer_types {
-            Some(types) if types.len() != self.num_hidden_layers => {
-                Err(ModelError::Inconsistent(format!(
-                    "layer_types has {} entries for num_hidden_layers {}",
-                    types.len(),
-                    self.num_hidden_layers
-                )))
-            }
-            Some(types) => types
-                .iter()
-                .map(|t| match t.as_str() {
-                    "full_attention" => Ok(false),
-                    "sliding_attention" => Ok(true),
-                    other => Err(ModelError::Unsupported {
-                        field: "layer_types",
-                        value: other.to_owned(),
-                        supported: "full_attention, sliding_attention",
-                    }),
-                })
-                .collect(),
+            Some(types) => sliding_layers(types, self.num_hidden_layers),
             None => Ok((0..self.num_hidden_layers)
                 .map(|i| !i.is_multiple_of(self.global_attn_every_n_layers.max(1)))
                 .collect()),
@@ -215,15 +194,13 @@ impl ModernBertConfig {
 
     /// The fewest parameters an encoder of this configuration has.
     pub fn min_parameters(&self) -> u128 {
-        let n = |v: usize| v as u128;
-        let (h, i) = (n(self.hidden_size), n(self.intermediate_size));
-        let layer = h
-            .saturating_mul(h)
-            .saturating_mul(4)
-            .saturating_add(h.saturating_mul(i).saturating_mul(3));
-        n(self.vocab_size)
-            .saturating_mul(h)
-            .saturating_add(n(self.num_hidden_layers).saturating_mul(layer))
+        encoder_min_parameters(
+            [self.vocab_size, self.hidden_size],
+            self.hidden_size,
+            self.intermediate_size,
+            3,
+            self.num_hidden_layers,
+        )
     }
 
     /// Checks sizes and options.
@@ -245,12 +222,7 @@ impl ModernBertConfig {
         ] {
             nonzero(field, v)?;
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(ModelError::Inconsistent(format!(
-                "hidden_size {} is not divisible by num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
-        }
+        divisible(self.hidden_size, self.num_attention_heads)?;
         if !self.head_dim().is_multiple_of(2) {
             return Err(ModelError::Inconsistent(format!(
                 "rotary embeddings need an even head size, got {}",
@@ -416,40 +388,10 @@ pub struct ModernBertModel<B: Backend> {
     compute: FloatDType,
 }
 
-/// cos/sin tables `[1, 1, seq, head_dim]` of positions `0..seq`.
-fn rotary<B: Backend>(
-    rope: &Rope,
-    seq: usize,
-    head_dim: usize,
-    device: &B::Device,
-) -> [Tensor<B, 4>; 2] {
-    let inv_freq = rope.inv_freq(head_dim);
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for p in 0..seq {
-        for _ in 0..2 {
-            for f in &inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-    }
-    let shape = [1, 1, seq, head_dim];
-    [
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
-    ]
-}
-
 /// `x·cos + rotate_half(x)·sin` in float32, as ModernBERT's `apply_rotary_pos_emb`.
-fn rotate<B: Backend>(x: Tensor<B, 4>, [cos, sin]: &[Tensor<B, 4>; 2]) -> Tensor<B, 4> {
+fn rotate<B: Backend>(x: Tensor<B, 4>, (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>)) -> Tensor<B, 4> {
     let dtype = x.dtype();
-    let x = x.cast(FloatDType::F32);
-    let [b, h, s, d] = x.dims();
-    let first = x.clone().slice([0..b, 0..h, 0..s, 0..d / 2]);
-    let second = x.clone().slice([0..b, 0..h, 0..s, d / 2..d]);
-    let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    x.mul(cos.clone()).add(rotated.mul(sin.clone())).cast(dtype)
+    apply_rotary(x.cast(FloatDType::F32), cos.clone(), sin.clone()).cast(dtype)
 }
 
 impl<B: Backend> ModernBertModel<B> {
@@ -487,7 +429,10 @@ impl<B: Backend> ModernBertModel<B> {
             .reshape([1, 1, seq, seq])
             .expand([batch, 1, seq, seq]);
         let masks = [padding.clone(), padding.bool_or(far)];
-        let tables = self.ropes.map(|rope| rotary::<B>(&rope, seq, d, &device));
+        let positions: Vec<i64> = (0..seq as i64).collect();
+        let tables = self
+            .ropes
+            .map(|rope| rotary_tables::<B>(&positions, [1, seq], &rope.inv_freq(d), &device));
 
         for layer in &self.layers {
             let kind = usize::from(layer.local);
