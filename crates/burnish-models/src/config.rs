@@ -351,7 +351,8 @@ impl DecoderFamily {
 pub const DECODER_TYPES: &str = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
 
 /// Every supported `model_type`, for error messages.
-const SUPPORTED_TYPES: &str = "bert, roberta, xlm-roberta, distilbert, llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text";
+const SUPPORTED_TYPES: &str = "bert, roberta, xlm-roberta, distilbert, deberta-v2, modernbert, llama, mistral, \
+     qwen2, qwen3, phi3, gemma2, gemma3_text";
 
 /// An architecture configuration, chosen by `model_type`.
 // One config per loaded model: boxing the larger variant would save nothing worth its
@@ -873,18 +874,26 @@ impl LlamaConfig {
             "full_attention"
         };
         let null = serde_json::Value::Null;
-        let (field, params) = match (&self.rope_parameters, &self.rope_scaling) {
-            (Some(p), _) if nested => ("rope_parameters", p.get(key).unwrap_or(&null)),
+        let parameters = self.rope_parameters.as_ref().filter(|p| !p.is_null());
+        // transformers 5 reads a config's `rope_scaling` in place of its `rope_parameters`.
+        let scaling = self.rope_scaling.as_ref().filter(|s| !s.is_null());
+        let (field, params) = match (parameters, scaling) {
             // transformers 4's Gemma 3 scales its global layers only.
-            (_, _) if sliding && gemma3 => ("rope_local_base_freq", &null),
-            (Some(p), _) if !p.is_null() => ("rope_parameters", p),
-            (_, Some(s)) => ("rope_scaling", s),
+            (_, Some(s)) if !(sliding && gemma3) => ("rope_scaling", s),
+            (Some(p), _) if nested => ("rope_parameters", p.get(key).unwrap_or(&null)),
+            _ if sliding && gemma3 => ("rope_local_base_freq", &null),
+            (Some(p), _) => ("rope_parameters", p),
             _ => ("rope_parameters", &null),
         };
+        let theta = self.rope_theta.or_else(|| {
+            parameters
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(serde_json::Value::as_f64)
+        });
         let default_theta = match (self.family(), sliding) {
             (DecoderFamily::Gemma3, true) => self.rope_local_base_freq.unwrap_or(10_000.0),
-            (DecoderFamily::Gemma3, false) => self.rope_theta.unwrap_or(1_000_000.0),
-            _ => self.rope_theta.unwrap_or_else(default_theta),
+            (DecoderFamily::Gemma3, false) => theta.unwrap_or(1_000_000.0),
+            _ => theta.unwrap_or_else(default_theta),
         };
         Rope::from_params(
             field,
@@ -1021,5 +1030,144 @@ impl ProblemType {
             ProblemType::MultiLabelClassification => "multi_label_classification",
             ProblemType::Regression => "regression",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// A tiny config of `model_type` with `extra` fields merged in.
+    fn parse(model_type: &str, extra: Value) -> Result<ModelConfig, ModelError> {
+        let mut config = match model_type {
+            "distilbert" => json!({"vocab_size": 10, "dim": 8, "n_layers": 1, "n_heads": 2,
+                                   "hidden_dim": 16, "max_position_embeddings": 16}),
+            _ => json!({"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 2,
+                        "num_attention_heads": 2, "intermediate_size": 16,
+                        "max_position_embeddings": 16}),
+        };
+        config["model_type"] = json!(model_type);
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            config[k] = v.clone();
+        }
+        ModelConfig::from_json(&config.to_string())
+    }
+
+    fn refused(model_type: &str, extra: Value, names: &[&str]) {
+        let message = match parse(model_type, extra.clone()) {
+            Ok(config) => panic!("{model_type} {extra}: accepted as {config:?}"),
+            Err(e) => e.to_string(),
+        };
+        for name in names {
+            assert!(message.contains(name), "{model_type} {extra}: {message}");
+        }
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+
+    #[test]
+    fn every_family_parses_with_transformers_defaults() {
+        for t in [
+            "bert",
+            "roberta",
+            "xlm-roberta",
+            "distilbert",
+            "deberta-v2",
+            "modernbert",
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "phi3",
+            "gemma2",
+            "gemma3_text",
+        ] {
+            let config = parse(t, json!({"head_dim": 4}));
+            assert!(config.is_ok(), "{t}: {config:?}");
+        }
+        let Ok(ModelConfig::Llama(gemma)) = parse("gemma2", json!({})) else {
+            panic!("gemma2")
+        };
+        assert_eq!(
+            (
+                gemma.head_dim(),
+                gemma.tied(),
+                gemma.attention_softcap(),
+                gemma.logit_softcap()
+            ),
+            (256, true, Some(50.0), Some(30.0))
+        );
+        let windows = gemma.layer_windows().map(|w| w.len());
+        assert_eq!(windows, Ok(2));
+        let Ok(ModelConfig::Llama(qwen)) = parse("qwen3", json!({"sliding_window": 4})) else {
+            panic!("qwen3")
+        };
+        // Qwen declares a window it uses only with `use_sliding_window`.
+        assert_eq!(qwen.layer_windows(), Ok(vec![None, None]));
+        assert_eq!(qwen.head_dim(), 128);
+    }
+
+    #[test]
+    fn unsupported_options_are_refused_by_name() {
+        refused("gpt2", json!({}), &["model_type", "gpt2", "gemma3_text"]);
+        refused("gemma3", json!({}), &["gemma3_text"]);
+        refused("deberta", json!({}), &["model_type", "deberta-v2"]);
+        refused(
+            "deberta-v2",
+            json!({"conv_kernel_size": 3}),
+            &["conv_kernel_size"],
+        );
+        refused(
+            "deberta-v2",
+            json!({"attention_head_size": 3}),
+            &["attention_head_size"],
+        );
+        refused(
+            "deberta-v2",
+            json!({"pos_att_type": ["p2p"]}),
+            &["pos_att_type", "p2p"],
+        );
+        refused(
+            "modernbert",
+            json!({"classifier_pooling": "max"}),
+            &["classifier_pooling"],
+        );
+        // `rope_scaling` replaces `rope_parameters`, as transformers 5 reads them.
+        refused(
+            "llama",
+            json!({"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+                   "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}),
+            &["rope_scaling", "yarn"],
+        );
+        refused(
+            "phi3",
+            json!({"rope_scaling": {"type": "longrope"}}),
+            &["longrope"],
+        );
+        refused(
+            "gemma3_text",
+            json!({"use_bidirectional_attention": true}),
+            &["use_bidirectional_attention"],
+        );
+        refused(
+            "qwen3",
+            json!({"layer_types": ["full_attention"]}),
+            &["layer_types", "2"],
+        );
+        refused(
+            "gemma2",
+            json!({"layer_types": ["full_attention", "chunked"]}),
+            &["chunked"],
+        );
+        refused(
+            "llama",
+            json!({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}),
+            &["low_freq_factor"],
+        );
+        refused(
+            "phi3",
+            json!({"partial_rotary_factor": 0.1, "head_dim": 8}),
+            &["rotary"],
+        );
     }
 }
