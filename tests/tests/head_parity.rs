@@ -170,13 +170,22 @@ struct SquadCase {
 struct Tokenization {
     pairs: Vec<PairCase>,
     windows: Vec<WindowCase>,
+    #[serde(default)]
     squad: Vec<SquadCase>,
+}
+
+/// The cases made with transformers' fast tokenizers: BERT's WordPiece and RoBERTa's
+/// byte-level BPE (`tasks.json`), and a SentencePiece Unigram with DeBERTa-v3's template
+/// (`sentencepiece.json`, tests/reference/generate_sentencepiece.py).
+fn tokenization_cases() -> [Tokenization; 2] {
+    [fixture("tasks.json"), fixture("sentencepiece.json")]
 }
 
 fn tokenizer(name: &str, max_length: usize) -> burnish_loader::HfTokenizer {
     let path = match name {
         "minilm-compact" => burnish_tests::tests_dir().join("../assets/minilm-compact"),
         "toy-roberta" => burnish_tests::tests_dir().join("assets/toy-roberta-tokenizer"),
+        "toy-deberta" => burnish_tests::tests_dir().join("assets/toy-deberta-tokenizer"),
         other => panic!("unknown tokenizer {other}"),
     };
     let config = burnish_loader::TokenizerConfig {
@@ -188,11 +197,16 @@ fn tokenizer(name: &str, max_length: usize) -> burnish_loader::HfTokenizer {
 
 /// Sentence pairs get the tokenizer's pair template and `longest_first` truncation exactly
 /// as transformers' `tokenizer(text, text_pair, truncation=True, max_length=n)` (BERT's
-/// WordPiece and RoBERTa's byte-level BPE), and the cached segment boundary gives back
+/// WordPiece, RoBERTa's byte-level BPE, a SentencePiece Unigram as DeBERTa-v3's), and the cached segment boundary gives back
 /// the same token type ids.
 #[test]
 fn pairs_tokenize_like_transformers() {
-    let fixture: Tokenization = fixture("tasks.json");
+    for fixture in tokenization_cases() {
+        pairs_of(&fixture);
+    }
+}
+
+fn pairs_of(fixture: &Tokenization) {
     for case in &fixture.pairs {
         let tok = tokenizer(&case.tokenizer, case.max_length);
         let pair = [(case.text.as_str(), case.text_pair.as_str())];
@@ -234,7 +248,12 @@ fn pairs_tokenize_like_transformers() {
 /// ids and context offsets), labeled with the answer tokens transformers' run_qa finds.
 #[test]
 fn qa_windows_and_offsets_match_transformers() {
-    let fixture: Tokenization = fixture("tasks.json");
+    for fixture in tokenization_cases() {
+        windows_of(&fixture);
+    }
+}
+
+fn windows_of(fixture: &Tokenization) {
     let mut windows = 0;
     for case in &fixture.windows {
         let tok = tokenizer(&case.tokenizer, case.max_length);
