@@ -30,41 +30,17 @@ impl Naming {
         match self {
             Naming::Llama => info.path.clone(),
             Naming::DistilBert => distilbert_name(&Naming::Bert.hf_name(info)),
-            Naming::ModernBert => {
-                let norm = info.in_norm_module();
-                let parts: Vec<&str> = info.path.split('.').collect();
-                let last = parts.len().saturating_sub(1);
-                parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, part)| match *part {
-                        "wqkv" => "Wqkv",
-                        "wo" => "Wo",
-                        "wi" => "Wi",
-                        "gamma" if norm && i == last => "weight",
-                        "beta" if norm && i == last => "bias",
-                        other => other,
-                    })
-                    .collect::<Vec<_>>()
-                    .join(".")
-            }
-            Naming::Bert | Naming::Roberta | Naming::Deberta => {
-                let norm = info.in_norm_module();
-                let parts: Vec<&str> = info.path.split('.').collect();
-                let last = parts.len().saturating_sub(1);
-                parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, part)| match *part {
-                        "self_attn" => "self",
-                        "layer_norm" => "LayerNorm",
-                        "gamma" if norm && i == last => "weight",
-                        "beta" if norm && i == last => "bias",
-                        other => other,
-                    })
-                    .collect::<Vec<_>>()
-                    .join(".")
-            }
+            Naming::ModernBert => renamed(info, |part| match part {
+                "wqkv" => Some("Wqkv"),
+                "wo" => Some("Wo"),
+                "wi" => Some("Wi"),
+                _ => None,
+            }),
+            Naming::Bert | Naming::Roberta | Naming::Deberta => renamed(info, |part| match part {
+                "self_attn" => Some("self"),
+                "layer_norm" => Some("LayerNorm"),
+                _ => None,
+            }),
         }
     }
 
@@ -137,6 +113,24 @@ impl Naming {
             Naming::Llama => &[],
         }
     }
+}
+
+/// `info`'s path with each segment `rename` knows replaced, and a norm module's
+/// `gamma`/`beta` (burn's names) as `weight`/`bias`.
+fn renamed(info: &ParamInfo, rename: impl Fn(&str) -> Option<&'static str>) -> String {
+    let norm = info.in_norm_module();
+    let parts: Vec<&str> = info.path.split('.').collect();
+    let last = parts.len().saturating_sub(1);
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| match *part {
+            "gamma" if norm && i == last => "weight",
+            "beta" if norm && i == last => "bias",
+            other => rename(other).unwrap_or(other),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// A BERT name (`bert.encoder.layer.3.attention.self.query.weight`) as DistilBERT writes
