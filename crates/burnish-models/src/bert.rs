@@ -8,7 +8,7 @@ use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, BertConfig, BertFlavor};
 use crate::layers::{embedding, layer_norm, linear};
-use crate::ops::{activate, attention, layer_norm_f32, linear_in};
+use crate::ops::{activate, attention, frozen_where, layer_norm_f32, linear_in};
 use crate::{Autocast, ModelError};
 
 /// Word, position and token-type embeddings, summed, normalized and dropped out.
@@ -216,17 +216,10 @@ impl<B: Backend> BertEmbeddings<B> {
                 mask.clone().cumsum(1).mul(mask).add_scalar(pad as i64)
             }
         };
-        let is_pad = input_ids
-            .clone()
-            .equal_elem(self.pad_token_id as i64)
-            .unsqueeze_dim::<3>(2);
+        let is_pad = input_ids.clone().equal_elem(self.pad_token_id as i64);
         // Padding rows take part in the forward pass but learn nothing from it (a QA loss
         // reads the outputs at padded positions too).
-        let frozen_at_pads = |x: Tensor<B, 3>| {
-            let [_, _, hidden] = x.dims();
-            x.clone()
-                .mask_where(is_pad.clone().expand([batch, seq, hidden]), x.detach())
-        };
+        let frozen_at_pads = |x: Tensor<B, 3>| frozen_where(x, is_pad.clone());
         let positions = self.position_embeddings.forward(positions);
         let positions = match self.padding_idx {
             Some(_) => frozen_at_pads(positions),

@@ -392,6 +392,18 @@ impl ModelConfig {
         }
     }
 
+    /// The same config with every dropout probability of an encoder set to `p`; a decoder
+    /// is returned unchanged (its attention dropout stays the checkpoint's).
+    #[must_use]
+    pub fn with_dropout(self, p: f64) -> Self {
+        match self {
+            ModelConfig::Bert(c) => ModelConfig::Bert(c.with_dropout(p)),
+            ModelConfig::Deberta(c) => ModelConfig::Deberta(c.with_dropout(p)),
+            ModelConfig::ModernBert(c) => ModelConfig::ModernBert(c.with_dropout(p)),
+            decoder @ ModelConfig::Llama(_) => decoder,
+        }
+    }
+
     /// The shape of the token embedding table, `[vocab, width]`.
     pub fn embedding_shape(&self) -> [usize; 2] {
         match self {

@@ -487,31 +487,61 @@ fn log_bucket(relative: i64, bucket: usize, max_position: usize) -> i64 {
     log_pos as i64 * relative.signum()
 }
 
+/// What the layers of one forward pass share for their relative scores: the normalized
+/// relative embeddings `[2·span, hidden]` and the gather indices of c2p and p2c
+/// `[batch, heads, seq, seq]`, built once per pass.
+struct Relative<B: Backend> {
+    embeddings: Tensor<B, 2>,
+    span: usize,
+    c2p: Tensor<B, 4, Int>,
+    p2c: Tensor<B, 4, Int>,
+}
+
 impl<B: Backend> DebertaEncoder<B> {
-    /// Relative positions `i − j` (bucketed) of a `seq × seq` attention, row-major.
-    fn relative_positions(&self, seq: usize) -> Vec<i64> {
-        let mut out = Vec::with_capacity(seq * seq);
-        for i in 0..seq as i64 {
-            for j in 0..seq as i64 {
-                out.push(match self.buckets {
-                    0 => i - j,
-                    b => log_bucket(i - j, b, self.max_relative),
-                });
-            }
-        }
-        out
+    /// The relative-score inputs of a `[batch, heads, seq, seq]` attention, when the
+    /// encoder has relative embeddings.
+    fn relative(&self, [batch, heads, seq]: [usize; 3], device: &B::Device) -> Option<Relative<B>> {
+        let table = self.rel_embeddings.as_ref()?;
+        let weight = table.weight.val();
+        let embeddings = match &self.layer_norm {
+            Some(norm) => layer_norm_f32(norm, weight),
+            None => weight,
+        };
+        // Relative positions `i − j`, bucketed, of query i and key j.
+        let positions: Vec<i64> = (0..seq as i64)
+            .flat_map(|i| (0..seq as i64).map(move |j| i - j))
+            .map(|r| match self.buckets {
+                0 => r,
+                b => log_bucket(r, b, self.max_relative),
+            })
+            .collect();
+        let span = self.span as i64;
+        let index = |sign: i64| {
+            let ids: Vec<i64> = positions
+                .iter()
+                .map(|&r| (sign * r + span).clamp(0, 2 * span - 1))
+                .collect();
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [seq, seq]), device)
+                .reshape([1, 1, seq, seq])
+                .expand([batch, heads, seq, seq])
+        };
+        Some(Relative {
+            embeddings,
+            span: self.span,
+            c2p: index(1),
+            p2c: index(-1),
+        })
     }
 }
 
 impl<B: Backend> DisentangledSelfAttention<B> {
-    /// Attention of `x` `[batch, seq, hidden]`; `relative` carries the normalized
-    /// relative embeddings `[2·span, hidden]`, the span and the `[seq, seq]` relative
-    /// positions when the layer uses them.
+    /// Attention of `x` `[batch, seq, hidden]`, with the relative scores of `relative`
+    /// when the encoder has them.
     fn forward(
         &self,
         x: Tensor<B, 3>,
         mask: Tensor<B, 4, Bool>,
-        relative: Option<(&Tensor<B, 2>, usize, &[i64])>,
+        relative: Option<&Relative<B>>,
         cx: FloatDType,
     ) -> Tensor<B, 3> {
         let [batch, seq, hidden] = x.dims();
@@ -530,9 +560,12 @@ impl<B: Backend> DisentangledSelfAttention<B> {
         let mut scores = q
             .clone()
             .matmul(k.clone().div_scalar(scale).swap_dims(2, 3));
-        if let Some((rel, span, positions)) = relative {
-            let device = rel.device();
-            let rel = self.pos_dropout.forward(rel.clone()).unsqueeze_dim::<3>(0);
+        if let Some(relative) = relative {
+            let span = relative.span;
+            let rel = self
+                .pos_dropout
+                .forward(relative.embeddings.clone())
+                .unsqueeze_dim::<3>(0);
             let project = |layer: &Linear<B>| {
                 split(linear_in(layer, rel.clone(), cx), 2 * span).expand([
                     batch,
@@ -541,25 +574,18 @@ impl<B: Backend> DisentangledSelfAttention<B> {
                     d,
                 ])
             };
-            let index = |sign: i64| {
-                let ids: Vec<i64> = positions
-                    .iter()
-                    .map(|&r| (sign * r + span as i64).clamp(0, 2 * span as i64 - 1))
-                    .collect();
-                Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [seq, seq]), &device)
-                    .reshape([1, 1, seq, seq])
-                    .expand([batch, heads, seq, seq])
-            };
             if self.c2p {
                 let pos_key = project(self.pos_key_proj.as_ref().unwrap_or(&self.key_proj));
-                let c2p = q.matmul(pos_key.swap_dims(2, 3)).gather(3, index(1));
+                let c2p = q
+                    .matmul(pos_key.swap_dims(2, 3))
+                    .gather(3, relative.c2p.clone());
                 scores = scores.add(c2p.div_scalar(scale));
             }
             if self.p2c {
                 let pos_query = project(self.pos_query_proj.as_ref().unwrap_or(&self.query_proj));
                 let p2c = k
                     .matmul(pos_query.swap_dims(2, 3))
-                    .gather(3, index(-1))
+                    .gather(3, relative.p2c.clone())
                     .swap_dims(2, 3);
                 scores = scores.add(p2c.div_scalar(scale));
             }
@@ -626,23 +652,12 @@ impl<B: Backend> DebertaV2Model<B> {
         let hidden_mask = both.bool_not().expand([batch, self.heads(), seq, seq]);
 
         let enc = &self.encoder;
-        let rel = enc.rel_embeddings.as_ref().map(|table| {
-            let weight = table.weight.val();
-            match &enc.layer_norm {
-                Some(norm) => layer_norm_f32(norm, weight),
-                None => weight,
-            }
-        });
-        let positions = rel.as_ref().map(|_| enc.relative_positions(seq));
+        let relative = enc.relative([batch, self.heads(), seq], &device);
         for layer in &enc.layer {
-            let relative = rel
-                .as_ref()
-                .zip(positions.as_deref())
-                .map(|(r, p)| (r, enc.span, p));
             let attn = layer.attention.self_attn.forward(
                 x.clone(),
                 hidden_mask.clone(),
-                relative,
+                relative.as_ref(),
                 self.compute,
             );
             let h = layer.attention.output.forward(attn, x, self.compute);

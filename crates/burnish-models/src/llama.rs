@@ -407,11 +407,15 @@ impl<B: Backend> LlamaModel<B> {
                     .bool_or(keys().add_scalar(window as i64).lower_equal(queries())),
             )
         };
-        let causal_mask = full(causal.clone());
-        let mut window_masks: Vec<(usize, Tensor<B, 4, Bool>)> = Vec::new();
-        for window in self.layers.iter().filter_map(|l| l.window) {
-            if !window_masks.iter().any(|(w, _)| *w == window) {
-                window_masks.push((window, windowed(window)));
+        // One mask per distinct window (None: causal only), shared by the layers using it.
+        let mut masks: Vec<(Option<usize>, Tensor<B, 4, Bool>)> = Vec::new();
+        for window in self.layers.iter().map(|l| l.window) {
+            if !masks.iter().any(|(w, _)| *w == window) {
+                let mask = match window {
+                    Some(window) => windowed(window),
+                    None => full(causal.clone()),
+                };
+                masks.push((window, mask));
             }
         }
 
@@ -423,13 +427,11 @@ impl<B: Backend> LlamaModel<B> {
         let mut new_cache = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().and_then(|c| c.layers.get_mut(i));
-            let mask = match layer.window {
-                Some(window) => window_masks
-                    .iter()
-                    .find(|(w, _)| *w == window)
-                    .map_or_else(|| windowed(window), |(_, m)| m.clone()),
-                None => causal_mask.clone(),
-            };
+            let mask = masks
+                .iter()
+                .find(|(w, _)| *w == layer.window)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_else(|| full(causal.clone()));
             let rope = match (&local, layer.window) {
                 (Some(local), Some(_)) => local,
                 _ => &global,

@@ -160,10 +160,14 @@ pub fn embed_padded<B: Backend>(
     let Some(pad) = pad else {
         return table.forward(ids);
     };
-    let [batch, seq] = ids.dims();
-    let is_pad = ids.clone().equal_elem(pad as i64).unsqueeze_dim::<3>(2);
-    let x = table.forward(ids);
-    let hidden = x.dims()[2];
-    x.clone()
-        .mask_where(is_pad.expand([batch, seq, hidden]), x.detach())
+    let is_pad = ids.clone().equal_elem(pad as i64);
+    frozen_where(table.forward(ids), is_pad)
+}
+
+/// `x` `[batch, seq, hidden]` unchanged forward, but without a gradient at the positions
+/// where `frozen` `[batch, seq]` is true.
+pub fn frozen_where<B: Backend>(x: Tensor<B, 3>, frozen: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+    let [batch, seq, hidden] = x.dims();
+    let frozen = frozen.unsqueeze_dim::<3>(2).expand([batch, seq, hidden]);
+    x.clone().mask_where(frozen, x.detach())
 }

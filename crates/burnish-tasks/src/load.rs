@@ -56,16 +56,22 @@ pub fn load_pretrained<B: Backend, M: Module<B>>(
 /// # Errors
 /// [`TaskError::WrongFamily`] for a decoder.
 pub fn encoder_config(hf: &HfModelDir, dropout: Option<f64>) -> Result<BertConfig, TaskError> {
-    match hf.config() {
-        ModelConfig::Bert(c) => Ok(match dropout {
-            Some(p) => c.clone().with_dropout(p),
-            None => c.clone(),
-        }),
+    match configured(hf, dropout) {
+        ModelConfig::Bert(c) => Ok(c),
         _ => Err(TaskError::WrongFamily {
             path: hf.path().to_owned(),
             task: "a BERT-family encoder head".into(),
             needs: "a BERT-family encoder (bert, roberta, xlm-roberta, distilbert)",
         }),
+    }
+}
+
+/// The directory's config with the requested dropout (`None` keeps the checkpoint's).
+fn configured(hf: &HfModelDir, dropout: Option<f64>) -> ModelConfig {
+    let config = hf.config().clone();
+    match dropout {
+        Some(p) => config.with_dropout(p),
+        None => config,
     }
 }
 
@@ -228,12 +234,8 @@ fn deberta_head<B: Backend, M: Module<B>>(
     make: impl FnOnce(burnish_models::DebertaV2Model<B>, &DebertaV2Config) -> Result<M, ModelError>,
     device: &B::Device,
 ) -> Result<(M, HeadReport), TaskError> {
-    let ModelConfig::Deberta(config) = hf.config() else {
+    let ModelConfig::Deberta(config) = configured(hf, spec.dropout) else {
         return Err(family_mismatch(hf, spec));
-    };
-    let config = match spec.dropout {
-        Some(p) => config.clone().with_dropout(p),
-        None => config.clone(),
     };
     let new = ["classifier", "pooler", "qa_outputs"];
     head_on(hf, spec, config, |c| c.init::<B>(device), make, &new)
@@ -246,12 +248,8 @@ fn modernbert_head<B: Backend, M: Module<B>>(
     make: impl FnOnce(burnish_models::ModernBertModel<B>, &ModernBertConfig) -> Result<M, ModelError>,
     device: &B::Device,
 ) -> Result<(M, HeadReport), TaskError> {
-    let ModelConfig::ModernBert(config) = hf.config() else {
+    let ModelConfig::ModernBert(config) = configured(hf, spec.dropout) else {
         return Err(family_mismatch(hf, spec));
-    };
-    let config = match spec.dropout {
-        Some(p) => config.clone().with_dropout(p),
-        None => config.clone(),
     };
     head_on(
         hf,
