@@ -6,7 +6,6 @@
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::Backend;
 use burn_ndarray::NdArray;
 use burnish_data::{BadRows, TaggingBatch, epoch_order, read_tagging, tagging_batch};
 use burnish_heads::BertForTokenClassification;
@@ -76,7 +75,7 @@ fn minilm_learns_wnut16_entities() {
         )
         .collect();
     let device = Default::default();
-    B::seed(&device, 7);
+    burnish_models::random::seed_thread(7);
     let head = BertForTokenClassification::<B>::new(
         config.init(false, &device).unwrap(),
         &config,

@@ -175,7 +175,9 @@ pub fn bench<B: AutodiffBackend>(
             "--batch-size, --seq-len and --steps must be positive".into(),
         ));
     }
+    // The random backbone draws from the backend's generator, the head from the thread's.
     B::seed(device, 0);
+    burnish_models::random::seed_thread(0);
     let (config, model) = bench_model::<B>(options, device)?;
     let parameters = model.num_params();
     let embedding_parameters =

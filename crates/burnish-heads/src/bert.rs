@@ -2,11 +2,12 @@
 //! `BertForSequenceClassification` and `BertForTokenClassification`.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use burnish_models::ops::linear_in;
-use burnish_models::{Autocast, BertConfig, BertModel, ModelError, ProblemType, linear};
+use burnish_models::random::Dropout;
+use burnish_models::{Autocast, BertConfig, BertModel, ModelError, ProblemType};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -153,17 +154,17 @@ pub(crate) fn sequence_loss<B: Backend>(
 }
 
 pub(crate) fn dropout_of(config: &BertConfig) -> Dropout {
-    DropoutConfig::new(
+    Dropout::new(
         config
             .classifier_dropout
             .unwrap_or(config.hidden_dropout_prob),
     )
-    .init()
 }
 
-/// A new `Linear(hidden → n)` with N(0, initializer_range) weights and zero bias,
-/// materialized now so that a clone of the model copies it (burn 0.21 re-draws lazily
-/// initialized parameters in clones, burn #5040).
+/// A new `Linear(hidden → n)` with N(0, initializer_range) weights and zero bias, drawn
+/// from this thread's generator (`burnish_models::random::seed_thread` makes them
+/// reproducible whatever other threads do) and materialized now, so that a clone of the
+/// model copies them (burn 0.21 re-draws lazily initialized parameters in clones, burn #5040).
 pub(crate) fn new_head<B: Backend>(
     config: &BertConfig,
     inputs: usize,
@@ -181,12 +182,7 @@ pub(crate) fn new_linear<B: Backend>(
     bias: bool,
     device: &B::Device,
 ) -> Linear<B> {
-    let head = linear(inputs, n, bias, std, device);
-    let _ = head.weight.val();
-    if let Some(b) = &head.bias {
-        let _ = b.val();
-    }
-    head
+    burnish_models::random::linear(inputs, n, bias, std, device)
 }
 
 /// An output layer computed in the compute dtype, its logits returned in float32 for the
@@ -255,7 +251,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
             bert,
             // DistilBERT's sequence head has a dropout of its own.
             dropout: match config.seq_classif_dropout {
-                Some(p) => DropoutConfig::new(p).init(),
+                Some(p) => Dropout::new(p),
                 None => dropout_of(config),
             },
             classifier: new_head(config, config.hidden_size, num_labels, device),

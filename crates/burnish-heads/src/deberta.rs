@@ -4,10 +4,11 @@
 //! `DebertaV2ForQuestionAnswering`.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor};
 use burnish_models::ops::{activate, linear_in};
+use burnish_models::random::Dropout;
 use burnish_models::{
     Activation, Autocast, DebertaV2Config, DebertaV2Model, ModelError, ProblemType,
 };
@@ -68,7 +69,7 @@ autocast_through!(DebertaV2ForTokenClassification.deberta);
 autocast_through!(DebertaV2ForQuestionAnswering.deberta);
 
 fn dropout(p: f64) -> Dropout {
-    DropoutConfig::new(p).init()
+    Dropout::new(p)
 }
 
 impl<B: Backend> DebertaV2ForSequenceClassification<B> {

@@ -4,10 +4,11 @@
 //! `head` (dense, activation, LayerNorm) and dropout before its `classifier`.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Int, Tensor};
 use burnish_models::ops::{activate, layer_norm_f32, linear_in};
+use burnish_models::random::Dropout;
 use burnish_models::{
     Activation, Autocast, ModelError, ModernBertConfig, ModernBertModel, ProblemType,
 };
@@ -102,7 +103,7 @@ fn parts<B: Backend>(
 ) -> Result<Parts<B>, ModelError> {
     Ok((
         ModernBertPredictionHead::new(config, device)?,
-        DropoutConfig::new(config.classifier_dropout).init(),
+        Dropout::new(config.classifier_dropout),
         new_linear(
             config.initializer_range,
             config.hidden_size,

@@ -4,10 +4,11 @@
 //! through its own dense + tanh layer.
 
 use burn::module::Module;
-use burn::nn::{Dropout, Linear};
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use burnish_models::ops::linear_in;
+use burnish_models::random::Dropout;
 use burnish_models::{Autocast, BertConfig, BertModel, ModelError, ProblemType};
 use serde_json::Value;
 

@@ -1,8 +1,9 @@
 //! BERT, RoBERTa (and XLM-RoBERTa) and DistilBERT encoders (post-LayerNorm), as
 //! transformers' `BertModel`, `RobertaModel` and `DistilBertModel`.
 
+use crate::random::Dropout;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
@@ -124,7 +125,7 @@ pub struct BertOutput<B: Backend> {
 }
 
 fn dropout(p: f64) -> Dropout {
-    DropoutConfig::new(p).init()
+    Dropout::new(p)
 }
 
 impl BertConfig {

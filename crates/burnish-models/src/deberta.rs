@@ -4,8 +4,9 @@
 //! embeddings, in log buckets (`position_buckets`), with keys shared between content and
 //! positions (`share_att_key`).
 
+use crate::random::Dropout;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -304,7 +305,7 @@ impl DebertaV2Config {
         let att = self.pos_att()?;
         let relative = self.relative_attention;
         let separate = relative && !self.share_att_key;
-        let dropout = |p: f64| DropoutConfig::new(p).init();
+        let dropout = |p: f64| Dropout::new(p);
         let residual = |d_in: usize| DebertaResidual {
             dense: linear(d_in, h, true, std, device),
             layer_norm: layer_norm(h, eps, device),

@@ -10,6 +10,7 @@ mod layers;
 mod llama;
 mod modernbert;
 pub mod ops;
+pub mod random;
 mod rope;
 
 pub use bert::{

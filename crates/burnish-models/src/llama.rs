@@ -3,8 +3,9 @@
 //! masks, optional tied embeddings, and a KV cache for generation, as transformers'
 //! `LlamaForCausalLM` and its relatives.
 
+use crate::random::Dropout;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
+use burn::nn::{Embedding, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
@@ -183,7 +184,7 @@ impl LlamaConfig {
                     o_proj: linear(heads * head_dim, h, self.o_bias(), std, device),
                     q_norm: qk_norm.then(|| norm(head_dim)),
                     k_norm: qk_norm.then(|| norm(head_dim)),
-                    dropout: DropoutConfig::new(self.attention_dropout).init(),
+                    dropout: Dropout::new(self.attention_dropout),
                     heads,
                     kv_heads,
                     head_dim,

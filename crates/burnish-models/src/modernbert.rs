@@ -3,8 +3,9 @@
 //! global attention every `global_attn_every_n_layers` layers with bidirectional
 //! sliding-window attention (`local_attention` tokens wide) between them.
 
+use crate::random::Dropout;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -280,7 +281,7 @@ impl ModernBertConfig {
         self.validate()?;
         let (h, std) = (self.hidden_size, self.initializer_range);
         let activation = self.activation()?;
-        let dropout = |p: f64| DropoutConfig::new(p).init();
+        let dropout = |p: f64| Dropout::new(p);
         let layers = self
             .local_layers()?
             .into_iter()

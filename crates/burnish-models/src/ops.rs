@@ -58,7 +58,7 @@ pub fn attention<B: Backend>(
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
-    dropout: &burn::nn::Dropout,
+    dropout: &crate::random::Dropout,
 ) -> Tensor<B, 4> {
     // BERT divides by √d (transformers' `/ math.sqrt(head_dim)`), which rounds differently
     // from multiplying by its inverse.
@@ -77,7 +77,7 @@ pub fn attention_scaled<B: Backend>(
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
-    dropout: &burn::nn::Dropout,
+    dropout: &crate::random::Dropout,
     scale: f64,
     softcap: Option<f64>,
 ) -> Tensor<B, 4> {
@@ -99,7 +99,7 @@ fn attend<B: Backend>(
     scores: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: Option<Tensor<B, 4, Bool>>,
-    dropout: &burn::nn::Dropout,
+    dropout: &crate::random::Dropout,
 ) -> Tensor<B, 4> {
     let scores = scores.cast(FloatDType::F32);
     let scores = match mask {

@@ -234,8 +234,8 @@ pub fn fine_tune_on<B: AutodiffBackend>(
         problem,
         ..HeadSpec::new(config.model.task, setup.labels.len())
     };
-    // Head initialization draws from the backend generator: seed it for a reproducible run.
-    B::seed(device, config.train.seed);
+    // A new head's weights come from this thread's generator: seed it for a reproducible run.
+    burnish_models::random::seed_thread(config.train.seed);
     let run = Run::<B> {
         config,
         options,

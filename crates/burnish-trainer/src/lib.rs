@@ -45,8 +45,9 @@ pub struct TrainerConfig {
     pub total_steps: u64,
     /// Global-norm clipping threshold; `None` disables clipping.
     pub max_grad_norm: Option<f64>,
-    /// Seeds the backend's random generator before each step with a value derived from
-    /// this seed and the step number, so dropout masks depend on the step alone: a run
+    /// Seeds the thread's generator (`burnish_models::random::seed_thread`, the one
+    /// burnish's dropout draws from) and the backend's before each step with a value derived
+    /// from this seed and the step number, so dropout masks depend on the step alone: a run
     /// resumed at step N draws the masks the uninterrupted run drew.
     pub seed: u64,
     /// Compute precision; `Fp16` turns on dynamic loss scaling. The model's own compute
@@ -542,6 +543,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
             // Rank 0 keeps the one-worker stream; other ranks get streams of their own.
             let rank = self.sync.as_ref().map_or(0, |s| s.rank() as u64);
             let seed = self.config.seed ^ rank.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+            // burnish's dropout draws from the thread's generator (other threads, other
+            // trainers, cannot move it); burn's own `Dropout` in a custom model from the
+            // backend's, which is reproducible while one trainer runs in the process.
+            burnish_models::random::seed_thread(step_seed(seed, self.step));
             B::seed(device, step_seed(seed, self.step));
         }
         let loss_scale = self.scaler.as_ref().map(LossScaler::scale);

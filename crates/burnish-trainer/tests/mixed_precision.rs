@@ -28,7 +28,7 @@ fn model(precision: Precision) -> Model {
     ))
     .expect("valid config");
     let device = Default::default();
-    <B as burn::tensor::backend::Backend>::seed(&device, 7);
+    burnish_models::random::seed_thread(7);
     let bert = config.init::<B>(true, &device).expect("valid model");
     BertForSequenceClassification::new(
         bert,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use burnish::backend::CpuTrain;
@@ -24,6 +24,7 @@ use burnish::data::{BadRows, Task, TokenCache};
 use burnish::heads::{LabelNames, LossParts, cross_entropy};
 use burnish::loader::{HfModelDir, write_module};
 use burnish::models::BertModel;
+use burnish::models::random::{self, Dropout};
 use burnish::schedule::Warmup;
 use burnish::tasks::{
     CacheData, Checkpointer, ClassificationMetrics, DeviceBatch, Resumed, RunFingerprint,
@@ -187,16 +188,11 @@ fn setup(scratch: &Path) -> Result<Setup, BoxError> {
 /// The pretrained encoder (dropout 0.1) under a new head initialized N(0, 0.02).
 fn model<M: Backend>(s: &Setup, device: &M::Device) -> Result<MeanPoolClassifier<M>, BoxError> {
     let config = encoder_config(&s.hf, Some(0.1))?;
-    let head = LinearConfig::new(config.hidden_size, 2)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        })
-        .init(device);
+    // burnish's dropout and new layers draw from this thread's generator, which `run` seeds.
     let model = MeanPoolClassifier {
         bert: config.init(false, device)?,
-        dropout: DropoutConfig::new(0.1).init(),
-        head,
+        dropout: Dropout::new(0.1),
+        head: random::linear(config.hidden_size, 2, true, 0.02, device),
     };
     Ok(load_pretrained(&s.hf, model, &["head"])?.0)
 }
@@ -213,7 +209,7 @@ fn run(
     resume: Option<&Resumed>,
 ) -> Result<(Vec<u8>, u64), BoxError> {
     let device = Default::default();
-    <B as Backend>::seed(&device, 7);
+    burnish::models::random::seed_thread(7);
     let pad = s.task.tokenizer.pad_id();
     let mut data = CacheData::<B>::new(&s.cache, BATCH, pad, 7, true, &device)?;
     let fit = FitConfig {

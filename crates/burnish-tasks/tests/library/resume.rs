@@ -62,7 +62,7 @@ fn run(
     resume: Option<&Resumed>,
 ) -> Result<Run, TaskError> {
     let device = Default::default();
-    <B as burn::tensor::backend::Backend>::seed(&device, 3);
+    burnish_models::random::seed_thread(3);
     let hf = HfModelDir::open(&assets().join("toy-bert"))?;
     let config = encoder_config(&hf, Some(0.1))?;
     let single = ProblemType::SingleLabelClassification;
