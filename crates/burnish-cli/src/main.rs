@@ -30,7 +30,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Full-parameter fine-tuning of Hugging Face transformers on burn"
 )]
 struct Cli {
-    /// Where to compute: `cpu`, or `cuda` / `cuda:N` (a build with the `cuda` feature).
+    /// Where to compute: `cpu`, `cuda` / `cuda:N` (a build with the `cuda` feature) or
+    /// `wgpu` (a build with the `wgpu` feature).
     #[arg(long, global = true, default_value = "cpu", value_parser = |t: &str| t.parse::<DeviceName>())]
     device: DeviceName,
     /// The CPU backend: burn-flex (the default when built with the `flex` feature: faster,
@@ -279,6 +280,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
         (DeviceName::Cuda(_), _, _) => Err(CliError::Usage(
             "--device cuda: this burnish was built without CUDA; build it with \
              `cargo build --release -p burnish-cli --features cuda`"
+                .into(),
+        )),
+        #[cfg(feature = "wgpu")]
+        (DeviceName::Wgpu, _, checkpointing) => {
+            let device = burnish::backend::WgpuDevice::DefaultDevice;
+            burnish::backend::probe::<burnish::backend::Wgpu>(&device).map_err(|reason| {
+                CliError::Usage(format!(
+                    "--device wgpu: no usable wgpu adapter (is a Vulkan driver installed? \
+                     Mesa's lavapipe, package mesa-vulkan-drivers, runs on the CPU): {reason}"
+                ))
+            })?;
+            if checkpointing {
+                run_on::<burnish::backend::WgpuTrainCheckpointed>(cli.command, &[device])
+            } else {
+                run_on::<burnish::backend::WgpuTrain>(cli.command, &[device])
+            }
+        }
+        #[cfg(not(feature = "wgpu"))]
+        (DeviceName::Wgpu, _, _) => Err(CliError::Usage(
+            "--device wgpu: this burnish was built without wgpu; build it with \
+             `cargo build --release -p burnish-cli --features wgpu`"
                 .into(),
         )),
     }

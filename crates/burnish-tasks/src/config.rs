@@ -64,13 +64,14 @@ fn default_timeout() -> u64 {
     burnish_parallel::DEFAULT_TIMEOUT.as_secs()
 }
 
-/// A device as configurations and flags name it: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
-/// Which backend serves it is the caller's choice.
+/// A device as configurations and flags name it: `cpu`, `cuda` (= `cuda:0`), `cuda:N` or
+/// `wgpu` (the default wgpu adapter). Which backend serves it is the caller's choice.
 ///
 /// ```
 /// use burnish_tasks::DeviceName;
 ///
 /// assert_eq!("cuda:1".parse(), Ok(DeviceName::Cuda(1)));
+/// assert_eq!("wgpu".parse(), Ok(DeviceName::Wgpu));
 /// assert!("gpu".parse::<DeviceName>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,8 @@ pub enum DeviceName {
     Cpu,
     /// CUDA device N.
     Cuda(usize),
+    /// The default adapter of burn-wgpu (on a machine without a GPU, Mesa's lavapipe).
+    Wgpu,
 }
 
 impl DeviceName {
@@ -86,7 +89,7 @@ impl DeviceName {
     pub fn cuda_index(&self) -> Option<usize> {
         match self {
             DeviceName::Cuda(index) => Some(*index),
-            DeviceName::Cpu => None,
+            DeviceName::Cpu | DeviceName::Wgpu => None,
         }
     }
 }
@@ -98,11 +101,12 @@ impl std::str::FromStr for DeviceName {
         match text.split_once(':') {
             None if text == "cpu" => Ok(DeviceName::Cpu),
             None if text == "cuda" => Ok(DeviceName::Cuda(0)),
+            None if text == "wgpu" => Ok(DeviceName::Wgpu),
             Some(("cuda", index)) => index
                 .parse()
                 .map(DeviceName::Cuda)
                 .map_err(|_| format!("`{index}` is not a device index (cuda:0, cuda:1, ...)")),
-            _ => Err(format!("`{text}`: expected cpu, cuda or cuda:N")),
+            _ => Err(format!("`{text}`: expected cpu, cuda, cuda:N or wgpu")),
         }
     }
 }
@@ -128,7 +132,14 @@ impl DistributedSection {
         };
         let kind = std::mem::discriminant(first);
         if names.iter().any(|d| std::mem::discriminant(d) != kind) {
-            return Err(invalid("mixes cpu and cuda devices: use one kind".into()));
+            return Err(invalid(
+                "mixes device kinds (cpu, cuda, wgpu): use one kind".into(),
+            ));
+        }
+        if names.len() > 1 && names[0] == DeviceName::Wgpu {
+            return Err(invalid(
+                "wgpu has one device (the default adapter): list it once".into(),
+            ));
         }
         for (i, name) in names.iter().enumerate() {
             if let DeviceName::Cuda(n) = name

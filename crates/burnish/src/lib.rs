@@ -59,6 +59,23 @@ pub mod backend {
     #[cfg(feature = "cuda")]
     pub use burn_cuda::CudaDevice;
 
+    /// burn-wgpu (f32, i32 integers): burn's CubeCL + fusion stack over the system's
+    /// Vulkan/Metal/DX12 driver; Mesa's lavapipe runs it on the CPU.
+    #[cfg(feature = "wgpu")]
+    pub type Wgpu = burn_wgpu::Wgpu<f32, i32>;
+
+    /// [`Wgpu`] with automatic differentiation, for training.
+    #[cfg(feature = "wgpu")]
+    pub type WgpuTrain = Autodiff<Wgpu>;
+
+    /// [`WgpuTrain`] with activation checkpointing.
+    #[cfg(feature = "wgpu")]
+    pub type WgpuTrainCheckpointed = Autodiff<Wgpu, BalancedCheckpointing>;
+
+    /// A wgpu device (`WgpuDevice::DefaultDevice`: the first adapter the driver offers).
+    #[cfg(feature = "wgpu")]
+    pub use burn_wgpu::WgpuDevice;
+
     /// Runs one tiny operation on `device`: `Err(reason)` instead of the panic burn raises
     /// when a GPU backend has no driver or no such device.
     ///
