@@ -115,6 +115,14 @@ fn excess(
     let mut worst = (0.0f32, String::new());
     for (name, x) in a {
         let y = &b[name];
+        if name.ends_with("attention.self.key.bias") {
+            // Adding b_k to every key adds q·b_k to all of a query's scores, which the
+            // softmax ignores: its gradient is 0 in exact arithmetic and rounding noise in
+            // float, and Adam turns noise into steps of about lr in either direction, on
+            // each stack its own way (measured: the worst tensor before this exclusion).
+            assert!(x.iter().all(|v| v.is_finite()), "{name}");
+            continue;
+        }
         let scale = y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         for (p, q) in x.iter().zip(y) {
             assert!(p.is_finite(), "{name}: {p}");
@@ -178,11 +186,10 @@ fn every_task_trains_as_on_the_cpu() {
             task,
         );
         // Four AdamW steps of f32 computed in another order: Adam divides each gradient by
-        // its own running RMS (ε 1e-8), so a component whose gradient is near ε (rows of
-        // the tied Llama embedding for tokens the batch lacks get only the softmax's tiny
-        // share) turns the stacks' rounding differences into visible steps. Measured: 0.2
-        // and 0.13 of 1e-4 relative for the encoders, 2.0 of 1e-4 for the decoder, whose
-        // losses agree to 1e-7.
+        // its own running RMS (ε 1e-8), so components with tiny gradients turn the stacks'
+        // rounding differences into visible steps. Measured (key biases included): 0.2 and
+        // 0.13 of 1e-4 relative for the encoders; 2.2e-4 relative for the decoder (in
+        // `o_proj`), whose eval losses agree to 1e-7.
         let rtol = if task == "causal-lm" { 5e-4 } else { 1e-4 };
         let (gpu, cpu) = (weights(&gpu.final_dir), weights(&cpu.final_dir));
         let (e, name) = excess(&gpu, &cpu, rtol, 1e-6);
@@ -235,16 +242,20 @@ fn fp16_trains_with_loss_scaling_and_bf16_is_refused() {
     )
     .unwrap();
     eprintln!("fp16 wgpu {:?} vs burn-flex {:?}", gpu.after, cpu.after);
-    // The same fp16 matmuls (f32 accumulation on both) and the same loss-scale skips: a
-    // step skipped on one stack and not on the other would move the weights by lr.
+    // A step skipped on one stack (loss-scale overflow) and not on the other would move the
+    // eval loss by more than 1e-5 and the weights by about lr (5e-3 per element, several
+    // 1e-2 of a tensor's largest value). Half-precision matmuls round differently on the
+    // two stacks, and Adam turns that into visible steps on components with tiny
+    // gradients: measured 3.1e-6 on the eval loss, and at worst 6e-3 relative in the word
+    // embeddings (rows of rare tokens).
     close(
         gpu.after.as_ref().unwrap(),
         cpu.after.as_ref().unwrap(),
-        1e-3,
+        2e-5,
         "fp16",
     );
     let (gpu, cpu) = (weights(&gpu.final_dir), weights(&cpu.final_dir));
-    let (e, name) = excess(&gpu, &cpu, 1e-3, 1e-5);
+    let (e, name) = excess(&gpu, &cpu, 1e-2, 1e-5);
     eprintln!("fp16: weight excess {e} (in {name})");
     assert!(e <= 1.0, "fp16: {name} differs by {e}× the tolerance");
 
