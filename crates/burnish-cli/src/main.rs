@@ -277,11 +277,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         #[cfg(not(feature = "cuda"))]
-        (DeviceName::Cuda(_), _, _) => Err(CliError::Usage(
-            "--device cuda: this burnish was built without CUDA; build it with \
-             `cargo build --release -p burnish-cli --features cuda`"
-                .into(),
-        )),
+        (DeviceName::Cuda(_), _, _) => Err(built_without("cuda")),
         #[cfg(feature = "wgpu")]
         (DeviceName::Wgpu, _, checkpointing) => {
             let device = burnish::backend::WgpuDevice::DefaultDevice;
@@ -298,12 +294,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
         #[cfg(not(feature = "wgpu"))]
-        (DeviceName::Wgpu, _, _) => Err(CliError::Usage(
-            "--device wgpu: this burnish was built without wgpu; build it with \
-             `cargo build --release -p burnish-cli --features wgpu`"
-                .into(),
-        )),
+        (DeviceName::Wgpu, _, _) => Err(built_without("wgpu")),
     }
+}
+
+/// `--device <feature>` in a build without that cargo feature.
+#[cfg(any(not(feature = "cuda"), not(feature = "wgpu")))]
+fn built_without(feature: &str) -> CliError {
+    CliError::Usage(format!(
+        "--device {feature}: this burnish was built without {feature}; build it with \
+         `cargo build --release -p burnish-cli --features {feature}`"
+    ))
 }
 
 /// A failed run of the config at `path`, worded for the command: settings located in the

@@ -542,12 +542,15 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, O: Optimizer<B, M>> Trainer<B, M,
         if let Some(device) = model.devices().first() {
             // Rank 0 keeps the one-worker stream; other ranks get streams of their own.
             let rank = self.sync.as_ref().map_or(0, |s| s.rank() as u64);
-            let seed = self.config.seed ^ rank.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+            let seed = step_seed(
+                self.config.seed ^ rank.wrapping_mul(0xD6E8_FEB8_6659_FD93),
+                self.step,
+            );
             // burnish's dropout draws from the thread's generator (other threads, other
             // trainers, cannot move it); burn's own `Dropout` in a custom model from the
             // backend's, which is reproducible while one trainer runs in the process.
-            burnish_models::random::seed_thread(step_seed(seed, self.step));
-            B::seed(device, step_seed(seed, self.step));
+            burnish_models::random::seed_thread(seed);
+            B::seed(device, seed);
         }
         let loss_scale = self.scaler.as_ref().map(LossScaler::scale);
         let mut accumulator = GradAccumulator::new();
