@@ -89,18 +89,8 @@ impl Iterator for JsonlRows {
                     }));
                 }
             }
-            let bytes = match self.line {
-                // Editors on Windows start files with a byte-order mark.
-                1 => self.buffer.strip_prefix(BOM).unwrap_or(&self.buffer),
-                _ => &self.buffer,
-            };
-            let value = match std::str::from_utf8(bytes) {
-                Ok(text) if text.trim().is_empty() => continue,
-                Ok(text) => serde_json::from_str(text.trim()).map_err(|e| format!("not JSON: {e}")),
-                Err(e) => Err(format!(
-                    "not UTF-8 text (byte {} of the line)",
-                    e.valid_up_to() + 1
-                )),
+            let Some(value) = line_value(&self.buffer, start) else {
+                continue;
             };
             return Some(Ok(Row {
                 line: self.line,
@@ -113,6 +103,25 @@ impl Iterator for JsonlRows {
 
 /// The UTF-8 byte-order mark, accepted at the start of a file.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The value of the line whose bytes are `bytes` and which starts at byte `offset` of its
+/// file, or why it is not one; `None` for a blank line. One function for reading in order
+/// and reading at an offset, so both see the same row.
+fn line_value(bytes: &[u8], offset: u64) -> Option<Result<Value, String>> {
+    let bytes = match offset {
+        // Editors on Windows start files with a byte-order mark.
+        0 => bytes.strip_prefix(BOM).unwrap_or(bytes),
+        _ => bytes,
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some(serde_json::from_str(text.trim()).map_err(|e| format!("not JSON: {e}"))),
+        Err(e) => Some(Err(format!(
+            "not UTF-8 text (byte {} of the line)",
+            e.valid_up_to() + 1
+        ))),
+    }
+}
 
 /// Reads the row that starts at byte `offset` of `path` (an offset from [`Row::offset`]).
 ///
@@ -129,12 +138,12 @@ pub fn read_row_at(path: &Path, offset: u64, line: u64) -> Result<Value, DataErr
     BufReader::new(file)
         .read_until(b'\n', &mut bytes)
         .map_err(io)?;
-    let text = bytes.strip_prefix(BOM).unwrap_or(&bytes);
-    serde_json::from_slice(text.trim_ascii()).map_err(|e| {
+    let value = line_value(&bytes, offset).unwrap_or_else(|| Err("a blank line".to_owned()));
+    value.map_err(|reason| {
         DataError::BadRow(crate::BadRow {
             path: path.to_owned(),
             line: line as usize,
-            reason: format!("not JSON at byte {offset}: {e}"),
+            reason: format!("at byte {offset}: {reason}"),
         })
     })
 }
@@ -146,7 +155,7 @@ mod tests {
     #[test]
     fn rows_carry_lines_and_offsets_that_read_back() {
         let f = tempfile::NamedTempFile::new().unwrap();
-        let text = "\u{feff}{\"a\": 1}\n\n  \n{\"a\": \"é\"}\r\nnope\n{\"a\": 3}\n";
+        let text = "\u{feff}{\"a\": 1}\n\n  \n{\"a\": \"é\"}\r\nnope\n0\u{b}\n";
         let mut bytes = text.as_bytes().to_vec();
         bytes.extend_from_slice(b"\"\xff\"");
         std::fs::write(f.path(), bytes).unwrap();
