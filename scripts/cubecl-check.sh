@@ -3,7 +3,7 @@
 # stack burn-cuda is made of, with the WGSL compiler) on Mesa's lavapipe, which runs Vulkan
 # on the CPU. What it proves about CUDA, and what it cannot: docs/architecture.md.
 #
-#   scripts/cubecl-check.sh          # the CubeCL suite, then `burnish train --device wgpu`
+#   scripts/cubecl-check.sh          # the CubeCL suite, then `burnish --device wgpu train`
 #
 # 1. installs Mesa's Vulkan drivers (Debian's mesa-vulkan-drivers) when lavapipe is absent;
 # 2. builds and runs the CubeCL suite, tests/tests/cubecl.rs (burnish-tests, feature wgpu):
@@ -28,18 +28,19 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
 fi
 
 secs() { date +%s; }
+# The suite and the command in one cargo invocation: built apart, their features on burn's
+# crates could differ and burn would be compiled twice. No incremental caches: the suite's
+# crates are built once per change.
+wgpu=(--locked -p burnish-tests -p burnish-cli --features burnish-tests/wgpu,burnish-cli/wgpu)
 t0=$(secs)
-# The build adds no incremental caches: the suite's crates are built once per change.
-CARGO_INCREMENTAL=0 cargo test --locked -p burnish-tests --features wgpu --test cubecl --no-run
+CARGO_INCREMENTAL=0 cargo build "${wgpu[@]}" --test cubecl --bin burnish
 t1=$(secs)
-cargo test --locked -p burnish-tests --features wgpu --test cubecl -- --nocapture
+CARGO_INCREMENTAL=0 cargo test "${wgpu[@]}" --test cubecl -- --nocapture
 t2=$(secs)
-CARGO_INCREMENTAL=0 cargo build --locked -p burnish-cli --features wgpu
-t3=$(secs)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 "${CARGO_TARGET_DIR:-target}/debug/burnish" --device wgpu train --config tests/assets/configs/toy-ner.toml \
   --output-dir "$out/run"
 test -f "$out/run/final/model.safetensors"
-t4=$(secs)
-echo "cubecl-check: suite build $((t1 - t0)) s, suite run $((t2 - t1)) s, command build $((t3 - t2)) s, command run $((t4 - t3)) s"
+t3=$(secs)
+echo "cubecl-check: build $((t1 - t0)) s, suite run $((t2 - t1)) s, command run $((t3 - t2)) s"

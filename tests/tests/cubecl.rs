@@ -20,7 +20,7 @@ use burnish_loader::{HfModelDir, LoadOptions};
 use burnish_tasks::{Resume, RunConfig, RunOptions, RunOutcome, Silent, TaskError, fine_tune};
 use serde_json::{Value, json};
 
-type Gpu = burn_wgpu::Wgpu<f32, i32>;
+type Gpu = burnish::backend::Wgpu;
 type Cpu = burn_ndarray::NdArray<f32>;
 
 fn assets() -> PathBuf {
@@ -272,8 +272,10 @@ fn fp16_trains_with_loss_scaling_and_bf16_is_refused() {
 #[test]
 fn greedy_generation_with_the_kv_cache_is_the_cpus() {
     let hf = HfModelDir::open(&assets().join("toy-llama")).unwrap();
+    // The device as the command gets it: the facade's probed default adapter.
+    let device = burnish::backend::wgpu_device().unwrap();
     let gpu = hf
-        .load_llama::<Gpu>(&Default::default(), &LoadOptions::default())
+        .load_llama::<Gpu>(&device, &LoadOptions::default())
         .unwrap()
         .0;
     let cpu = hf

@@ -42,15 +42,3 @@ impl CliError {
         }
     }
 }
-
-impl From<burnish_trainer::TrainError> for CliError {
-    fn from(e: burnish_trainer::TrainError) -> Self {
-        CliError::Task(e.into())
-    }
-}
-
-impl From<burnish_loader::LoadError> for CliError {
-    fn from(e: burnish_loader::LoadError) -> Self {
-        CliError::Task(e.into())
-    }
-}

@@ -6,7 +6,7 @@ mod error;
 mod plot;
 mod progress;
 
-pub use bench::{BenchOptions, BenchReport, bench};
+pub use bench::BenchArgs;
 pub use config::{field_error, parse_config, read_config};
 pub use error::CliError;
 pub use plot::{Curves, plot_run};

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::AutodiffBackend;
 use burnish::backend::CpuTrain;
-use burnish_cli::{BenchOptions, CliError, Progress, bench, field_error, plot_run, read_config};
+use burnish_cli::{BenchArgs, CliError, Progress, field_error, plot_run, read_config};
 use burnish_data::Task;
 use burnish_parallel::ParallelError;
 use burnish_tasks::{
@@ -114,7 +114,7 @@ enum Command {
     /// TFLOP/s, model FLOPs utilization).
     Bench {
         #[command(flatten)]
-        options: BenchOptions,
+        options: BenchArgs,
         /// Recompute activations in the backward pass (`[train] gradient_checkpointing`).
         #[arg(long)]
         gradient_checkpointing: bool,
@@ -259,17 +259,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         #[cfg(feature = "cuda")]
         (DeviceName::Cuda(_), _, checkpointing) => {
-            let mut cuda = Vec::new();
-            for index in devices.iter().filter_map(DeviceName::cuda_index) {
-                let device = burnish::backend::CudaDevice::new(index);
-                burnish::backend::probe::<burnish::backend::Cuda>(&device).map_err(|reason| {
-                    CliError::Usage(format!(
-                        "--device cuda:{index}: the CUDA device cannot be used (is the NVIDIA \
-                         driver installed, and is there a GPU {index}?): {reason}"
-                    ))
-                })?;
-                cuda.push(device);
-            }
+            let cuda =
+                burnish::backend::cuda_devices(devices.iter().filter_map(DeviceName::cuda_index))
+                    .map_err(device_error)?;
             if checkpointing {
                 run_on::<burnish::backend::CudaTrainCheckpointed>(cli.command, &cuda)
             } else {
@@ -280,22 +272,22 @@ fn run(cli: Cli) -> Result<(), CliError> {
         (DeviceName::Cuda(_), _, _) => Err(built_without("cuda")),
         #[cfg(feature = "wgpu")]
         (DeviceName::Wgpu, _, checkpointing) => {
-            let device = burnish::backend::WgpuDevice::DefaultDevice;
-            burnish::backend::probe::<burnish::backend::Wgpu>(&device).map_err(|reason| {
-                CliError::Usage(format!(
-                    "--device wgpu: no usable wgpu adapter (is a Vulkan driver installed? \
-                     Mesa's lavapipe, package mesa-vulkan-drivers, runs on the CPU): {reason}"
-                ))
-            })?;
+            let device = [burnish::backend::wgpu_device().map_err(device_error)?];
             if checkpointing {
-                run_on::<burnish::backend::WgpuTrainCheckpointed>(cli.command, &[device])
+                run_on::<burnish::backend::WgpuTrainCheckpointed>(cli.command, &device)
             } else {
-                run_on::<burnish::backend::WgpuTrain>(cli.command, &[device])
+                run_on::<burnish::backend::WgpuTrain>(cli.command, &device)
             }
         }
         #[cfg(not(feature = "wgpu"))]
         (DeviceName::Wgpu, _, _) => Err(built_without("wgpu")),
     }
+}
+
+/// A GPU device the backend cannot use, as a `--device` usage error.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn device_error(e: burnish::backend::DeviceError) -> CliError {
+    CliError::Usage(format!("--device {e}"))
 }
 
 /// `--device <feature>` in a build without that cargo feature.
@@ -363,7 +355,7 @@ fn run_on<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> Result
             };
             train::<B>(&config, &options, quiet, devices)
         }
-        Command::Bench { options, .. } => bench_on::<B>(&options, device),
+        Command::Bench { options, .. } => bench_on::<B>(&options.options(), device),
         Command::Plot { run } => {
             print_curves(&plot_run(&run)?);
             Ok(())
@@ -439,10 +431,10 @@ fn train<B: AutodiffBackend>(
 }
 
 fn bench_on<B: AutodiffBackend>(
-    options: &BenchOptions,
+    options: &burnish_tasks::bench::BenchOptions,
     device: &B::Device,
 ) -> Result<(), CliError> {
-    let r = bench::<B>(options, device)?;
+    let r = burnish_tasks::bench::bench::<B>(options, device).map_err(flag_error)?;
     let mfu = r.mfu.map(|m| format!(", MFU {:.1} %", m * 100.0));
     eprintln!(
         "{} parameters, batch {} x {} tokens, {}: \

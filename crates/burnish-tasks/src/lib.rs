@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod batch;
+pub mod bench;
 mod config;
 mod data;
 mod error;

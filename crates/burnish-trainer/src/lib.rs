@@ -169,7 +169,7 @@ pub enum TrainError {
     /// The backend cannot compute in the requested precision.
     #[error(
         "precision {precision}: this backend has no {dtype:?} tensors (burn-flex and CUDA \
-         have them; burn-ndarray computes in float32 only)"
+         have float16 and bfloat16, burn-wgpu float16 only, burn-ndarray float32 only)"
     )]
     Precision {
         /// The requested precision.

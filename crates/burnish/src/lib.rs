@@ -76,6 +76,59 @@ pub mod backend {
     #[cfg(feature = "wgpu")]
     pub use burn_wgpu::WgpuDevice;
 
+    /// A GPU device that cannot be used, named as on the command line (`cuda:1`, `wgpu`),
+    /// with the backend's reason and what usually fixes it.
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("{device}: {reason}")]
+    pub struct DeviceError {
+        /// The device (`cuda:0`, `wgpu`).
+        pub device: String,
+        /// Why it cannot be used.
+        pub reason: String,
+    }
+
+    /// The CUDA devices with these indices, each [`probe`]d, so a missing driver or GPU is
+    /// an error here rather than a panic in the first training step.
+    ///
+    /// # Errors
+    /// [`DeviceError`] naming the first device that does not answer.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_devices(
+        indices: impl IntoIterator<Item = usize>,
+    ) -> Result<Vec<CudaDevice>, DeviceError> {
+        indices
+            .into_iter()
+            .map(|index| {
+                let device = CudaDevice::new(index);
+                probe::<Cuda>(&device).map_err(|reason| DeviceError {
+                    device: format!("cuda:{index}"),
+                    reason: format!(
+                        "the CUDA device cannot be used (is the NVIDIA driver installed, and \
+                         is there a GPU {index}?): {reason}"
+                    ),
+                })?;
+                Ok(device)
+            })
+            .collect()
+    }
+
+    /// burn-wgpu's default adapter, [`probe`]d.
+    ///
+    /// # Errors
+    /// [`DeviceError`] when no adapter answers (no Vulkan, Metal or DX12 driver).
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu_device() -> Result<WgpuDevice, DeviceError> {
+        let device = WgpuDevice::DefaultDevice;
+        probe::<Wgpu>(&device).map_err(|reason| DeviceError {
+            device: "wgpu".into(),
+            reason: format!(
+                "no usable wgpu adapter (is a Vulkan driver installed? Mesa's lavapipe, \
+                 package mesa-vulkan-drivers, runs on the CPU): {reason}"
+            ),
+        })?;
+        Ok(device)
+    }
+
     /// Runs one tiny operation on `device`: `Err(reason)` instead of the panic burn raises
     /// when a GPU backend has no driver or no such device.
     ///
