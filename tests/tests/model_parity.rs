@@ -223,6 +223,143 @@ fn kv_cache_equals_a_full_forward() {
     assert!(diff <= 1e-5, "cached decoding differs by {diff:e}");
 }
 
+/// Three examples packed into two rows of 10 tokens (row 0: examples 0 and 1; row 1:
+/// example 2, then padding).
+const PACKED_EXAMPLES: [&[i64]; 3] = [&[5, 17, 3, 88, 42, 9], &[61, 7, 23, 11], &[30, 2, 14]];
+
+/// The ids, the attention mask numbering the examples of each row, and the positions
+/// restarting per example, of [`PACKED_EXAMPLES`].
+fn packed_inputs() -> [Vec<i64>; 3] {
+    let e = PACKED_EXAMPLES;
+    [
+        [e[0], e[1], e[2], &[0; 7]].concat(),
+        [[1; 6].as_slice(), &[2; 4], &[1; 3], &[0; 7]].concat(),
+        [0..6, 0..4, 0..3, 0..7].into_iter().flatten().collect(),
+    ]
+}
+
+/// Packed rows (the attention mask numbering the examples of a row, positions restarting
+/// per example) give each example the logits of its own forward pass, for every decoder
+/// family: windows (Mistral, Gemma), local rotary bases (Gemma 3), soft caps, q/k norms.
+#[test]
+fn packed_rows_equal_separate_forwards() {
+    let examples = PACKED_EXAMPLES;
+    let [ids, mask, positions] = packed_inputs();
+    let places = [(0, 0), (0, 6), (1, 0)];
+    for checkpoint in [
+        "llama-tiny-gqa",
+        "mistral-tiny-window",
+        "qwen3-tiny",
+        "phi3-tiny",
+        "gemma2-tiny",
+        "gemma3-tiny",
+    ] {
+        let hf = HfModelDir::open(&models_dir().join(checkpoint)).unwrap();
+        let (model, _) = hf
+            .load_llama::<B>(&Default::default(), &LoadOptions::default())
+            .unwrap();
+        let hidden = model.model.forward_with_positions(
+            ints(&ids, [2, 10]),
+            Some(ints(&mask, [2, 10])),
+            ints(&positions, [2, 10]),
+            None,
+        );
+        let packed = model.project(hidden);
+        let vocab = packed.dims()[2];
+        let packed = values(packed);
+        for (example, (row, start)) in examples.iter().zip(places) {
+            let alone = values(model.forward(ints(example, [1, example.len()]), None, None));
+            let from = (row * 10 + start) * vocab;
+            let part = &packed[from..from + example.len() * vocab];
+            let diff = max_abs_diff(part, &alone, |_| true);
+            assert!(
+                diff <= 1e-5,
+                "{checkpoint}: a packed example differs by {diff:e}"
+            );
+        }
+    }
+}
+
+/// The gradient of the token-weighted causal-LM loss over packed rows (each example's first
+/// label ignored) equals that over the same examples run separately: the first update of
+/// gradient descent, and what AdamW is fed, within 1e-5 of each tensor's largest gradient.
+#[test]
+fn packed_rows_give_the_gradients_of_separate_examples() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::backend::AutodiffBackend;
+    type A = burn::backend::Autodiff<TestBackend>;
+    type Grads = <A as AutodiffBackend>::Gradients;
+
+    /// Every float parameter's gradient, flattened, in visiting order.
+    fn gradients<M: Module<A>>(m: &M, grads: &Grads) -> Vec<Vec<f32>> {
+        struct Collect<'a>(Vec<Vec<f32>>, &'a Grads);
+        impl ModuleVisitor<A> for Collect<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<A, D>>) {
+                let g = p.val().grad(self.1).map(|g| values_of(g.into_data()));
+                self.0.push(g.unwrap_or_default());
+            }
+        }
+        let mut c = Collect(Vec::new(), grads);
+        m.visit(&mut c);
+        c.0
+    }
+    fn values_of(d: TensorData) -> Vec<f32> {
+        d.to_vec::<f32>().unwrap()
+    }
+
+    let device = Default::default();
+    let ints = |v: &[i64], shape: [usize; 2]| {
+        Tensor::<A, 2, Int>::from_data(TensorData::new(v.to_vec(), shape), &device)
+    };
+    let examples = PACKED_EXAMPLES;
+    let [ids, mask, positions] = packed_inputs();
+    let first = [0, 6, 10];
+    let labels: Vec<i64> = (0..20)
+        .map(|t| match t {
+            _ if first.contains(&t) || t >= 13 => -100,
+            _ => ids[t],
+        })
+        .collect();
+    for checkpoint in ["llama-tiny-gqa", "gemma3-tiny"] {
+        let hf = HfModelDir::open(&models_dir().join(checkpoint)).unwrap();
+        let (model, _) = hf
+            .load_llama::<A>(&device, &LoadOptions::default())
+            .unwrap();
+        let hidden = model.model.forward_with_positions(
+            ints(&ids, [2, 10]),
+            Some(ints(&mask, [2, 10])),
+            ints(&positions, [2, 10]),
+            None,
+        );
+        let packed = causal_lm_loss(model.project(hidden), &labels).unwrap();
+        let count = packed.count;
+        let packed = gradients(&model, &packed.sum.div_scalar(count as f32).backward());
+
+        let mut sum = Tensor::<A, 1>::zeros([1], &device);
+        let mut separate_count = 0;
+        for example in examples {
+            let logits = model.forward(ints(example, [1, example.len()]), None, None);
+            let parts = causal_lm_loss(logits, example).unwrap();
+            sum = sum.add(parts.sum);
+            separate_count += parts.count;
+        }
+        assert_eq!(count, separate_count);
+        let separate = gradients(&model, &sum.div_scalar(count as f32).backward());
+        assert_eq!(packed.len(), separate.len());
+        let mut worst = 0.0f32;
+        for (i, (a, b)) in separate.iter().zip(&packed).enumerate() {
+            let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(a, b, |_| true);
+            assert!(
+                diff <= 1e-5 * scale,
+                "{checkpoint}: gradient {i} differs by {diff:e} (largest {scale:e})"
+            );
+            worst = worst.max(diff / scale.max(f32::MIN_POSITIVE));
+        }
+        eprintln!("{checkpoint}: packed gradients within {worst:.1e} of the largest");
+    }
+}
+
 /// Qwen3, Phi-3, Gemma 2, Gemma 3 and Llama 3 rope: the causal-LM loss, the gradient
 /// norm before clipping to 1.0 and the parameters after one AdamW step (lr 1e-3, weight
 /// decay 0.01 except biases and norms) equal PyTorch's, at the tolerances of the head

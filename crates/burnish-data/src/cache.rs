@@ -129,6 +129,10 @@ pub struct Batch {
     pub items: u64,
     /// The cache indices of the examples, in batch order.
     pub indices: Vec<usize>,
+    /// Position ids `[batch, seq]` row-major, restarting at 0 for each example of a packed
+    /// row ([`TokenCache::packed_batch`]); empty when each row is one example at positions
+    /// `0..seq`.
+    pub position_ids: Vec<i64>,
 }
 
 /// A tokenized dataset on disk.
@@ -668,6 +672,104 @@ impl TokenCache {
             targets,
             items,
             indices: indices.to_vec(),
+            position_ids: Vec::new(),
+        })
+    }
+
+    /// Examples `indices` of a causal-LM cache packed into as few rows of at most
+    /// `max_length` tokens as first fit finds (longest example first, ties in batch order),
+    /// right-padded with `pad_id` to the fullest row.
+    ///
+    /// The attention mask numbers the examples of a row 1, 2, … (0 on padding), the
+    /// position ids restart at 0 for each, and the first label of each example is −100:
+    /// a model that keeps examples of a row apart (burnish's Llama family does) computes
+    /// for each example what the unpacked [`batch`](Self::batch) gives, and the loss counts
+    /// the same [`items`](Batch::items). An example longer than `max_length` gets a row of
+    /// its own.
+    ///
+    /// # Errors
+    /// [`DataError::NotPackable`] for a cache whose labels are not shifted tokens; as
+    /// [`record`](Self::record).
+    pub fn packed_batch(
+        &self,
+        indices: &[usize],
+        pad_id: u32,
+        max_length: usize,
+    ) -> Result<Batch, DataError> {
+        if self.meta.layout != LabelLayout::ShiftedToken {
+            return Err(DataError::NotPackable {
+                path: self.dir.clone(),
+                kind: self.meta.kind.clone(),
+            });
+        }
+        let records = indices
+            .iter()
+            .map(|&i| self.record(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut longest_first: Vec<usize> = (0..records.len()).collect();
+        longest_first.sort_by_key(|&k| std::cmp::Reverse(records[k].len));
+        // Rows as (tokens filled, examples in the order they were placed).
+        let mut rows: Vec<(usize, Vec<usize>)> = Vec::new();
+        for k in longest_first {
+            let len = records[k].len as usize;
+            match rows
+                .iter_mut()
+                .find(|(filled, _)| filled + len <= max_length)
+            {
+                Some((filled, members)) => {
+                    *filled += len;
+                    members.push(k);
+                }
+                None => rows.push((len, vec![k])),
+            }
+        }
+        let seq = rows.iter().map(|(filled, _)| *filled).max().unwrap_or(0);
+        let cells = rows.len() * seq;
+        let mut encoded = Encoded {
+            shape: [rows.len(), seq],
+            input_ids: Vec::with_capacity(cells),
+            attention_mask: Vec::with_capacity(cells),
+            token_type_ids: vec![0; cells],
+        };
+        let mut labels = Vec::with_capacity(cells);
+        let mut position_ids = Vec::with_capacity(cells);
+        let mut items = 0u64;
+        for (filled, members) in &rows {
+            for (segment, &k) in (1i64..).zip(members) {
+                let r = &records[k];
+                let ids = self.read_u32s(&self.tokens, "tokens.bin", r.token_start, r.len)?;
+                let row = self.read_u32s(&self.labels, "labels.bin", r.token_start, r.len)?;
+                encoded.input_ids.extend(ids.iter().map(|&i| i64::from(i)));
+                encoded
+                    .attention_mask
+                    .extend(std::iter::repeat_n(segment, ids.len()));
+                position_ids.extend(0..ids.len() as i64);
+                items += row.iter().skip(1).filter(|&&l| l as i32 >= 0).count() as u64;
+                // Nothing predicts an example's first token: the token before it belongs to
+                // the previous example.
+                labels.extend(row.iter().enumerate().map(|(t, &l)| {
+                    if t == 0 {
+                        IGNORE_INDEX
+                    } else {
+                        i64::from(l as i32)
+                    }
+                }));
+            }
+            let pad = seq - filled;
+            encoded
+                .input_ids
+                .extend(std::iter::repeat_n(i64::from(pad_id), pad));
+            encoded.attention_mask.extend(std::iter::repeat_n(0, pad));
+            position_ids.extend(std::iter::repeat_n(0, pad));
+            labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
+        }
+        Ok(Batch {
+            encoded,
+            labels,
+            targets: Vec::new(),
+            items,
+            indices: indices.to_vec(),
+            position_ids,
         })
     }
 }
@@ -746,6 +848,92 @@ mod tests {
         assert!(built);
         assert_ne!(cut.dir(), cache.dir());
         assert_eq!(cut.lengths().unwrap(), vec![5; 256]);
+    }
+
+    #[test]
+    fn packed_rows_hold_the_batch_examples_with_their_own_positions_and_items() {
+        let model = HfModelDir::open(&assets("toy-llama")).unwrap();
+        let tokenizer = model.tokenizer(TokenizerConfig::default()).unwrap();
+        let encoder = labeled(Task::CausalLm, &tokenizer, &[]);
+        let root = tempfile::tempdir().unwrap();
+        let source = root.path().join("sft.jsonl");
+        let rows = [
+            r#"{"prompt": "what is", "response": "blue"}"#,
+            r#"{"text": "the sky is blue and the grass is green"}"#,
+            r#"{"prompt": "the color of snow is", "response": "white"}"#,
+            r#"{"text": "snow is white"}"#,
+        ];
+        std::fs::write(&source, rows.join("\n")).unwrap();
+        let (cache, _) =
+            TokenCache::open_or_build(&source, &encoder, BadRows::Fail, root.path()).unwrap();
+        let lengths = cache.lengths().unwrap();
+        let pad = tokenizer.pad_id();
+        let plain = cache.batch(&[0, 1, 2, 3], pad).unwrap();
+        // Room for the longest example and one more of the others: first fit, longest first.
+        let max_length = (lengths[1] + lengths[2]) as usize;
+        let packed = cache.packed_batch(&[0, 1, 2, 3], pad, max_length).unwrap();
+        let [rows_packed, seq] = packed.encoded.shape;
+        assert!(
+            rows_packed < 4 && seq <= max_length,
+            "{:?}",
+            packed.encoded.shape
+        );
+        assert_eq!(packed.items, plain.items);
+        assert_eq!(packed.indices, plain.indices);
+        let cells = rows_packed * seq;
+        assert_eq!(packed.position_ids.len(), cells);
+        assert_eq!(packed.labels.len(), cells);
+
+        // Every example appears once, whole, as a segment with positions 0.., its labels
+        // those of the unpacked batch except the first.
+        let plain_seq = plain.encoded.shape[1];
+        let mut found = Vec::new();
+        for r in 0..rows_packed {
+            let at = |v: &[i64], t: usize| v[r * seq + t];
+            let mut t = 0;
+            while t < seq && at(&packed.encoded.attention_mask, t) != 0 {
+                let segment = at(&packed.encoded.attention_mask, t);
+                let start = t;
+                while t < seq && at(&packed.encoded.attention_mask, t) == segment {
+                    assert_eq!(at(&packed.position_ids, t), (t - start) as i64);
+                    t += 1;
+                }
+                let ids: Vec<i64> = (start..t)
+                    .map(|t| at(&packed.encoded.input_ids, t))
+                    .collect();
+                let example = (0..4)
+                    .find(|&e| {
+                        let row = &plain.encoded.input_ids[e * plain_seq..];
+                        lengths[e] as usize == ids.len() && row[..ids.len()] == ids[..]
+                    })
+                    .unwrap();
+                assert_eq!(at(&packed.labels, start), IGNORE_INDEX);
+                for k in 1..ids.len() {
+                    assert_eq!(
+                        at(&packed.labels, start + k),
+                        plain.labels[example * plain_seq + k]
+                    );
+                }
+                found.push(example);
+            }
+            assert!((t..seq).all(|t| at(&packed.labels, t) == IGNORE_INDEX));
+        }
+        found.sort_unstable();
+        assert_eq!(found, [0, 1, 2, 3]);
+
+        // Too short for any two: one example per row, as unpacked.
+        let alone = cache.packed_batch(&[0, 1, 2, 3], pad, 1).unwrap();
+        assert_eq!(alone.encoded.shape, [4, lengths[1] as usize]);
+        assert_eq!(alone.items, plain.items);
+
+        let labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"].map(String::from);
+        let tagger = labeled(Task::TokenClassification, &tokenizer, &labels);
+        let tags = root.path().join("tags.jsonl");
+        std::fs::write(&tags, r#"{"tokens": ["snow"], "tags": ["O"]}"#).unwrap();
+        let (tagged, _) =
+            TokenCache::open_or_build(&tags, &tagger, BadRows::Fail, root.path()).unwrap();
+        let err = tagged.packed_batch(&[0], pad, 8).unwrap_err().to_string();
+        assert!(err.contains("only causal-LM rows"), "{err}");
     }
 
     #[test]

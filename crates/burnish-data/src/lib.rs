@@ -83,6 +83,17 @@ pub enum DataError {
     /// Tokenization failed.
     #[error(transparent)]
     Tokenizer(#[from] LoadError),
+    /// Packing asked of a cache whose rows are not causal-LM rows.
+    #[error(
+        "{}: token cache of {kind} rows: only causal-LM rows (text or prompt/completion) can be packed",
+        path.display()
+    )]
+    NotPackable {
+        /// The cache directory.
+        path: PathBuf,
+        /// The kind of rows it holds ([`CacheMeta::kind`]).
+        kind: String,
+    },
 }
 
 /// One `{text, label}` example.

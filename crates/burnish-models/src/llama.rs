@@ -331,7 +331,10 @@ impl<B: Backend> LlamaModel<B> {
     /// `[batch, seq, hidden]`, with positions `past..past + seq` as transformers' forward
     /// uses when no position ids are given. `attention_mask` (1 = token, 0 = padding)
     /// covers the new tokens, or past and new together; with `cache`, only the new tokens
-    /// are passed and the cache grows by them.
+    /// are passed and the cache grows by them. A packed row numbers its examples instead
+    /// (1, 1, 1, 2, 2, 0 = two examples and padding): a token attends only to earlier
+    /// tokens of its own example; give such rows their positions through
+    /// [`forward_with_positions`](Self::forward_with_positions) (restarting at 0 per example).
     pub fn forward(
         &self,
         input_ids: Tensor<B, 2, Int>,
@@ -393,6 +396,23 @@ impl<B: Backend> LlamaModel<B> {
             .equal_elem(0)
             .reshape([batch, 1, 1, total])
             .expand([batch, 1, seq, total]);
+        // Packed rows number their examples 1, 2, … in the mask: a token also hides the keys
+        // of other examples, so each one attends only to itself. A 0/1 mask changes nothing
+        // (its token queries already hide exactly the padding keys).
+        let query_segments = full_mask
+            .clone()
+            .slice([0..batch, past..total])
+            .reshape([batch, 1, seq, 1])
+            .expand([batch, 1, seq, total]);
+        let key_segments = full_mask
+            .clone()
+            .reshape([batch, 1, 1, total])
+            .expand([batch, 1, seq, total]);
+        let other_segment = query_segments
+            .clone()
+            .not_equal(key_segments)
+            .bool_and(query_segments.not_equal_elem(0));
+        let padding = padding.bool_or(other_segment);
         let full = |hidden: Tensor<B, 2, Bool>| {
             hidden
                 .reshape([1, 1, seq, total])

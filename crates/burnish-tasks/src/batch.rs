@@ -12,7 +12,8 @@ use crate::TaskError;
 pub struct DeviceBatch<B: Backend> {
     /// Token ids `[batch, seq]`.
     pub input_ids: Tensor<B, 2, Int>,
-    /// 1 for tokens, 0 for padding.
+    /// 1 for tokens, 0 for padding; in packed rows the example number 1, 2, … of each
+    /// token ([`TokenCache::packed_batch`](burnish_data::TokenCache::packed_batch)).
     pub attention_mask: Tensor<B, 2, Int>,
     /// Segment ids `[batch, seq]` (0 for a single sentence).
     pub token_type_ids: Tensor<B, 2, Int>,
@@ -26,6 +27,9 @@ pub struct DeviceBatch<B: Backend> {
     pub items: u64,
     /// `[batch, seq]`.
     pub shape: [usize; 2],
+    /// Position ids `[batch, seq]` of packed rows (restarting per example); `None` when
+    /// each row is one example at positions `0..seq`.
+    pub position_ids: Option<Tensor<B, 2, Int>>,
 }
 
 impl<B: Backend> DeviceBatch<B> {
@@ -41,6 +45,7 @@ impl<B: Backend> DeviceBatch<B> {
             targets: batch.targets.clone(),
             items: batch.items,
             shape,
+            position_ids: (!batch.position_ids.is_empty()).then(|| ints(&batch.position_ids)),
         }
     }
 
@@ -61,6 +66,7 @@ impl<B: Backend> DeviceBatch<B> {
         let fits = e.input_ids.len() == cells
             && e.attention_mask.len() == cells
             && e.token_type_ids.len() == cells
+            && (batch.position_ids.is_empty() || batch.position_ids.len() == cells)
             && (batch.labels.is_empty()
                 || batch.labels.len() == rows
                 || batch.labels.len() == 2 * rows

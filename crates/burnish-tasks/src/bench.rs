@@ -162,6 +162,7 @@ fn synthetic_batch<B: AutodiffBackend>(
         targets: Vec::new(),
         items: batch as u64,
         shape: [batch, seq],
+        position_ids: None,
     }
 }
 

@@ -28,6 +28,7 @@ pub struct CacheData<'a, B: Backend> {
     plan: Option<(usize, Vec<usize>)>,
     limits: Option<InputLimits>,
     shard: (usize, usize),
+    packing: Option<usize>,
 }
 
 impl<'a, B: Backend> CacheData<'a, B> {
@@ -61,6 +62,7 @@ impl<'a, B: Backend> CacheData<'a, B> {
             plan: None,
             limits: None,
             shard: (0, 1),
+            packing: None,
         })
     }
 
@@ -69,6 +71,27 @@ impl<'a, B: Backend> CacheData<'a, B> {
     pub fn with_limits(mut self, limits: Option<InputLimits>) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// Packs the examples of each micro-batch into rows of at most `max_length` tokens
+    /// ([`TokenCache::packed_batch`]): the same examples per step as unpacked, in fewer
+    /// and fuller rows. For causal-LM caches and models that keep the examples of a row
+    /// apart (burnish's Llama family).
+    ///
+    /// # Errors
+    /// [`TaskError::Invalid`] for a zero `max_length`; [`TaskError::Data`] when the cache
+    /// does not hold causal-LM rows.
+    pub fn packed(mut self, max_length: usize) -> Result<Self, TaskError> {
+        if max_length == 0 {
+            return Err(TaskError::Invalid {
+                field: "max_length".into(),
+                message: "must be at least 1 to pack rows".into(),
+            });
+        }
+        // An empty batch tells whether the cache can be packed, before any step runs.
+        self.cache.packed_batch(&[], self.pad_id, max_length)?;
+        self.packing = Some(max_length);
+        Ok(self)
     }
 
     /// Batches examples of similar length together (less padding), still seeded.
@@ -161,7 +184,10 @@ impl<B: Backend> TrainData for CacheData<'_, B> {
         if indices.is_empty() {
             return Ok(None);
         }
-        let batch = self.cache.batch(&indices, self.pad_id)?;
+        let batch = match self.packing {
+            Some(max_length) => self.cache.packed_batch(&indices, self.pad_id, max_length)?,
+            None => self.cache.batch(&indices, self.pad_id)?,
+        };
         Ok(Some(DeviceBatch::checked(
             &batch,
             self.limits,

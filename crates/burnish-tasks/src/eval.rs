@@ -576,6 +576,7 @@ mod tests {
             targets,
             items: rows as u64,
             indices: (0..rows).collect(),
+            position_ids: Vec::new(),
         }
     }
 

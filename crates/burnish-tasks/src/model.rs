@@ -195,11 +195,16 @@ labeled_head!(ModernBertForQuestionAnswering.model);
 
 impl<B: Backend> TaskModel<B> for LlamaForCausalLm<B> {
     fn logits(&self, batch: &DeviceBatch<B>) -> Tensor<B, 3> {
-        self.forward(
-            batch.input_ids.clone(),
-            Some(batch.attention_mask.clone()),
-            None,
-        )
+        let (ids, mask) = (batch.input_ids.clone(), Some(batch.attention_mask.clone()));
+        match &batch.position_ids {
+            Some(positions) => {
+                let hidden = self
+                    .model
+                    .forward_with_positions(ids, mask, positions.clone(), None);
+                self.project(hidden)
+            }
+            None => self.forward(ids, mask, None),
+        }
     }
 
     fn loss(

@@ -479,6 +479,10 @@ impl<B: AutodiffBackend> Run<'_, B> {
                 device,
             )?
             .with_limits(limits);
+            let data = match config.data.packing {
+                true => data.packed(config.data.max_length)?,
+                false => data,
+            };
             match config.data.group_by_length {
                 true => data.grouped_by_length(),
                 false => Ok(data),

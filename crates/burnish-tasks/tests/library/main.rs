@@ -3,7 +3,8 @@
 //! and on real data.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use burn::backend::Autodiff;
 use burnish_tasks::{RunConfig, RunOptions, RunOutcome, Silent, fine_tune};
@@ -13,6 +14,7 @@ use serde_json::Value;
 type Flex = Autodiff<burn_flex::Flex<f32, i32>>;
 
 mod families;
+mod packing;
 mod parallel;
 mod real_data;
 mod resume;
@@ -41,4 +43,34 @@ fn fine_tune_with(
         &Default::default(),
     )
     .unwrap()
+}
+
+/// Float tensors by name.
+pub(crate) type Weights = BTreeMap<String, Vec<f32>>;
+
+/// Every float tensor of a safetensors file, by name.
+pub(crate) fn weights(path: &Path) -> Weights {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (name, values)
+        })
+        .collect()
+}
+
+/// The train losses of `metrics.jsonl`, by step.
+pub(crate) fn losses(dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter_map(|e| Some((e["step"].as_u64()?, e.get("loss")?.as_f64()?)))
+        .collect()
 }

@@ -3,47 +3,16 @@
 //! dropout off, an item count that the workers do not divide, and a last batch with fewer
 //! rows than workers; the distributed sampler; fp16 skips agreed by all workers.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use burnish_tasks::{RunConfig, RunOptions, Silent, fine_tune_on};
-use serde_json::{Value, json};
+use serde_json::json;
 
-use super::{Flex, assets};
+use super::{Flex, Weights, assets, losses, weights};
 
 /// burn-collective keeps one group per backend type and process: the tests that form one
 /// take turns.
 static ONE_GROUP_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Float tensors by name.
-type Weights = BTreeMap<String, Vec<f32>>;
-
-/// Every float tensor of a safetensors file, by name.
-fn weights(path: &Path) -> Weights {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, values)
-        })
-        .collect()
-}
-
-/// The train losses of `metrics.jsonl`, by step.
-fn losses(dir: &Path) -> Vec<(u64, f64)> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter_map(|e| Some((e["step"].as_u64()?, e.get("loss")?.as_f64()?)))
-        .collect()
-}
 
 fn run(dir: &Path, data: &Path, workers: usize) -> (Weights, Vec<(u64, f64)>) {
     let assets = assets();
