@@ -28,14 +28,19 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
 fi
 
 secs() { date +%s; }
-# The suite and the command in one cargo invocation: built apart, their features on burn's
-# crates could differ and burn would be compiled twice. No incremental caches: the suite's
-# crates are built once per change.
+# The suite and the command in one cargo invocation, and the suite's binary run directly:
+# built apart, or through `cargo test` (which also turns on burnish-cli's dev-dependencies),
+# their features on burn's crates differ and the whole stack is compiled twice (measured:
+# 680 s more). No incremental caches: the suite's crates are built once per change.
 wgpu=(--locked -p burnish-tests -p burnish-cli --features burnish-tests/wgpu,burnish-cli/wgpu)
 t0=$(secs)
-CARGO_INCREMENTAL=0 cargo build "${wgpu[@]}" --test cubecl --bin burnish
+suite=$(CARGO_INCREMENTAL=0 cargo build "${wgpu[@]}" --test cubecl --bin burnish \
+  --message-format=json-render-diagnostics \
+  | grep '"name":"cubecl"' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+test -x "$suite"
 t1=$(secs)
-CARGO_INCREMENTAL=0 cargo test "${wgpu[@]}" --test cubecl -- --nocapture
+# As `cargo test` runs it: from the package's directory.
+(cd tests && "$suite" --nocapture)
 t2=$(secs)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

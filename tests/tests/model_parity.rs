@@ -12,7 +12,7 @@ use burnish_loader::{
     HfModelDir, LoadOptions, Naming, Padding, SafetensorsFile, Side, TokenizerConfig, export_dir,
     save_module,
 };
-use burnish_models::{KvCache, LlamaForCausalLm, ModelConfig};
+use burnish_models::{KvCache, LlamaForCausalLm, ModelConfig, positions_from_mask};
 use burnish_params::named_params;
 use burnish_schedule::Warmup;
 use burnish_tests::TestBackend;
@@ -203,24 +203,76 @@ fn tiny_checkpoints_match_transformers() {
 
 #[test]
 fn kv_cache_equals_a_full_forward() {
-    let hf = HfModelDir::open(&models_dir().join("llama-tiny-gqa")).unwrap();
+    // Decoding one token at a time crosses Mistral's 4-token window and Gemma 3's local
+    // rotary embedding, where a decoding step's mask is not empty.
+    for name in ["llama-tiny-gqa", "mistral-tiny-window", "gemma3-tiny"] {
+        let hf = HfModelDir::open(&models_dir().join(name)).unwrap();
+        let (model, _) = hf
+            .load_llama::<B>(&Default::default(), &LoadOptions::default())
+            .unwrap();
+        let ids: Vec<i64> = vec![5, 17, 3, 88, 42, 9, 61];
+        let full = values(model.forward(ints(&ids, [1, 7]), None, None));
+        let mut cache = KvCache::new();
+        let mut stepped = values(model.forward(ints(&ids[..4], [1, 4]), None, Some(&mut cache)));
+        for &t in &ids[4..] {
+            stepped.extend(values(model.forward(
+                ints(&[t], [1, 1]),
+                None,
+                Some(&mut cache),
+            )));
+        }
+        assert_eq!(cache.len(), 7);
+        let diff = max_abs_diff(&full, &stepped, |_| true);
+        assert!(diff <= 1e-5, "{name}: cached decoding differs by {diff:e}");
+    }
+}
+
+#[test]
+fn left_padded_batches_decode_like_single_rows() {
+    let hf = HfModelDir::open(&models_dir().join("mistral-tiny-window")).unwrap();
     let (model, _) = hf
         .load_llama::<B>(&Default::default(), &LoadOptions::default())
         .unwrap();
-    let ids: Vec<i64> = vec![5, 17, 3, 88, 42, 9, 61];
-    let full = values(model.forward(ints(&ids, [1, 7]), None, None));
+    let rows: [&[i64]; 2] = [&[5, 17, 3, 88, 42, 9, 61], &[23, 11, 30, 2, 14]];
+    // Prompts of 4 and 2 tokens, the second left-padded, then 3 tokens each, one at a time,
+    // with positions from the mask and the cache keeping the padding hidden.
+    let prompt_len = [4, 2];
+    let ids = [&rows[0][..4], &[0, 0], &rows[1][..2]].concat();
+    let mask = ints(&[1, 1, 1, 1, 0, 0, 1, 1], [2, 4]);
+    let positions = positions_from_mask(mask.clone());
     let mut cache = KvCache::new();
-    let mut stepped = values(model.forward(ints(&ids[..4], [1, 4]), None, Some(&mut cache)));
-    for &t in &ids[4..] {
-        stepped.extend(values(model.forward(
-            ints(&[t], [1, 1]),
+    let hidden = model.model.forward_with_positions(
+        ints(&ids, [2, 4]),
+        Some(mask),
+        positions,
+        Some(&mut cache),
+    );
+    let [_, _, h] = hidden.dims();
+    let mut batched = vec![model.project(hidden.slice([0..2, 3..4, 0..h]))];
+    for step in 0..3 {
+        let next: Vec<i64> = (0..2).map(|r| rows[r][prompt_len[r] + step]).collect();
+        let at: Vec<i64> = (0..2).map(|r| (prompt_len[r] + step) as i64).collect();
+        let hidden = model.model.forward_with_positions(
+            ints(&next, [2, 1]),
             None,
+            ints(&at, [2, 1]),
             Some(&mut cache),
-        )));
+        );
+        batched.push(model.project(hidden));
     }
-    assert_eq!(cache.len(), 7);
-    let diff = max_abs_diff(&full, &stepped, |_| true);
-    assert!(diff <= 1e-5, "cached decoding differs by {diff:e}");
+    let batched = Tensor::cat(batched, 1);
+    let vocab = batched.dims()[2];
+    for (r, row) in rows.iter().enumerate() {
+        let alone = model.forward(ints(row, [1, row.len()]), None, None);
+        let from = prompt_len[r] - 1;
+        let expected = values(alone.slice([0..1, from..from + 4, 0..vocab]));
+        let got = values(batched.clone().slice([r..r + 1, 0..4, 0..vocab]));
+        let diff = max_abs_diff(&expected, &got, |_| true);
+        assert!(
+            diff <= 1e-5,
+            "row {r}: padded batched decoding differs by {diff:e}"
+        );
+    }
 }
 
 /// Three examples packed into two rows of 10 tokens (row 0: examples 0 and 1; row 1:

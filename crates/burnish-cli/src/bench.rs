@@ -1,15 +1,16 @@
-//! `burnish bench`'s flags, turned into [`burnish_tasks::bench::BenchOptions`]; the
-//! measurement is the library's.
+//! `burnish bench`'s flags, turned into [`burnish_tasks::bench::BenchOptions`] (training)
+//! or [`GenerationBenchOptions`] (`--generate`); the measurement is the library's.
 
 use std::path::PathBuf;
 
 use burnish_amp::Precision;
-use burnish_tasks::bench::{BenchModel, BenchOptions};
+use burnish_tasks::bench::{BenchModel, BenchOptions, GenerationBenchOptions};
 
 /// The arguments of `burnish bench`; their defaults are the library's.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// A BERT-family model directory; random `--random` weights without it.
+    /// A BERT-family model directory (a decoder with `--generate`); random `--random`
+    /// weights without it.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Random weights of this size when there is no `--model`.
@@ -33,6 +34,13 @@ pub struct BenchArgs {
     /// The device's peak dense TFLOP/s in `precision`, for the utilization figure.
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// Measure greedy generation of this many tokens per run instead of training (needs a
+    /// decoder `--model`); `--steps` runs are measured after `--warmup` ones.
+    #[arg(long)]
+    pub generate: Option<usize>,
+    /// The prompt `--generate` continues.
+    #[arg(long, default_value_t = GenerationBenchOptions::default().prompt)]
+    pub prompt: String,
 }
 
 impl BenchArgs {
@@ -52,6 +60,27 @@ impl BenchArgs {
             precision: self.precision,
             peak_tflops: self.peak_tflops,
         }
+    }
+
+    /// The library's generation options when `--generate` is given.
+    ///
+    /// # Errors
+    /// A message naming `--model` when `--generate` has no model directory.
+    pub fn generation(&self) -> Result<Option<GenerationBenchOptions>, String> {
+        let Some(new_tokens) = self.generate else {
+            return Ok(None);
+        };
+        let model = self
+            .model
+            .clone()
+            .ok_or("--generate needs --model, a decoder's Hugging Face directory")?;
+        Ok(Some(GenerationBenchOptions {
+            model,
+            prompt: self.prompt.clone(),
+            new_tokens,
+            runs: self.steps,
+            warmup: self.warmup,
+        }))
     }
 }
 
@@ -91,5 +120,38 @@ mod tests {
         };
         assert_eq!(options, Ok(expected));
         assert!(parse(&["--random", "gpt"]).is_err_and(|e| e.contains("bert-base")));
+    }
+
+    #[test]
+    fn generate_measures_a_decoder_directory() {
+        let args = |flags: &[&str]| {
+            let argv = std::iter::once("bench").chain(flags.iter().copied());
+            <Command as clap::Parser>::try_parse_from(argv)
+                .unwrap()
+                .args
+        };
+        assert_eq!(args(&[]).generation(), Ok(None));
+        let expected = GenerationBenchOptions {
+            model: "smol".into(),
+            prompt: "Hi".into(),
+            new_tokens: 8,
+            runs: 2,
+            warmup: 0,
+        };
+        let flags = [
+            "--generate",
+            "8",
+            "--model",
+            "smol",
+            "--prompt",
+            "Hi",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+        ];
+        assert_eq!(args(&flags).generation(), Ok(Some(expected)));
+        let err = args(&["--generate", "8"]).generation().unwrap_err();
+        assert!(err.contains("--model"), "{err}");
     }
 }

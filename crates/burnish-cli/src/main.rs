@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burnish::backend::CpuTrain;
 use burnish_cli::{BenchArgs, CliError, Progress, field_error, plot_run, read_config};
 use burnish_data::Task;
@@ -355,7 +355,10 @@ fn run_on<B: AutodiffBackend>(command: Command, devices: &[B::Device]) -> Result
             };
             train::<B>(&config, &options, quiet, devices)
         }
-        Command::Bench { options, .. } => bench_on::<B>(&options.options(), device),
+        Command::Bench { options, .. } => match options.generation().map_err(CliError::Usage)? {
+            Some(generation) => bench_generation_on::<B::InnerBackend>(&generation, device),
+            None => bench_on::<B>(&options.options(), device),
+        },
         Command::Plot { run } => {
             print_curves(&plot_run(&run)?);
             Ok(())
@@ -448,6 +451,31 @@ fn bench_on<B: AutodiffBackend>(
         r.step_seconds,
         r.tflops,
         mfu.unwrap_or_default()
+    );
+    println!("{}", serde_json::to_string(&r).unwrap_or_default());
+    Ok(())
+}
+
+fn bench_generation_on<B: Backend>(
+    options: &burnish_tasks::bench::GenerationBenchOptions,
+    device: &B::Device,
+) -> Result<(), CliError> {
+    // The library names its fields; the command's flags for them differ.
+    let flag = |e: TaskError| match e {
+        TaskError::Invalid { field, message } => {
+            let flag = match field.as_str() {
+                "new_tokens" => "generate",
+                "runs" => "steps",
+                other => other,
+            };
+            CliError::Usage(format!("--{flag}: {message}"))
+        }
+        other => other.into(),
+    };
+    let r = burnish_tasks::bench::bench_generation::<B>(options, device).map_err(flag)?;
+    eprintln!(
+        "{} parameters, prompt {} tokens, {} new tokens: {:.3} s/run, {:.2} tokens/s",
+        r.parameters, r.prompt_tokens, r.new_tokens, r.run_seconds, r.tokens_per_second
     );
     println!("{}", serde_json::to_string(&r).unwrap_or_default());
     Ok(())

@@ -110,16 +110,25 @@ pub fn generate<B: Backend>(
         &device,
     );
     for _ in 0..config.max_new_tokens {
-        let logits = model.forward(input, None, Some(&mut cache));
-        let [_, s, v] = logits.dims();
-        let last = logits
-            .slice([0..1, s - 1..s, 0..v])
-            .reshape([v])
-            .into_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .unwrap_or_default();
-        let token = pick(&last, config, &mut rng) as i64;
+        let hidden = model.model.forward(input, None, Some(&mut cache));
+        let [_, s, h] = hidden.dims();
+        // Only the last position's logits pick a token: the prompt's other positions skip
+        // the vocabulary projection.
+        let logits = model.project(hidden.slice([0..1, s - 1..s, 0..h]));
+        let v = logits.dims()[2];
+        let logits = logits.reshape([v]);
+        // Greedy reads back one id (the first of equal maxima, as torch's argmax); sampling
+        // draws on the host from the row, with the seeded generator.
+        let token = if config.temperature <= 0.0 {
+            read_ints(logits.argmax(0)).first().copied().unwrap_or(0)
+        } else {
+            let row = logits
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap_or_default();
+            pick(&row, config, &mut rng) as i64
+        };
         out.push(token);
         if config.eos_token_id == Some(token) {
             break;
@@ -127,6 +136,11 @@ pub fn generate<B: Backend>(
         input = Tensor::from_data(TensorData::new(vec![token], [1, 1]), &device);
     }
     out
+}
+
+/// The values of an integer tensor as `i64` (CubeCL backends hold `i32`).
+fn read_ints<B: Backend, const D: usize>(t: Tensor<B, D, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().to_vec().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -116,11 +116,15 @@ pub struct LlamaForCausalLm<B: Backend> {
     pub lm_head: Option<Linear<B>>,
 }
 
+/// `true` where a query `[batch, 1, seq, keys]` must not see a key.
+type HiddenKeys<B> = Tensor<B, 4, Bool>;
+
 /// Keys and values of past positions, per layer, for incremental decoding.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache<B: Backend> {
     layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
-    /// Attention mask of the past positions, `[batch, past]`, 1 = token.
+    /// Attention mask of the past positions, `[batch, past]`, 1 = token; `None` while no
+    /// mask was given (all tokens).
     mask: Option<Tensor<B, 2, Int>>,
 }
 
@@ -253,7 +257,7 @@ impl<B: Backend> LlamaAttention<B> {
         &self,
         x: Tensor<B, 3>,
         rotary: &(Tensor<B, 4>, Tensor<B, 4>),
-        mask: Tensor<B, 4, Bool>,
+        mask: Option<Tensor<B, 4, Bool>>,
         cache: Option<&mut (Tensor<B, 4>, Tensor<B, 4>)>,
         cx: FloatDType,
     ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
@@ -288,7 +292,7 @@ impl<B: Backend> LlamaAttention<B> {
             q,
             repeat_kv(k.clone(), groups),
             repeat_kv(v.clone(), groups),
-            Some(mask),
+            mask,
             &self.dropout,
             self.scale,
             self.softcap,
@@ -362,24 +366,20 @@ impl<B: Backend> LlamaModel<B> {
         let device = input_ids.device();
         let past = cache.as_ref().map_or(0, |c| c.len());
         let total = past + seq;
+        // `None`: every position so far is a token of one example (no mask was ever given),
+        // so only causality and windows hide keys.
+        let ones = |n: usize| Tensor::<B, 2, Int>::ones([batch, n], &device);
         let full_mask = match (attention_mask, cache.as_ref().and_then(|c| c.mask.clone())) {
-            (Some(m), _) if m.dims()[1] == total => m,
-            (Some(m), Some(past_mask)) => Tensor::cat(vec![past_mask, m], 1),
-            (Some(m), None) => m,
-            (None, Some(past_mask)) => {
-                Tensor::cat(vec![past_mask, Tensor::ones([batch, seq], &device)], 1)
-            }
-            (None, None) => Tensor::ones([batch, total], &device),
+            (Some(m), _) if m.dims()[1] == total => Some(m),
+            (Some(m), Some(past_mask)) => Some(Tensor::cat(vec![past_mask, m], 1)),
+            (Some(m), None) if past > 0 => Some(Tensor::cat(vec![ones(past), m], 1)),
+            (Some(m), None) => Some(m),
+            (None, Some(past_mask)) => Some(Tensor::cat(vec![past_mask, ones(seq)], 1)),
+            (None, None) => None,
         };
-        let positions: Vec<i64> = position_ids
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .unwrap_or_default();
         let head_dim = self.layers.first().map_or(2, |l| l.self_attn.head_dim);
-        let tables = |rope: &Rope| {
-            rotary_tables::<B>(&positions, [batch, seq], &rope.inv_freq(head_dim), &device)
-        };
+        let tables =
+            |rope: &Rope| rotary_tables::<B>(position_ids.clone(), &rope.inv_freq(head_dim));
         let global = tables(&self.ropes[0]);
         // Only Gemma 3 gives its sliding-window layers another rotary embedding.
         let local = (self.ropes[1] != self.ropes[0]
@@ -391,52 +391,53 @@ impl<B: Backend> LlamaModel<B> {
         let queries = || {
             Tensor::<B, 1, Int>::arange(past as i64..total as i64, &device).unsqueeze_dim::<2>(1)
         };
-        let padding = full_mask
-            .clone()
-            .equal_elem(0)
-            .reshape([batch, 1, 1, total])
-            .expand([batch, 1, seq, total]);
-        // Packed rows number their examples 1, 2, … in the mask: a token also hides the keys
-        // of other examples, so each one attends only to itself. A 0/1 mask changes nothing
-        // (its token queries already hide exactly the padding keys).
-        let query_segments = full_mask
-            .clone()
-            .slice([0..batch, past..total])
-            .reshape([batch, 1, seq, 1])
-            .expand([batch, 1, seq, total]);
-        let key_segments = full_mask
-            .clone()
-            .reshape([batch, 1, 1, total])
-            .expand([batch, 1, seq, total]);
-        let other_segment = query_segments
-            .clone()
-            .not_equal(key_segments)
-            .bool_and(query_segments.not_equal_elem(0));
-        let padding = padding.bool_or(other_segment);
-        let full = |hidden: Tensor<B, 2, Bool>| {
-            hidden
-                .reshape([1, 1, seq, total])
-                .expand([batch, 1, seq, total])
-                .bool_or(padding.clone())
-        };
-        let causal = keys().greater(queries());
-        // A sliding window also hides keys `window` or more positions back.
-        let windowed = |window: usize| {
-            full(
-                causal
-                    .clone()
-                    .bool_or(keys().add_scalar(window as i64).lower_equal(queries())),
-            )
+        let padding = full_mask.as_ref().map(|full_mask| {
+            let padding = full_mask
+                .clone()
+                .equal_elem(0)
+                .reshape([batch, 1, 1, total])
+                .expand([batch, 1, seq, total]);
+            // Packed rows number their examples 1, 2, … in the mask: a token also hides the
+            // keys of other examples, so each one attends only to itself. A 0/1 mask changes
+            // nothing (its token queries already hide exactly the padding keys).
+            let query_segments = full_mask
+                .clone()
+                .slice([0..batch, past..total])
+                .reshape([batch, 1, seq, 1])
+                .expand([batch, 1, seq, total]);
+            let key_segments = full_mask
+                .clone()
+                .reshape([batch, 1, 1, total])
+                .expand([batch, 1, seq, total]);
+            let other_segment = query_segments
+                .clone()
+                .not_equal(key_segments)
+                .bool_and(query_segments.not_equal_elem(0));
+            padding.bool_or(other_segment)
+        });
+        // A single new token (a decoding step) sees every earlier key: nothing to hide.
+        let causal = (seq > 1).then(|| keys().greater(queries()));
+        // The keys a layer hides: causal ones, those `window` or more positions back, padding
+        // and other examples; `None` when it hides none.
+        let hidden = |window: Option<usize>| -> Option<HiddenKeys<B>> {
+            let far = window
+                .filter(|&w| total > w)
+                .map(|w| keys().add_scalar(w as i64).lower_equal(queries()));
+            let positional = match (causal.clone(), far) {
+                (Some(c), Some(f)) => Some(c.bool_or(f)),
+                (c, f) => c.or(f),
+            }
+            .map(|h| h.reshape([1, 1, seq, total]).expand([batch, 1, seq, total]));
+            match (positional, padding.clone()) {
+                (Some(h), Some(p)) => Some(h.bool_or(p)),
+                (h, p) => h.or(p),
+            }
         };
         // One mask per distinct window (None: causal only), shared by the layers using it.
-        let mut masks: Vec<(Option<usize>, Tensor<B, 4, Bool>)> = Vec::new();
+        let mut masks: Vec<(Option<usize>, Option<HiddenKeys<B>>)> = Vec::new();
         for window in self.layers.iter().map(|l| l.window) {
             if !masks.iter().any(|(w, _)| *w == window) {
-                let mask = match window {
-                    Some(window) => windowed(window),
-                    None => full(causal.clone()),
-                };
-                masks.push((window, mask));
+                masks.push((window, hidden(window)));
             }
         }
 
@@ -451,8 +452,7 @@ impl<B: Backend> LlamaModel<B> {
             let mask = masks
                 .iter()
                 .find(|(w, _)| *w == layer.window)
-                .map(|(_, m)| m.clone())
-                .unwrap_or_else(|| full(causal.clone()));
+                .and_then(|(_, m)| m.clone());
             let rope = match (&local, layer.window) {
                 (Some(local), Some(_)) => local,
                 _ => &global,
@@ -483,7 +483,7 @@ impl<B: Backend> LlamaModel<B> {
         }
         if let Some(c) = cache {
             c.layers = new_cache;
-            c.mask = Some(full_mask);
+            c.mask = full_mask;
         }
         self.norm.forward(x)
     }

@@ -430,10 +430,10 @@ impl<B: Backend> ModernBertModel<B> {
             .reshape([1, 1, seq, seq])
             .expand([batch, 1, seq, seq]);
         let masks = [padding.clone(), padding.bool_or(far)];
-        let positions: Vec<i64> = (0..seq as i64).collect();
+        let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device).unsqueeze::<2>();
         let tables = self
             .ropes
-            .map(|rope| rotary_tables::<B>(&positions, [1, seq], &rope.inv_freq(d), &device));
+            .map(|rope| rotary_tables::<B>(positions.clone(), &rope.inv_freq(d)));
 
         for layer in &self.layers {
             let kind = usize::from(layer.local);

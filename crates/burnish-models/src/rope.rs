@@ -2,7 +2,7 @@
 //! cos/sin tables and the rotation.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 
 use crate::ModelError;
 
@@ -177,33 +177,30 @@ impl Rope {
     }
 }
 
-/// cos/sin tables `[batch, 1, seq, rotary_dim]` for the given (flattened) positions,
-/// computed in f32 as transformers' rotary embeddings do (angle = pos·inv_freq, the two
-/// halves repeated).
+/// cos/sin tables `[batch, 1, seq, rotary_dim]` for `positions` `[batch, seq]`, computed on
+/// their device in float32 as transformers' rotary embeddings do (angle = pos·inv_freq, the
+/// two halves repeated): no host read of the positions, so a decoding step on a GPU waits
+/// for nothing but its chosen token.
 pub(crate) fn rotary_tables<B: Backend>(
-    positions: &[i64],
-    [batch, seq]: [usize; 2],
+    positions: Tensor<B, 2, Int>,
     inv_freq: &[f32],
-    device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let dim = 2 * inv_freq.len();
-    let mut cos = Vec::with_capacity(batch * seq * dim);
-    let mut sin = Vec::with_capacity(batch * seq * dim);
-    for &p in positions {
-        // The two halves of the rotated features share the same angles.
-        for _ in 0..2 {
-            for f in inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-    }
-    let shape = [batch, 1, seq, dim];
-    (
-        Tensor::from_data(TensorData::new(cos, shape), device),
-        Tensor::from_data(TensorData::new(sin, shape), device),
-    )
+    let [batch, seq] = positions.dims();
+    let half = inv_freq.len();
+    let device = positions.device();
+    let freq = Tensor::<B, 1>::from_data(TensorData::new(inv_freq.to_vec(), [half]), &device)
+        .reshape([1, 1, half])
+        .expand([batch, seq, half]);
+    // Exact in float32 for positions below 2^24, as `p as f32`.
+    let angles = positions
+        .float()
+        .cast(FloatDType::F32)
+        .reshape([batch, seq, 1])
+        .expand([batch, seq, half])
+        .mul(freq);
+    // The two halves of the rotated features share the same angles.
+    let angles = Tensor::cat(vec![angles.clone(), angles], 2).reshape([batch, 1, seq, 2 * half]);
+    (angles.clone().cos(), angles.sin())
 }
 
 /// `x·cos + rotate_half(x)·sin` on the first `rotary_dim` features (the tables' width),

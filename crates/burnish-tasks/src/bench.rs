@@ -1,5 +1,7 @@
 //! Training throughput of a BERT-family sequence classifier on fixed synthetic batches:
-//! samples/s, tokens/s, achieved TFLOP/s and model FLOPs utilization (`burnish bench`).
+//! samples/s, tokens/s, achieved TFLOP/s and model FLOPs utilization (`burnish bench`,
+//! [`bench`]); greedy generation speed of a decoder ([`bench_generation`], `burnish bench
+//! --generate`).
 //!
 //! The model is a Hugging Face directory (all-MiniLM-L6-v2, say) or random weights of a
 //! named size; every parameter trains, through the same [`Trainer`] step as a real run. Token
@@ -9,16 +11,18 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use burnish_amp::Precision;
-use burnish_heads::{BertForSequenceClassification, ProblemType};
-use burnish_loader::HfModelDir;
+use burnish_heads::{BertForSequenceClassification, GenerationConfig, ProblemType, generate};
+use burnish_loader::{HfModelDir, TokenizerConfig};
 use burnish_models::BertConfig;
 use burnish_trainer::{Trainer, TrainerConfig};
 use serde::Serialize;
 
-use crate::{DeviceBatch, TaskError, TaskModel, encoder_config, load_pretrained, with_precision};
+use crate::{
+    DeviceBatch, TaskError, TaskModel, encoder_config, load_causal, load_pretrained, with_precision,
+};
 
 /// The model a benchmark trains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,5 +253,109 @@ pub fn bench<B: AutodiffBackend>(
         flops_per_step,
         tflops,
         mfu: options.peak_tflops.map(|peak| tflops / peak),
+    })
+}
+
+/// What [`bench_generation`] measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationBenchOptions {
+    /// A causal-LM Hugging Face directory (config.json, weights, tokenizer.json).
+    pub model: PathBuf,
+    /// The prompt, tokenized with the tokenizer's special tokens.
+    pub prompt: String,
+    /// Tokens generated per run; every run generates all of them (no stop at the end of
+    /// sequence token), as `generate(min_new_tokens = max_new_tokens)` does.
+    pub new_tokens: usize,
+    /// Measured runs.
+    pub runs: usize,
+    /// Runs before measuring (allocator and caches warm up).
+    pub warmup: usize,
+}
+
+impl Default for GenerationBenchOptions {
+    /// No model; a short English prompt, 32 new tokens, 1 warm-up and 3 measured runs.
+    fn default() -> Self {
+        GenerationBenchOptions {
+            model: PathBuf::new(),
+            prompt: "The capital of France is".into(),
+            new_tokens: 32,
+            runs: 3,
+            warmup: 1,
+        }
+    }
+}
+
+/// The measurement of [`bench_generation`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GenerationReport {
+    /// Parameters of the decoder.
+    pub parameters: usize,
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated per run.
+    pub new_tokens: usize,
+    /// Mean wall time of one run (the prompt's forward pass and every new token), seconds.
+    pub run_seconds: f64,
+    /// New tokens per second of a run.
+    pub tokens_per_second: f64,
+    /// The generated ids (greedy: the same every run), to compare with another library's.
+    pub tokens: Vec<i64>,
+}
+
+/// Greedy generation speed of a decoder directory: each run continues the prompt by
+/// `new_tokens` tokens through [`generate`] (one forward pass of the prompt, then one token
+/// at a time through the KV cache), timed from the prompt's ids to the last new id.
+///
+/// # Errors
+/// [`TaskError::Invalid`] for zero `new_tokens` or `runs`; the loading errors of the
+/// directory (not a decoder, missing tokenizer, ...).
+pub fn bench_generation<B: Backend>(
+    options: &GenerationBenchOptions,
+    device: &B::Device,
+) -> Result<GenerationReport, TaskError> {
+    for (field, value) in [("new_tokens", options.new_tokens), ("runs", options.runs)] {
+        if value == 0 {
+            return Err(TaskError::Invalid {
+                field: field.into(),
+                message: "must be at least 1".into(),
+            });
+        }
+    }
+    let hf = HfModelDir::open(&options.model)?;
+    let (model, _) = load_causal::<B>(&hf, None, device)?;
+    let tokenizer = hf.tokenizer(TokenizerConfig::default())?;
+    let prompt: Vec<i64> = tokenizer
+        .encode_unpadded(&[&options.prompt], true)?
+        .into_iter()
+        .flatten()
+        .map(i64::from)
+        .collect();
+    if prompt.is_empty() {
+        return Err(TaskError::Invalid {
+            field: "prompt".into(),
+            message: "tokenizes to no tokens".into(),
+        });
+    }
+    let config = GenerationConfig {
+        max_new_tokens: options.new_tokens,
+        ..GenerationConfig::default()
+    };
+    for _ in 0..options.warmup {
+        generate(&model, &prompt, &config);
+    }
+    let start = Instant::now();
+    let mut tokens = Vec::new();
+    for _ in 0..options.runs {
+        // Each new id is read back to pick the next: timing is honest on any device.
+        tokens = generate(&model, &prompt, &config);
+    }
+    let run_seconds = start.elapsed().as_secs_f64() / options.runs as f64;
+    Ok(GenerationReport {
+        parameters: model.num_params(),
+        prompt_tokens: prompt.len(),
+        new_tokens: tokens.len(),
+        run_seconds,
+        tokens_per_second: tokens.len() as f64 / run_seconds,
+        tokens,
     })
 }

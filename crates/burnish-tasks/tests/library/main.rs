@@ -14,6 +14,7 @@ use serde_json::Value;
 type Flex = Autodiff<burn_flex::Flex<f32, i32>>;
 
 mod families;
+mod generation;
 mod packing;
 mod parallel;
 mod real_data;
