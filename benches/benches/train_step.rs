@@ -16,45 +16,33 @@ use burnish_amp::Precision;
 use burnish_heads::{BertForSequenceClassification, ProblemType, SequenceLabels};
 use burnish_models::Autocast;
 use burnish_trainer::{Trainer, TrainerConfig};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 
 const BATCH: usize = 8;
 const SEQ: usize = 64;
 
-fn bench_on<B: AutodiffBackend>(c: &mut Criterion, name: &str, precision: Precision) {
-    let device = B::Device::default();
-    let config = burnish_benches::minilm_config();
-    let backbone = config.init::<B>(true, &device).expect("valid model");
-    let model = BertForSequenceClassification::new(
-        backbone,
-        &config,
-        2,
-        ProblemType::SingleLabelClassification,
-        &device,
-    )
-    .expect("valid head")
-    .with_compute_dtype(precision.compute_dtype());
+/// `Trainer::step` on the classifier in `precision`, as `name` of `group`.
+fn bench_trainer<B: AutodiffBackend>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    precision: Precision,
+) {
+    let (model, ids, labels) = minilm_classifier::<B>();
+    let model = model.with_compute_dtype(precision.compute_dtype());
     let trainer_config = TrainerConfig {
         precision,
         total_steps: 1_000_000,
         ..TrainerConfig::default()
     };
     let mut trainer = Trainer::new(model, trainer_config).expect("valid settings");
-    let ids: Vec<i64> = (0..BATCH * SEQ)
-        .map(|i| (i * 7919 % 29_000 + 1000) as i64)
-        .collect();
-    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [BATCH, SEQ]), &device);
-    let labels = SequenceLabels::Classes((0..BATCH as i64).map(|i| i % 2).collect());
     let loss = |m: &BertForSequenceClassification<B>, _: &()| {
         let logits = m.forward(ids.clone(), None, None);
         m.loss(logits, &labels).expect("labels fit")
     };
-    let mut group = c.benchmark_group("train_step_minilm_8x64");
-    group.sample_size(10);
     group.bench_function(name, |b| {
         b.iter(|| trainer.step(&[()], loss).expect("step"))
     });
-    group.finish();
 }
 
 /// The classifier, its ids and labels.
@@ -91,19 +79,7 @@ fn trainer_overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("trainer_overhead_minilm_8x64");
     group.sample_size(10);
 
-    let (model, ids, labels) = minilm_classifier::<B>();
-    let trainer_config = TrainerConfig {
-        total_steps: 1_000_000,
-        ..TrainerConfig::default()
-    };
-    let mut trainer = Trainer::new(model, trainer_config).expect("valid settings");
-    let loss = |m: &BertForSequenceClassification<B>, _: &()| {
-        let logits = m.forward(ids.clone(), None, None);
-        m.loss(logits, &labels).expect("labels fit")
-    };
-    group.bench_function("trainer", |b| {
-        b.iter(|| trainer.step(&[()], loss).expect("step"))
-    });
+    bench_trainer::<B>(&mut group, "trainer", Precision::Fp32);
 
     let (model, ids, labels) = minilm_classifier::<B>();
     let mut optim = AdamWConfig::new()
@@ -128,9 +104,12 @@ fn trainer_overhead(c: &mut Criterion) {
 }
 
 fn train_step(c: &mut Criterion) {
-    bench_on::<Autodiff<NdArray>>(c, "ndarray_fp32", Precision::Fp32);
-    bench_on::<Autodiff<Flex>>(c, "flex_fp32", Precision::Fp32);
-    bench_on::<Autodiff<Flex>>(c, "flex_bf16", Precision::Bf16);
+    let mut group = c.benchmark_group("train_step_minilm_8x64");
+    group.sample_size(10);
+    bench_trainer::<Autodiff<NdArray>>(&mut group, "ndarray_fp32", Precision::Fp32);
+    bench_trainer::<Autodiff<Flex>>(&mut group, "flex_fp32", Precision::Fp32);
+    bench_trainer::<Autodiff<Flex>>(&mut group, "flex_bf16", Precision::Bf16);
+    group.finish();
 }
 
 criterion_group!(benches, train_step, trainer_overhead);
