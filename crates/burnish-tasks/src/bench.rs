@@ -1,6 +1,6 @@
 //! Training throughput of a BERT-family sequence classifier on fixed synthetic batches:
 //! samples/s, tokens/s, achieved TFLOP/s and model FLOPs utilization (`burnish bench`,
-//! [`bench`]); greedy generation speed of a decoder ([`bench_generation`], `burnish bench
+//! [`bench()`]); greedy generation speed of a decoder ([`bench_generation`], `burnish bench
 //! --generate`).
 //!
 //! The model is a Hugging Face directory (all-MiniLM-L6-v2, say) or random weights of a
