@@ -1019,3 +1019,53 @@ fn checkpointed_backward_equals_plain_backward() {
         );
     }
 }
+
+/// erf in f64 by its Taylor series (enough terms for |z| ≤ 3: the largest term is below
+/// e⁹, so the sum keeps 1e-12 of accuracy).
+fn erf_f64(z: f64) -> f64 {
+    let mut term = z;
+    let mut sum = z;
+    for n in 1..80 {
+        term *= -z * z / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+/// `gelu_exact` and its gradient on every CPU backend (burn-flex takes its own kernels,
+/// others the composition) equal GELU and its exact derivative `Φ(x) + x·φ(x)` in f64.
+/// burn's default `gelu_backward`, the tanh approximation's derivative, is up to 8.7e-4
+/// off on this range, so a backend wrongly routed to it fails.
+#[test]
+fn gelu_and_its_gradient_are_exact_on_every_cpu_backend() {
+    use burn::tensor::backend::Backend;
+    use burnish_models::ops::gelu_exact;
+
+    fn check<A: burn::tensor::backend::AutodiffBackend>() {
+        let device = Default::default();
+        let xs: Vec<f32> = (-160..=160).map(|i| i as f32 / 40.0 + 0.0123).collect();
+        let x = Tensor::<A, 1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device)
+            .require_grad();
+        let y = gelu_exact(x.clone());
+        let grads = y.clone().sum().backward();
+        let dx = x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        let y = y.into_data().to_vec::<f32>().unwrap();
+        let name = <A as Backend>::name(&device);
+        for ((&x, y), dx) in xs.iter().zip(y).zip(dx) {
+            let x = f64::from(x);
+            let cdf = 0.5 * (1.0 + erf_f64(x / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!(
+                (f64::from(y) - x * cdf).abs() < 2e-6,
+                "{name}: gelu({x}) = {y}"
+            );
+            assert!(
+                (f64::from(dx) - (cdf + x * pdf)).abs() < 2e-6,
+                "{name}: gelu'({x}) = {dx}, exact {}",
+                cdf + x * pdf
+            );
+        }
+    }
+    check::<burn::backend::Autodiff<burn_ndarray::NdArray>>();
+    check::<burn::backend::Autodiff<burn_flex::Flex>>();
+}
