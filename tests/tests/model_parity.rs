@@ -1069,3 +1069,167 @@ fn gelu_and_its_gradient_are_exact_on_every_cpu_backend() {
     check::<burn::backend::Autodiff<burn_ndarray::NdArray>>();
     check::<burn::backend::Autodiff<burn_flex::Flex>>();
 }
+
+/// Outputs and gradients of one fused-op case, as float32 vectors.
+type Outputs = Vec<Vec<f32>>;
+
+/// A deterministic pattern in [-1, 1) with no short period.
+fn pattern(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 2000) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+/// Largest `|a − b|` over the largest `|b|` (at least 1).
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+fn host<A: burn::tensor::backend::Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
+    t.cast(burn::tensor::FloatDType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+/// A layer norm over `[2, 37, 48]` (74 rows: blocks of 32 rows and a partial one) of
+/// `offset + pattern` in `dtype`, cast to float32 as the models do, its output weighted by
+/// a pattern and summed: `[y, dx, dγ, dβ]`.
+fn norm_case<A: burn::tensor::backend::AutodiffBackend>(
+    fuse: bool,
+    dtype: burn::tensor::FloatDType,
+    offset: f32,
+    bias: bool,
+) -> Outputs {
+    use burnish_models::fused;
+    let device = Default::default();
+    let dims = [2, 37, 48];
+    let n = dims.iter().product();
+    let xs: Vec<f32> = pattern(n, 7).iter().map(|v| v + offset).collect();
+    let x = Tensor::<A, 3>::from_data(TensorData::new(xs, dims), &device)
+        .cast(dtype)
+        .require_grad();
+    let weight = |seed, shift| {
+        let v: Vec<f32> = pattern(48, seed).iter().map(|v| v * 0.5 + shift).collect();
+        Tensor::<A, 1>::from_data(TensorData::new(v, [48]), &device).require_grad()
+    };
+    let gamma = weight(3, 1.0);
+    let beta = bias.then(|| weight(5, 0.0));
+    let input = x.clone().cast(burn::tensor::FloatDType::F32);
+    let y = if fuse {
+        fused::layer_norm(input, gamma.clone(), beta.clone(), 1e-5)
+    } else {
+        fused::layer_norm_unfused(input, gamma.clone(), beta.clone(), 1e-5)
+    };
+    let w = Tensor::<A, 3>::from_data(TensorData::new(pattern(n, 11), dims), &device);
+    let grads = y.clone().mul(w).sum().backward();
+    let mut out = vec![
+        host(y),
+        host(x.grad(&grads).unwrap()),
+        host(gamma.grad(&grads).unwrap()),
+    ];
+    out.extend(beta.map(|b| host(b.grad(&grads).unwrap())));
+    out
+}
+
+/// A masked softmax over `[2, 3, 9, 13]` scores (every third key of some rows masked as the
+/// models mask, one row all masked but one key), weighted and summed: `[p, dx]`.
+fn softmax_case<A: burn::tensor::backend::AutodiffBackend>(fuse: bool) -> Outputs {
+    use burnish_models::fused;
+    let device = Default::default();
+    let dims = [2, 3, 9, 13];
+    let n = dims.iter().product();
+    let scores: Vec<f32> = pattern(n, 13).iter().map(|v| v * 6.0).collect();
+    let x = Tensor::<A, 4>::from_data(TensorData::new(scores, dims), &device).require_grad();
+    let hidden: Vec<bool> = (0..n)
+        .map(|i| (i / 13 % 5 == 1 && i % 3 == 0) || (i / 13 == 4 && i % 13 != 0))
+        .collect();
+    let hidden =
+        Tensor::<A, 4, burn::tensor::Bool>::from_data(TensorData::new(hidden, dims), &device);
+    let masked = x.clone().mask_fill(hidden, burnish_models::ops::MASKED);
+    let p = if fuse {
+        fused::softmax_last(masked)
+    } else {
+        fused::softmax_last_unfused(masked)
+    };
+    let w = Tensor::<A, 4>::from_data(TensorData::new(pattern(n, 17), dims), &device);
+    let grads = p.clone().mul(w).sum().backward();
+    vec![host(p), host(x.grad(&grads).unwrap())]
+}
+
+/// burnish's fused layer norm and softmax (burn-flex, `burnish_models::fused`) against
+/// burn's composed operations on the same backend, forward and every gradient: float32
+/// within 2e-6 of the largest value, bfloat16 inputs (cast to float32 inside, as the models
+/// do; gradients rounded back to bfloat16) within one bfloat16 step; the layer norm within
+/// 2e-6 of f64 on inputs whose mean is 8 times their spread; the same bits run to run and
+/// with activation checkpointing.
+#[test]
+fn fused_layer_norm_and_softmax_match_burns_operations() {
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::tensor::FloatDType::{BF16, F32};
+    use burn_flex::Flex;
+    use burnish_models::fused::is_fused;
+    type F = Autodiff<Flex>;
+    type Fc = Autodiff<Flex, BalancedCheckpointing>;
+
+    assert!(is_fused::<F>() && is_fused::<Fc>() && is_fused::<Flex>());
+    assert!(!is_fused::<B>(), "burn-ndarray keeps burn's operations");
+    let names = [
+        "output",
+        "input gradient",
+        "weight gradient",
+        "bias gradient",
+    ];
+    for bias in [true, false] {
+        for (dtype, tol) in [(F32, 2e-6), (BF16, 1.0 / 128.0)] {
+            let fused = norm_case::<F>(true, dtype, 0.0, bias);
+            let composed = norm_case::<F>(false, dtype, 0.0, bias);
+            for ((a, b), name) in fused.iter().zip(&composed).zip(names) {
+                let err = max_rel(a, b);
+                assert!(
+                    err <= tol,
+                    "layer norm {dtype:?} bias {bias}: {name} off by {err:.2e}"
+                );
+            }
+            assert_eq!(fused, norm_case::<F>(true, dtype, 0.0, bias), "run to run");
+            assert_eq!(
+                fused,
+                norm_case::<Fc>(true, dtype, 0.0, bias),
+                "checkpointed"
+            );
+        }
+    }
+
+    // f64 reference of the forward pass, on inputs far from zero mean.
+    let y = &norm_case::<F>(true, F32, 8.0, true)[0];
+    let (x, gamma, beta) = (pattern(2 * 37 * 48, 7), pattern(48, 3), pattern(48, 5));
+    let mut worst = 0.0f64;
+    for (row, y) in x.chunks(48).zip(y.chunks(48)) {
+        let row: Vec<f64> = row.iter().map(|&v| f64::from(v + 8.0)).collect();
+        let mean = row.iter().sum::<f64>() / 48.0;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 48.0;
+        for j in 0..48 {
+            let g = f64::from(gamma[j]) * 0.5 + 1.0;
+            let b = f64::from(beta[j]) * 0.5;
+            let want = (row[j] - mean) / (var + 1e-5).sqrt() * g + b;
+            worst = worst.max((f64::from(y[j]) - want).abs());
+        }
+    }
+    assert!(worst < 2e-6, "layer norm vs f64: {worst:.2e}");
+
+    let fused = softmax_case::<F>(true);
+    let composed = softmax_case::<F>(false);
+    for ((a, b), name) in fused.iter().zip(&composed).zip(names) {
+        let err = max_rel(a, b);
+        assert!(err <= 2e-6, "softmax: {name} off by {err:.2e}");
+    }
+    assert!(fused[0].iter().all(|p| p.is_finite()));
+    assert_eq!(fused, softmax_case::<F>(true), "run to run");
+    assert_eq!(fused, softmax_case::<Fc>(true), "checkpointed");
+}

@@ -592,9 +592,7 @@ impl<B: Backend> DisentangledSelfAttention<B> {
             }
         }
         let scores = scores.cast(FloatDType::F32).mask_fill(mask, MASKED);
-        let probs = self
-            .dropout
-            .forward(burn::tensor::activation::softmax(scores, 3));
+        let probs = self.dropout.forward(crate::fused::softmax_last(scores));
         probs
             .cast(v.dtype())
             .matmul(v)

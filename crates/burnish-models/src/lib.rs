@@ -5,6 +5,7 @@ use burn::tensor::FloatDType;
 mod bert;
 mod config;
 mod deberta;
+pub mod fused;
 mod input;
 mod layers;
 mod llama;

@@ -1,7 +1,7 @@
 //! Tensor functions shared by the architectures.
 
 use burn::nn::{Embedding, LayerNorm, Linear};
-use burn::tensor::activation::{relu, silu, softmax};
+use burn::tensor::activation::{relu, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
@@ -120,7 +120,7 @@ fn attend<B: Backend>(
         }
         None => scores,
     };
-    let probs = dropout.forward(softmax(scores, 3));
+    let probs = dropout.forward(crate::fused::softmax_last(scores));
     probs.cast(v.dtype()).matmul(v)
 }
 
@@ -141,11 +141,34 @@ pub fn linear_in<B: Backend, const D: usize>(
 
 /// A [`LayerNorm`] computed in float32 whatever the input dtype, returning float32 (the
 /// autocast rule for norms: statistics of half-precision values lose too much).
+///
+/// On burn-flex it runs burnish's fused kernel ([`crate::fused::layer_norm`]).
 pub fn layer_norm_f32<B: Backend, const D: usize>(
     norm: &LayerNorm<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    norm.forward(x.cast(FloatDType::F32))
+    let x = x.cast(FloatDType::F32);
+    let epsilon = crate::fused::is_fused::<B>()
+        .then(|| layer_norm_epsilon(norm))
+        .flatten();
+    match epsilon {
+        Some(epsilon) => crate::fused::layer_norm(
+            x,
+            norm.gamma.val(),
+            norm.beta.as_ref().map(|b| b.val()),
+            epsilon,
+        ),
+        None => norm.forward(x),
+    }
+}
+
+/// A `LayerNorm`'s ε. burn 0.21 keeps the field private and its display is the one place
+/// that shows it; Rust prints an `f64` in the shortest form that parses back to the same
+/// value, so the parse is exact. `None` (burn's own forward then) if the display changes.
+fn layer_norm_epsilon<B: Backend>(norm: &LayerNorm<B>) -> Option<f64> {
+    let shown = norm.to_string();
+    let (_, rest) = shown.split_once("epsilon: ")?;
+    rest.split([',', '}']).next()?.trim().parse().ok()
 }
 
 /// Repeats each key/value head `groups` times: `[b, kv, s, d]` → `[b, kv·groups, s, d]`,
@@ -181,4 +204,18 @@ pub fn frozen_where<B: Backend>(x: Tensor<B, 3>, frozen: Tensor<B, 2, Bool>) -> 
     let [batch, seq, hidden] = x.dims();
     let frozen = frozen.unsqueeze_dim::<3>(2).expand([batch, seq, hidden]);
     x.clone().mask_where(frozen, x.detach())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_norm_epsilon;
+    use crate::layers::layer_norm;
+
+    #[test]
+    fn a_layer_norms_epsilon_reads_back_exactly() {
+        for eps in [1e-12, 1e-5, 1e-6, 1e-7, 0.1, 3.0e-9, 1.0 / 3.0, 2.5e-300] {
+            let norm = layer_norm::<burn_ndarray::NdArray>(4, eps, &Default::default());
+            assert_eq!(layer_norm_epsilon(&norm), Some(eps), "{norm}");
+        }
+    }
 }

@@ -1,0 +1,458 @@
+//! Fused kernels for the memory-bound steps of a transformer layer: layer norm and the
+//! softmax of attention scores, forward and backward.
+//!
+//! Under `Autodiff<B>`, burn 0.21 composes both from element-wise tensor ops, even where the
+//! inner backend has a fused forward: a layer norm is about six passes over the activations
+//! forward and fifteen backward, each with its own temporary, and a softmax five and eight.
+//! With the `flex` feature, burnish runs its own kernels instead (one sweep per row forward,
+//! one backward, rows in parallel), registered with burn's autodiff as operations with their
+//! own backward, when the backend is burn-flex (`Flex`, `Autodiff<Flex>`, with or without
+//! activation checkpointing) and the tensors are float32. Every other backend and dtype gets
+//! burn's own operation (`B::layer_norm`, `B::softmax`): CubeCL backends keep their fusion.
+//!
+//! The kernel is chosen by the backend's type at run time rather than through a trait bound:
+//! a bound would reach every generic model, head and trainer of the workspace and exclude
+//! backends that do not implement it. Results are deterministic: each row is computed by one
+//! thread in a fixed order, and the sums over rows (the gradients of the norm's weight and
+//! bias) are added in a fixed order of fixed-size blocks, whatever the number of threads.
+//!
+//! ```
+//! use burn::tensor::Tensor;
+//! use burn_ndarray::NdArray;
+//! use burnish_models::fused;
+//!
+//! let device = Default::default();
+//! let x = Tensor::<NdArray, 2>::from_floats([[1.0, 2.0, 4.0], [0.0, 0.0, 3.0]], &device);
+//! let p = fused::softmax_last(x.clone());
+//! assert!((p.sum().into_scalar() - 2.0).abs() < 1e-6);
+//! let y = fused::layer_norm(x, Tensor::ones([3], &device), None, 1e-5);
+//! assert!(y.sum().abs().into_scalar() < 1e-5);
+//! assert!(!fused::is_fused::<NdArray>());
+//! ```
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+/// Layer normalization over the last dimension, `(x − mean) / √(var + ε) · γ + β` with the
+/// biased variance (PyTorch's `F.layer_norm`): burnish's fused kernel on burn-flex in
+/// float32 (see the [module](self) docs), burn's `B::layer_norm` otherwise.
+///
+/// `gamma` and `beta` have the length of the last dimension.
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let (x, gamma, beta) = match flex::layer_norm(x, gamma, beta, epsilon) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    layer_norm_unfused(x, gamma, beta, epsilon)
+}
+
+/// [`layer_norm`] as burn computes it on every backend (`B::layer_norm`, composed of
+/// element-wise operations under autodiff): the reference the fused kernel is tested against.
+pub fn layer_norm_unfused<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.map(|b| b.into_primitive().tensor()),
+        epsilon,
+    )))
+}
+
+/// Softmax over the last dimension: burnish's fused backward on `Autodiff<Flex>` in float32
+/// (see the [module](self) docs), burn's `softmax` otherwise.
+pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = match flex::softmax_last(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    softmax_last_unfused(x)
+}
+
+/// [`softmax_last`] as burn computes it (`burn::tensor::activation::softmax`): the reference
+/// the fused backward is tested against.
+pub fn softmax_last_unfused<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::softmax(x, D - 1)
+}
+
+/// Whether [`layer_norm`] and [`softmax_last`] run burnish's fused kernels on `B` (for
+/// float32 tensors): burn-flex with or without autodiff, when this crate is built with its
+/// `flex` feature.
+pub fn is_fused<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return true;
+    }
+    false
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use std::any::{Any, TypeId};
+    use std::sync::Arc;
+
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::NodeId;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::{
+        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+    };
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::tensor::backend::Backend;
+    use burn::tensor::ops::{ActivationOps, FloatTensor};
+    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn_flex::{Flex, FlexTensor};
+    use rayon::prelude::*;
+
+    /// Rows handed to one task: enough to amortize scheduling, few enough to balance two or
+    /// more threads on a small batch. Also the block of the fixed-order sums over rows.
+    const ROWS_PER_TASK: usize = 32;
+
+    /// Whether the fused kernels can take this tensor: float32, rows of at least one value.
+    fn fusable<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+        x.dtype() == DType::F32 && x.shape().num_elements() > 0 && x.dims()[D - 1] > 0
+    }
+
+    type NormArgs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 1>, Option<Tensor<B, 1>>);
+
+    pub(super) fn is_flex<B: Backend>() -> bool {
+        let id = TypeId::of::<B>();
+        id == TypeId::of::<Flex>()
+            || id == TypeId::of::<Autodiff<Flex, NoCheckpointing>>()
+            || id == TypeId::of::<Autodiff<Flex, BalancedCheckpointing>>()
+    }
+
+    /// `value` as a `U` when `T` is `U`, else `value` back.
+    fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+        let mut slot = Some(value);
+        match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
+            Some(target) => Ok(target.take().expect("the slot holds the value")),
+            None => Err(slot.expect("the slot holds the value")),
+        }
+    }
+
+    /// The result computed on the concrete backend `F`, handed back as `B` (which is `F`).
+    fn back<F: Backend, B: Backend, const D: usize>(y: FloatTensor<F>) -> Tensor<B, D> {
+        match cast(Tensor::<F, D>::from_primitive(TensorPrimitive::Float(y))) {
+            Ok(y) => y,
+            Err(_) => unreachable!("called with F = B only"),
+        }
+    }
+
+    fn primitive<F: Backend, const D: usize>(x: Tensor<F, D>) -> FloatTensor<F> {
+        x.into_primitive().tensor()
+    }
+
+    pub(super) fn layer_norm<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+        gamma: Tensor<B, 1>,
+        beta: Option<Tensor<B, 1>>,
+        epsilon: f64,
+    ) -> Result<Tensor<B, D>, NormArgs<B, D>> {
+        let width = x.dims()[D - 1];
+        let fits = |t: &Tensor<B, 1>| t.dtype() == DType::F32 && t.dims()[0] == width;
+        if !is_flex::<B>() || !fusable(&x) || !fits(&gamma) || !beta.as_ref().is_none_or(fits) {
+            return Err((x, gamma, beta));
+        }
+        let args = match cast::<_, NormArgs<Flex, D>>((x, gamma, beta)) {
+            Ok((x, gamma, beta)) => {
+                let beta = beta.map(primitive);
+                let (y, _) = norm_forward(&primitive(x), &primitive(gamma), beta.as_ref(), epsilon);
+                return Ok(back::<Flex, B, D>(y));
+            }
+            Err(args) => args,
+        };
+        let args = match norm_on::<B, NoCheckpointing, D>(args, epsilon) {
+            Ok(y) => return Ok(y),
+            Err(args) => args,
+        };
+        norm_on::<B, BalancedCheckpointing, D>(args, epsilon)
+    }
+
+    fn norm_on<B: Backend, C: CheckpointStrategy, const D: usize>(
+        args: NormArgs<B, D>,
+        epsilon: f64,
+    ) -> Result<Tensor<B, D>, NormArgs<B, D>> {
+        let (x, gamma, beta) = cast::<_, NormArgs<Autodiff<Flex, C>, D>>(args)?;
+        let (x, gamma) = (primitive(x), primitive(gamma));
+        let beta = beta.map(primitive);
+        let (y, stats) = norm_forward(
+            &x.primitive,
+            &gamma.primitive,
+            beta.as_ref().map(|b| &b.primitive),
+            epsilon,
+        );
+        let state = |x: NodeId, gamma: NodeId| NormState {
+            x,
+            gamma,
+            stats: Arc::new(stats),
+        };
+        // Two node kinds: one with a bias, one without (ModernBERT's norms have none).
+        let y = match beta {
+            Some(beta) => {
+                let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+                match NormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+                    OpsKind::Tracked(mut prep) => {
+                        let ids = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                        prep.finish(state(ids.0, ids.1), y)
+                    }
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                }
+            }
+            None => {
+                let nodes = [x.node.clone(), gamma.node.clone()];
+                match NormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+                    OpsKind::Tracked(mut prep) => {
+                        let ids = (prep.checkpoint(&x), prep.checkpoint(&gamma));
+                        prep.finish(state(ids.0, ids.1), y)
+                    }
+                    OpsKind::UnTracked(prep) => prep.finish(y),
+                }
+            }
+        };
+        Ok(back::<Autodiff<Flex, C>, B, D>(y))
+    }
+
+    #[derive(Debug)]
+    struct NormBackward;
+
+    /// What the backward pass needs: the input and weight (checkpointed, so activation
+    /// checkpointing may recompute the input) and each row's mean and 1/σ.
+    #[derive(Debug, Clone)]
+    struct NormState {
+        x: NodeId,
+        gamma: NodeId,
+        stats: Arc<Vec<f32>>,
+    }
+
+    impl<const N: usize> Backward<Flex, N> for NormBackward {
+        type State = NormState;
+
+        fn backward(
+            self,
+            ops: Ops<Self::State, N>,
+            grads: &mut Gradients,
+            checkpointer: &mut Checkpointer,
+        ) {
+            let x: FlexTensor = checkpointer.retrieve_node_output(ops.state.x);
+            let gamma: FlexTensor = checkpointer.retrieve_node_output(ops.state.gamma);
+            let grad = grads.consume::<Flex>(&ops.node);
+            let parent = |i: usize| ops.parents.get(i).and_then(Option::as_ref);
+            let (dx, dgamma, dbeta) = norm_backward(
+                &x,
+                &gamma,
+                &ops.state.stats,
+                &grad,
+                parent(1).is_some() || parent(2).is_some(),
+            );
+            if let Some(node) = parent(0) {
+                grads.register::<Flex>(node.id, dx);
+            }
+            if let (Some(node), Some(dgamma)) = (parent(1), dgamma) {
+                grads.register::<Flex>(node.id, dgamma);
+            }
+            if let (Some(node), Some(dbeta)) = (parent(2), dbeta) {
+                grads.register::<Flex>(node.id, dbeta);
+            }
+        }
+    }
+
+    fn contiguous(t: &FlexTensor) -> FlexTensor {
+        t.to_contiguous()
+    }
+
+    fn tensor(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values, like.layout().shape().clone()))
+    }
+
+    /// `y = (x − mean)·rstd·γ + β` per row, with each row's `[mean, rstd]`. Sums in f64 and
+    /// the variance from the centred values (two passes): no cancellation when the mean
+    /// dwarfs the spread.
+    fn norm_forward(
+        x: &FlexTensor,
+        gamma: &FlexTensor,
+        beta: Option<&FlexTensor>,
+        epsilon: f64,
+    ) -> (FlexTensor, Vec<f32>) {
+        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), beta.map(contiguous));
+        let (xs, gs) = (x.storage::<f32>(), gamma.storage::<f32>());
+        let bs = beta.as_ref().map(|b| b.storage::<f32>());
+        let d = gs.len();
+        let mut y = vec![0.0f32; xs.len()];
+        let mut stats = vec![0.0f32; 2 * (xs.len() / d)];
+        y.par_chunks_mut(ROWS_PER_TASK * d)
+            .zip(stats.par_chunks_mut(ROWS_PER_TASK * 2))
+            .zip(xs.par_chunks(ROWS_PER_TASK * d))
+            .for_each(|((y, stats), x)| {
+                for ((y, stats), x) in y.chunks_mut(d).zip(stats.chunks_mut(2)).zip(x.chunks(d)) {
+                    let n = d as f64;
+                    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                    let var = x
+                        .iter()
+                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .sum::<f64>()
+                        / n;
+                    let (mean, rstd) = (mean as f32, (1.0 / (var + epsilon).sqrt()) as f32);
+                    for ((y, &x), &g) in y.iter_mut().zip(x).zip(gs) {
+                        *y = (x - mean) * rstd * g;
+                    }
+                    if let Some(bs) = bs {
+                        y.iter_mut().zip(bs).for_each(|(y, &b)| *y += b);
+                    }
+                    stats.copy_from_slice(&[mean, rstd]);
+                }
+            });
+        (tensor(y, &x), stats)
+    }
+
+    /// The layer norm's gradients: `dx = rstd·(g·γ − mean(g·γ) − x̂·mean(g·γ·x̂))` per row,
+    /// and (when `weights`) `dγ = Σ g·x̂`, `dβ = Σ g` over rows, summed per block of
+    /// [`ROWS_PER_TASK`] rows and then over blocks in order.
+    fn norm_backward(
+        x: &FlexTensor,
+        gamma: &FlexTensor,
+        stats: &[f32],
+        grad: &FlexTensor,
+        weights: bool,
+    ) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
+        let (x, gamma, grad) = (contiguous(x), contiguous(gamma), contiguous(grad));
+        let (xs, gs, dys) = (
+            x.storage::<f32>(),
+            gamma.storage::<f32>(),
+            grad.storage::<f32>(),
+        );
+        let d = gs.len();
+        let mut dx = vec![0.0f32; xs.len()];
+        let blocks: Vec<Vec<f64>> = dx
+            .par_chunks_mut(ROWS_PER_TASK * d)
+            .zip(xs.par_chunks(ROWS_PER_TASK * d))
+            .zip(dys.par_chunks(ROWS_PER_TASK * d))
+            .zip(stats.par_chunks(ROWS_PER_TASK * 2))
+            .map(|(((dx, x), dy), stats)| {
+                let mut sums = if weights {
+                    vec![0.0f64; 2 * d]
+                } else {
+                    Vec::new()
+                };
+                let mut xhat = vec![0.0f32; d];
+                let rows = dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d));
+                for (((dx, x), dy), stat) in rows.zip(stats.chunks(2)) {
+                    let (mean, rstd) = (stat[0], stat[1]);
+                    let (mut a, mut b) = (0.0f64, 0.0f64);
+                    for (((xh, &x), &dy), &g) in xhat.iter_mut().zip(x).zip(dy).zip(gs) {
+                        *xh = (x - mean) * rstd;
+                        let dyg = f64::from(dy * g);
+                        a += dyg;
+                        b += dyg * f64::from(*xh);
+                    }
+                    let (a, b) = ((a / d as f64) as f32, (b / d as f64) as f32);
+                    for (((dx, &xh), &dy), &g) in dx.iter_mut().zip(&xhat).zip(dy).zip(gs) {
+                        *dx = rstd * (dy * g - a - xh * b);
+                    }
+                    if weights {
+                        let (dgamma, dbeta) = sums.split_at_mut(d);
+                        for (j, (&xh, &dy)) in xhat.iter().zip(dy).enumerate() {
+                            dgamma[j] += f64::from(dy * xh);
+                            dbeta[j] += f64::from(dy);
+                        }
+                    }
+                }
+                sums
+            })
+            .collect();
+        let dx = tensor(dx, &x);
+        if !weights {
+            return (dx, None, None);
+        }
+        let mut sums = vec![0.0f64; 2 * d];
+        for block in &blocks {
+            sums.iter_mut().zip(block).for_each(|(s, &v)| *s += v);
+        }
+        let sums: Vec<f32> = sums.into_iter().map(|v| v as f32).collect();
+        let dgamma = tensor(sums[..d].to_vec(), &gamma);
+        let dbeta = tensor(sums[d..].to_vec(), &gamma);
+        (dx, Some(dgamma), Some(dbeta))
+    }
+
+    pub(super) fn softmax_last<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        if !is_flex::<B>() || !fusable(&x) {
+            return Err(x);
+        }
+        // burn-flex's own softmax is already one fused kernel without autodiff.
+        let x = match softmax_on::<B, NoCheckpointing, D>(x) {
+            Ok(y) => return Ok(y),
+            Err(x) => x,
+        };
+        softmax_on::<B, BalancedCheckpointing, D>(x)
+    }
+
+    fn softmax_on<B: Backend, C: CheckpointStrategy, const D: usize>(
+        x: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let x = primitive(cast::<_, Tensor<Autodiff<Flex, C>, D>>(x)?);
+        let y = <Flex as ActivationOps<Flex>>::softmax(x.primitive.clone(), D - 1);
+        let y = match SoftmaxBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            // The output is all the backward pass needs: no input is kept.
+            OpsKind::Tracked(prep) => prep.finish(y.clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        };
+        Ok(back::<Autodiff<Flex, C>, B, D>(y))
+    }
+
+    #[derive(Debug)]
+    struct SoftmaxBackward;
+
+    impl Backward<Flex, 1> for SoftmaxBackward {
+        type State = FlexTensor;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<Flex>(&ops.node);
+            let [Some(parent)] = ops.parents else {
+                return;
+            };
+            grads.register::<Flex>(parent.id, softmax_backward(&ops.state, &grad));
+        }
+    }
+
+    /// `dx = y·(g − Σ g·y)` per row.
+    fn softmax_backward(y: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
+        let (y, grad) = (contiguous(y), contiguous(grad));
+        let (ys, gs) = (y.storage::<f32>(), grad.storage::<f32>());
+        let d = y.layout().shape().last().copied().unwrap_or(1);
+        let mut dx = vec![0.0f32; ys.len()];
+        dx.par_chunks_mut(ROWS_PER_TASK * d)
+            .zip(ys.par_chunks(ROWS_PER_TASK * d))
+            .zip(gs.par_chunks(ROWS_PER_TASK * d))
+            .for_each(|((dx, y), g)| {
+                for ((dx, y), g) in dx.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
+                    let dot = y
+                        .iter()
+                        .zip(g)
+                        .map(|(&y, &g)| f64::from(y * g))
+                        .sum::<f64>();
+                    let dot = dot as f32;
+                    for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
+                        *dx = y * (g - dot);
+                    }
+                }
+            });
+        tensor(dx, &y)
+    }
+}
