@@ -1032,10 +1032,10 @@ fn erf_f64(z: f64) -> f64 {
     sum * 2.0 / std::f64::consts::PI.sqrt()
 }
 
-/// `gelu_exact` and its gradient on every CPU backend (burn-flex takes its own kernels,
-/// others the composition) equal GELU and its exact derivative `Φ(x) + x·φ(x)` in f64.
-/// burn's default `gelu_backward`, the tanh approximation's derivative, is up to 8.7e-4
-/// off on this range, so a backend wrongly routed to it fails.
+/// `gelu_exact` and its gradient on every CPU backend (burn-flex takes burnish's fused
+/// kernel, others the composition of `erf`) equal GELU and its exact derivative
+/// `Φ(x) + x·φ(x)` in f64. burn's default `gelu_backward`, the tanh approximation's
+/// derivative, is up to 8.7e-4 off on this range, so a backend wrongly routed to it fails.
 #[test]
 fn gelu_and_its_gradient_are_exact_on_every_cpu_backend() {
     use burn::tensor::backend::Backend;

@@ -7,29 +7,12 @@ use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::Activation;
 
-/// Exact GELU, `x · ½ · (1 + erf(x/√2))`, with the exact derivative, as PyTorch's.
-///
-/// burn 0.21's built-in `gelu` computes the exact forward everywhere, but its default
-/// backward (every backend but burn-flex) is the derivative of the *tanh approximation*.
-/// So burn-flex, whose forward and backward are each one exact kernel, gets the built-in
-/// (the same forward bits as the composition, a backward five element-wise passes
-/// shorter); other backends get the composition of differentiable ops.
+/// Exact GELU, `x · ½ · (1 + erf(x/√2))`, with the exact derivative, as PyTorch's
+/// (burn 0.21's built-in `gelu` back-propagates the derivative of the tanh approximation on
+/// most backends): burnish's fused kernel on burn-flex, the composition of `erf` elsewhere
+/// ([`crate::fused::gelu`]).
 pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if has_exact_gelu_kernels::<B>(&x.device()) {
-        return burn::tensor::activation::gelu(x);
-    }
-    let cdf = x
-        .clone()
-        .div_scalar(std::f64::consts::SQRT_2)
-        .erf()
-        .add_scalar(1.0);
-    x.mul(cdf).div_scalar(2.0)
-}
-
-/// Whether `B`'s own `gelu` and `gelu_backward` are exact: burn-flex's, with or without
-/// autodiff (checked by name: burn 0.21 says it nowhere else).
-fn has_exact_gelu_kernels<B: Backend>(device: &B::Device) -> bool {
-    matches!(B::name(device).as_str(), "flex" | "autodiff<flex>")
+    crate::fused::gelu(x)
 }
 
 /// tanh-approximated GELU (`gelu_new`), `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`.
