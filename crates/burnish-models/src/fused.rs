@@ -196,11 +196,8 @@ mod flex {
             }
             Err(args) => args,
         };
-        let args = match norm_on::<B, NoCheckpointing, D>(args, epsilon) {
-            Ok(y) => return Ok(y),
-            Err(args) => args,
-        };
-        norm_on::<B, BalancedCheckpointing, D>(args, epsilon)
+        norm_on::<B, NoCheckpointing, D>(args, epsilon)
+            .or_else(|args| norm_on::<B, BalancedCheckpointing, D>(args, epsilon))
     }
 
     fn norm_on<B: Backend, C: CheckpointStrategy, const D: usize>(
@@ -415,11 +412,7 @@ mod flex {
             return Err(x);
         }
         // burn-flex's own softmax is already one fused kernel without autodiff.
-        let x = match softmax_on::<B, NoCheckpointing, D>(x) {
-            Ok(y) => return Ok(y),
-            Err(x) => x,
-        };
-        softmax_on::<B, BalancedCheckpointing, D>(x)
+        softmax_on::<B, NoCheckpointing, D>(x).or_else(softmax_on::<B, BalancedCheckpointing, D>)
     }
 
     fn softmax_on<B: Backend, C: CheckpointStrategy, const D: usize>(
@@ -489,11 +482,7 @@ mod flex {
             Ok(x) => return Ok(back::<Flex, B, D>(gelu_forward(&primitive(x)))),
             Err(x) => x,
         };
-        let x = match gelu_on::<B, NoCheckpointing, D>(x) {
-            Ok(y) => return Ok(y),
-            Err(x) => x,
-        };
-        gelu_on::<B, BalancedCheckpointing, D>(x)
+        gelu_on::<B, NoCheckpointing, D>(x).or_else(gelu_on::<B, BalancedCheckpointing, D>)
     }
 
     fn gelu_on<B: Backend, C: CheckpointStrategy, const D: usize>(
