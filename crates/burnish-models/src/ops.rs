@@ -109,17 +109,30 @@ fn attend<B: Backend>(
 
 /// A [`Linear`] layer computed in `dtype`: input, weight and bias are cast to it (the cast
 /// is differentiable, so float32 master weights receive float32 gradients), as
-/// `torch.autocast` runs `F.linear`. With `F32` on float32 tensors it is `layer.forward(x)`.
+/// `torch.autocast` runs `F.linear`. With `F32` on float32 tensors it computes
+/// `layer.forward(x)`.
+///
+/// Leading dimensions are flattened into rows first, as `F.linear` does: burn 0.21's linear
+/// on a `[batch, seq, in]` input runs one matmul per batch element, and its weight gradient
+/// materializes a `[batch, in, out]` product before summing it over the batch (16 times the
+/// weight's memory for a batch of 16); on rows it is one matmul over all tokens, and the
+/// weight gradient one `[in, rows] × [rows, out]` product.
 pub fn linear_in<B: Backend, const D: usize>(
     layer: &Linear<B>,
     x: Tensor<B, D>,
     dtype: FloatDType,
 ) -> Tensor<B, D> {
-    burn::tensor::module::linear(
-        x.cast(dtype),
+    let dims = x.dims();
+    let d_in = dims[D - 1];
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let y = burn::tensor::module::linear(
+        x.cast(dtype).reshape([rows, d_in]),
         layer.weight.val().cast(dtype),
         layer.bias.as_ref().map(|b| b.val().cast(dtype)),
-    )
+    );
+    let mut out = dims;
+    out[D - 1] = y.dims()[1];
+    y.reshape(out)
 }
 
 /// A [`LayerNorm`] computed in float32 whatever the input dtype, returning float32 (the
