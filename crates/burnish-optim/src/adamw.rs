@@ -66,16 +66,52 @@ impl AdamWConfig {
     }
 }
 
-type Primitive<B> = burn::tensor::ops::FloatTensor<B>;
+pub(crate) type Primitive<B> = burn::tensor::ops::FloatTensor<B>;
 
 /// Moments of one parameter, kept rank-less (as backend primitives) so that parameters of
 /// any rank share one map without reshaping: on burn-ndarray a reshape copies.
 #[derive(Debug, Clone)]
-struct Moments<B: Backend> {
-    step: u64,
-    exp_avg: Primitive<B>,
-    exp_avg_sq: Primitive<B>,
-    max_exp_avg_sq: Option<Primitive<B>>,
+pub(crate) struct Moments<B: Backend> {
+    pub(crate) step: u64,
+    pub(crate) exp_avg: Primitive<B>,
+    pub(crate) exp_avg_sq: Primitive<B>,
+    pub(crate) max_exp_avg_sq: Option<Primitive<B>>,
+}
+
+/// The scalars of one parameter's update at its step `t`: the same numbers whether the
+/// update is composed of tensor operations or fused.
+pub(crate) struct StepScalars {
+    /// `1 − lr·λ`, `None` without weight decay (no multiplication at all, as torch).
+    pub(crate) decay: Option<f64>,
+    /// `1 − β1`, the weight of torch's `lerp_`.
+    pub(crate) w1: f64,
+    pub(crate) beta2: f64,
+    /// `1 − β2`.
+    pub(crate) w2: f64,
+    /// `√(1 − β2^t)`.
+    pub(crate) bias_correction2_sqrt: f64,
+    pub(crate) epsilon: f64,
+    /// `−lr / (1 − β1^t)`.
+    pub(crate) neg_step_size: f64,
+    pub(crate) amsgrad: bool,
+}
+
+impl StepScalars {
+    fn new(config: &AdamWConfig, weight_decay: f64, lr: f64, step: u64) -> Self {
+        // Python float arithmetic: `beta ** step` is C pow(), hence powf, not powi.
+        let bias_correction1 = 1.0 - config.beta1.powf(step as f64);
+        let bias_correction2 = 1.0 - config.beta2.powf(step as f64);
+        StepScalars {
+            decay: (weight_decay != 0.0).then(|| 1.0 - lr * weight_decay),
+            w1: 1.0 - config.beta1,
+            beta2: config.beta2,
+            w2: 1.0 - config.beta2,
+            bias_correction2_sqrt: bias_correction2.powf(0.5),
+            epsilon: config.epsilon,
+            neg_step_size: -(lr / bias_correction1),
+            amsgrad: config.amsgrad,
+        }
+    }
 }
 
 fn tensor<B: Backend, const D: usize>(p: Primitive<B>) -> Tensor<B, D> {
@@ -321,7 +357,8 @@ impl<B: AutodiffBackend> AdamW<B> {
         Ok(())
     }
 
-    /// One AdamW update of a parameter.
+    /// One AdamW update of a parameter: fused into one pass on burn-flex (feature `flex`),
+    /// composed of tensor operations elsewhere, with the same float32 results.
     fn update<const D: usize>(
         &mut self,
         path: String,
@@ -330,66 +367,71 @@ impl<B: AutodiffBackend> AdamW<B> {
         param: Tensor<B::InnerBackend, D>,
         grad: Tensor<B::InnerBackend, D>,
     ) -> Tensor<B::InnerBackend, D> {
-        let AdamWConfig {
-            beta1,
-            beta2,
-            epsilon,
-            amsgrad,
-            ..
-        } = self.config;
         let lr = lr * group.lr_scale;
-        let (step, exp_avg, exp_avg_sq, max_exp_avg_sq) = match self.moments.remove(&path) {
-            Some(m) => (
-                m.step,
-                tensor(m.exp_avg),
-                tensor(m.exp_avg_sq),
-                m.max_exp_avg_sq.map(tensor),
-            ),
-            None => (
-                0,
-                grad.zeros_like(),
-                grad.zeros_like(),
-                amsgrad.then(|| grad.zeros_like()),
-            ),
+        let moments = self.moments.remove(&path);
+        let step = moments.as_ref().map_or(0, |m| m.step) + 1;
+        let scalars = StepScalars::new(&self.config, group.weight_decay, lr, step);
+        let args = (primitive(param), primitive(grad), moments);
+        #[cfg(feature = "flex")]
+        let args = match crate::fused::step(args, step, &scalars) {
+            Ok((param, moments)) => {
+                self.moments.insert(path, moments);
+                return tensor(param);
+            }
+            Err(args) => args,
         };
-        let step = step + 1;
-        let param = if group.weight_decay != 0.0 {
-            param.mul_scalar(1.0 - lr * group.weight_decay)
-        } else {
-            param
-        };
-        // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + w·(g − m) for w < 0.5.
-        let exp_avg = exp_avg
-            .clone()
-            .add(grad.clone().sub(exp_avg).mul_scalar(1.0 - beta1));
-        // torch: exp_avg_sq.mul_(β2).addcmul_(g, g, value = 1 − β2).
-        let exp_avg_sq = exp_avg_sq
-            .mul_scalar(beta2)
-            .add(grad.clone().mul_scalar(1.0 - beta2).mul(grad));
-        // Python float arithmetic: `beta ** step` is C pow(), hence powf, not powi.
-        let bias_correction1 = 1.0 - beta1.powf(step as f64);
-        let bias_correction2 = 1.0 - beta2.powf(step as f64);
-        let step_size = lr / bias_correction1;
-        let bias_correction2_sqrt = bias_correction2.powf(0.5);
-        let max_exp_avg_sq = max_exp_avg_sq.map(|max| max.max_pair(exp_avg_sq.clone()));
-        let second = max_exp_avg_sq.as_ref().unwrap_or(&exp_avg_sq).clone();
-        let denom = second
-            .sqrt()
-            .div_scalar(bias_correction2_sqrt)
-            .add_scalar(epsilon);
-        // torch: param.addcdiv_(exp_avg, denom, value = −step_size).
-        let param = param.add(exp_avg.clone().mul_scalar(-step_size).div(denom));
-        self.moments.insert(
-            path,
-            Moments {
-                step,
-                exp_avg: primitive(exp_avg),
-                exp_avg_sq: primitive(exp_avg_sq),
-                max_exp_avg_sq: max_exp_avg_sq.map(primitive),
-            },
-        );
-        param
+        let (param, moments) = composed::<B::InnerBackend, D>(args, step, &scalars);
+        self.moments.insert(path, moments);
+        tensor(param)
     }
+}
+
+/// [`AdamW::update`] as tensor operations, following torch's single-tensor AdamW.
+fn composed<B: Backend, const D: usize>(
+    (param, grad, moments): (Primitive<B>, Primitive<B>, Option<Moments<B>>),
+    step: u64,
+    s: &StepScalars,
+) -> (Primitive<B>, Moments<B>) {
+    let (param, grad) = (tensor::<B, D>(param), tensor::<B, D>(grad));
+    let (exp_avg, exp_avg_sq, max_exp_avg_sq) = match moments {
+        Some(m) => (
+            tensor(m.exp_avg),
+            tensor(m.exp_avg_sq),
+            m.max_exp_avg_sq.map(tensor),
+        ),
+        None => (
+            grad.zeros_like(),
+            grad.zeros_like(),
+            s.amsgrad.then(|| grad.zeros_like()),
+        ),
+    };
+    let param = match s.decay {
+        Some(decay) => param.mul_scalar(decay),
+        None => param,
+    };
+    // torch: exp_avg.lerp_(grad, 1 − β1), i.e. m + w·(g − m) for w < 0.5.
+    let exp_avg = exp_avg
+        .clone()
+        .add(grad.clone().sub(exp_avg).mul_scalar(s.w1));
+    // torch: exp_avg_sq.mul_(β2).addcmul_(g, g, value = 1 − β2).
+    let exp_avg_sq = exp_avg_sq
+        .mul_scalar(s.beta2)
+        .add(grad.clone().mul_scalar(s.w2).mul(grad));
+    let max_exp_avg_sq = max_exp_avg_sq.map(|max| max.max_pair(exp_avg_sq.clone()));
+    let second = max_exp_avg_sq.as_ref().unwrap_or(&exp_avg_sq).clone();
+    let denom = second
+        .sqrt()
+        .div_scalar(s.bias_correction2_sqrt)
+        .add_scalar(s.epsilon);
+    // torch: param.addcdiv_(exp_avg, denom, value = −step_size).
+    let param = param.add(exp_avg.clone().mul_scalar(s.neg_step_size).div(denom));
+    let moments = Moments {
+        step,
+        exp_avg: primitive(exp_avg),
+        exp_avg_sq: primitive(exp_avg_sq),
+        max_exp_avg_sq: max_exp_avg_sq.map(primitive),
+    };
+    (primitive(param), moments)
 }
 
 struct StepMapper<'a, B: AutodiffBackend> {

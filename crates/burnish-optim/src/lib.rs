@@ -2,6 +2,8 @@
 
 mod adamw;
 mod error;
+#[cfg(feature = "flex")]
+mod fused;
 mod groups;
 mod lr;
 mod state;
