@@ -1162,6 +1162,112 @@ fn softmax_case<A: burn::tensor::backend::AutodiffBackend>(fuse: bool) -> Output
     vec![host(p), host(x.grad(&grads).unwrap())]
 }
 
+/// Attention probabilities over scores `[2, 3, 37, 13]` (222 rows: blocks of 32 rows and a
+/// partial one) with `mask` hiding keys, weighted by a pattern and summed: `[p, dscores]`.
+fn attention_probs_case<A: burn::tensor::backend::AutodiffBackend>(
+    fuse: bool,
+    scale: burnish_models::fused::ScoreScale,
+    mask: Option<(Vec<bool>, [usize; 4])>,
+    dropout: f64,
+) -> Outputs {
+    use burnish_models::fused;
+    use burnish_models::random::{Dropout, seed_thread};
+    let device = Default::default();
+    let dims = [2, 3, 37, 13];
+    let n = dims.iter().product();
+    let scores: Vec<f32> = pattern(n, 19).iter().map(|v| v * 9.0).collect();
+    let x = Tensor::<A, 4>::from_data(TensorData::new(scores, dims), &device).require_grad();
+    let mask = mask.map(|(m, shape)| {
+        Tensor::<A, 4, burn::tensor::Bool>::from_data(TensorData::new(m, shape), &device)
+    });
+    let dropout = Dropout::new(dropout);
+    seed_thread(23);
+    let p = if fuse {
+        fused::attention_probs(x.clone(), scale, mask, &dropout)
+    } else {
+        fused::attention_probs_unfused(x.clone(), scale, mask, &dropout)
+    };
+    let w = Tensor::<A, 4>::from_data(TensorData::new(pattern(n, 29), dims), &device);
+    let grads = p.clone().mul(w).sum().backward();
+    vec![host(p), host(x.grad(&grads).unwrap())]
+}
+
+/// burnish's fused attention probabilities (scale, key mask read under broadcasting,
+/// softmax, dropout: one kernel each way on burn-flex) against burn's composed operations
+/// on the same backend, for BERT's padding mask with dropout (one example with every key
+/// hidden: uniform probabilities, no gradient), a decoder's causal mask shared by the batch,
+/// and no mask: output and score gradient within 2e-6 of the largest value, finite, the
+/// same bits run to run and with activation checkpointing.
+#[test]
+fn fused_attention_probabilities_match_burns_operations() {
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn_flex::Flex;
+    use burnish_models::fused::ScoreScale;
+    type F = Autodiff<Flex>;
+    type Fc = Autodiff<Flex, BalancedCheckpointing>;
+
+    // Example 0 hides its last 4 keys, example 1 every key.
+    let padding: Vec<bool> = (0..2 * 13).map(|i| i >= 13 || i % 13 >= 9).collect();
+    let causal: Vec<bool> = (0..37 * 13).map(|i| i % 13 > i / 13 % 13).collect();
+    let cases = [
+        (
+            "padding",
+            ScoreScale::Divide(32f64.sqrt()),
+            Some((padding, [2, 1, 1, 13])),
+            0.1,
+        ),
+        (
+            "causal",
+            ScoreScale::Multiply(0.125),
+            Some((causal, [1, 1, 37, 13])),
+            0.0,
+        ),
+        ("no mask", ScoreScale::Multiply(1.0), None, 0.3),
+    ];
+    for (name, scale, mask, dropout) in cases {
+        let fused = attention_probs_case::<F>(true, scale, mask.clone(), dropout);
+        let composed = attention_probs_case::<F>(false, scale, mask.clone(), dropout);
+        for ((a, b), what) in fused.iter().zip(&composed).zip(["output", "gradient"]) {
+            let err = max_rel(a, b);
+            assert!(err <= 2e-6, "{name}: {what} off by {err:.2e}");
+            assert!(a.iter().all(|v| v.is_finite()), "{name}: {what} not finite");
+        }
+        assert_eq!(
+            fused,
+            attention_probs_case::<F>(true, scale, mask.clone(), dropout),
+            "{name}: run to run"
+        );
+        assert_eq!(
+            fused,
+            attention_probs_case::<Fc>(true, scale, mask, dropout),
+            "{name}: checkpointed"
+        );
+    }
+    // The fully hidden example: uniform rows, no gradient.
+    let fused = attention_probs_case::<F>(
+        true,
+        ScoreScale::Divide(32f64.sqrt()),
+        Some((
+            (0..26).map(|i| i >= 13 || i % 13 >= 9).collect(),
+            [2, 1, 1, 13],
+        )),
+        0.0,
+    );
+    let second = 3 * 37 * 13;
+    assert!(
+        fused[0][second..]
+            .iter()
+            .all(|&p| (p - 1.0 / 13.0).abs() < 1e-7)
+    );
+    assert!(fused[1][second..].iter().all(|&g| g == 0.0));
+    assert!(
+        fused[0][..second]
+            .chunks(13)
+            .all(|row| row[9..].iter().all(|&p| p == 0.0))
+    );
+}
+
 /// burnish's fused layer norm and softmax (burn-flex, `burnish_models::fused`) against
 /// burn's composed operations on the same backend, forward and every gradient: float32
 /// within 2e-6 of the largest value, bfloat16 inputs (cast to float32 inside, as the models

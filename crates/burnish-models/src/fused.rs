@@ -31,7 +31,10 @@
 //! ```
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Bool, FloatDType, Tensor, TensorPrimitive};
+
+use crate::ops::MASKED;
+use crate::random::Dropout;
 
 /// Layer normalization over the last dimension, `(x − mean) / √(var + ε) · γ + β` with the
 /// biased variance (PyTorch's `F.layer_norm`): burnish's fused kernel on burn-flex in
@@ -85,6 +88,77 @@ pub fn softmax_last_unfused<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tens
     burn::tensor::activation::softmax(x, D - 1)
 }
 
+/// How raw attention scores are scaled before masking. BERT-family encoders divide by √d
+/// (transformers' `/ math.sqrt(head_dim)`), decoders multiply by a factor; the two round
+/// differently, so both are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ScoreScale {
+    /// `scores / d`.
+    Divide(f64),
+    /// `scores · f`.
+    Multiply(f64),
+}
+
+/// Attention probabilities from raw scores `[batch, heads, q_len, k_len]`:
+/// `dropout(softmax(scale(scores) with masked keys set to MASKED))` over the keys, in
+/// float32. `mask` is `true` where a key must be ignored, broadcast from
+/// `[batch or 1, heads or 1, q_len or 1, k_len]`; [`MASKED`](crate::ops::MASKED) is finite,
+/// so a row whose keys are all masked is uniform. `dropout` draws its mask from this
+/// thread's generator as [`Dropout::forward`] does.
+///
+/// On burn-flex with float32 scores it is one kernel forward (one sweep per row, no
+/// expanded mask, no temporaries) and one backward; otherwise the composition of burn's
+/// operations ([`attention_probs_unfused`], with [`softmax_last`]).
+pub fn attention_probs<B: Backend>(
+    scores: Tensor<B, 4>,
+    scale: ScoreScale,
+    mask: Option<Tensor<B, 4, Bool>>,
+    dropout: &Dropout,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let (scores, mask) = match flex::attention_probs(scores, scale, mask, dropout) {
+        Ok(probs) => return probs,
+        Err(args) => args,
+    };
+    composed_probs(scores, scale, mask, dropout, softmax_last)
+}
+
+/// [`attention_probs`] composed of burn's operations (scale, cast, `mask_fill` of the
+/// expanded mask, burn's softmax, [`Dropout::forward`]): the reference the fused kernel is
+/// tested against.
+pub fn attention_probs_unfused<B: Backend>(
+    scores: Tensor<B, 4>,
+    scale: ScoreScale,
+    mask: Option<Tensor<B, 4, Bool>>,
+    dropout: &Dropout,
+) -> Tensor<B, 4> {
+    composed_probs(scores, scale, mask, dropout, softmax_last_unfused)
+}
+
+fn composed_probs<B: Backend>(
+    scores: Tensor<B, 4>,
+    scale: ScoreScale,
+    mask: Option<Tensor<B, 4, Bool>>,
+    dropout: &Dropout,
+    softmax: fn(Tensor<B, 4>) -> Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    // The scale is applied in the scores' dtype (the matmul's, under autocast), the mask and
+    // softmax in float32 (a half-precision MASKED would be −inf, and a row of −inf is NaN).
+    let scores = match scale {
+        ScoreScale::Divide(d) => scores.div_scalar(d),
+        ScoreScale::Multiply(f) => scores.mul_scalar(f),
+    }
+    .cast(FloatDType::F32);
+    let scores = match mask {
+        Some(mask) => {
+            let [b, h, q_len, k_len] = scores.dims();
+            scores.mask_fill(mask.expand([b, h, q_len, k_len]), MASKED)
+        }
+        None => scores,
+    };
+    dropout.forward(softmax(scores))
+}
+
 /// Exact GELU, `x · Φ(x)`, and its derivative `Φ(x) + x·φ(x)`: burnish's fused kernel on
 /// burn-flex in float32 (Φ from an erfc approximation with a relative error below 1.2e-7,
 /// computed in vector registers), the composition of `erf` ([`gelu_unfused`]) otherwise.
@@ -108,7 +182,7 @@ pub fn gelu_unfused<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D>
     x.mul(cdf).div_scalar(2.0)
 }
 
-/// Whether [`layer_norm`], [`softmax_last`] and [`gelu`] run burnish's fused kernels on `B` (for
+/// Whether [`layer_norm`], [`softmax_last`], [`attention_probs`] and [`gelu`] run burnish's fused kernels on `B` (for
 /// float32 tensors): burn-flex with or without autodiff, when this crate is built with its
 /// `flex` feature.
 pub fn is_fused<B: Backend>() -> bool {
@@ -134,9 +208,11 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::tensor::backend::Backend;
     use burn::tensor::ops::{ActivationOps, FloatTensor};
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
     use burn_flex::{Flex, FlexTensor};
     use rayon::prelude::*;
+
+    use super::{Dropout, MASKED, ScoreScale};
 
     /// Rows handed to one task: enough to amortize scheduling, few enough to balance two or
     /// more threads on a small batch. Also the block of the fixed-order sums over rows.
@@ -466,6 +542,259 @@ mod flex {
                     let dot = dot as f32;
                     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
                         *dx = y * (g - dot);
+                    }
+                }
+            });
+        tensor(dx, &y)
+    }
+
+    type ProbsArgs<B> = (Tensor<B, 4>, Option<Tensor<B, 4, Bool>>);
+
+    pub(super) fn attention_probs<B: Backend>(
+        scores: Tensor<B, 4>,
+        scale: ScoreScale,
+        mask: Option<Tensor<B, 4, Bool>>,
+        dropout: &Dropout,
+    ) -> Result<Tensor<B, 4>, ProbsArgs<B>> {
+        let dims = scores.dims();
+        let broadcasts = |m: &Tensor<B, 4, Bool>| {
+            let md = m.dims();
+            md[3] == dims[3] && (0..3).all(|i| md[i] == 1 || md[i] == dims[i])
+        };
+        if !is_flex::<B>() || !fusable(&scores) || !mask.as_ref().is_none_or(broadcasts) {
+            return Err((scores, mask));
+        }
+        let args = match cast::<_, ProbsArgs<Flex>>((scores, mask)) {
+            // Without autodiff (evaluation) dropout is the identity.
+            Ok((scores, mask)) => {
+                let mask = mask.map(|m| KeyMask::new(m.into_primitive(), dims));
+                let (probs, _) = probs_forward(&primitive(scores), scale, mask.as_ref(), None);
+                return Ok(back::<Flex, B, 4>(probs));
+            }
+            Err(args) => args,
+        };
+        probs_on::<B, NoCheckpointing>(args, scale, dropout)
+            .or_else(|args| probs_on::<B, BalancedCheckpointing>(args, scale, dropout))
+    }
+
+    fn probs_on<B: Backend, C: CheckpointStrategy>(
+        args: ProbsArgs<B>,
+        scale: ScoreScale,
+        dropout: &Dropout,
+    ) -> Result<Tensor<B, 4>, ProbsArgs<B>> {
+        let (scores, mask) = cast::<_, ProbsArgs<Autodiff<Flex, C>>>(args)?;
+        let dims = scores.dims();
+        let kept = dropout.draw::<Autodiff<Flex, C>>(dims.iter().product(), &scores.device());
+        let mask = mask.map(|m| Arc::new(KeyMask::new(m.into_primitive(), dims)));
+        let x = primitive(scores);
+        let (out, probs) = probs_forward(&x.primitive, scale, mask.as_deref(), kept.as_deref());
+        let out = match ProbsBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            // The probabilities (before dropout) and the mask are all the backward pass
+            // needs: the scores are not kept.
+            OpsKind::Tracked(prep) => {
+                let state = ProbsState {
+                    probs: probs.unwrap_or_else(|| out.clone()),
+                    kept: kept.map(Arc::new),
+                    mask,
+                    scale,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Ok(back::<Autodiff<Flex, C>, B, 4>(out))
+    }
+
+    /// A boolean key mask read in place under broadcasting: the mask of score row `r` (rows
+    /// in `[batch, heads, q_len]` order) without expanding it to the scores' shape.
+    #[derive(Debug, Clone)]
+    struct KeyMask {
+        mask: FlexTensor,
+        /// Elements between consecutive batch, head and query rows of the mask; 0 where it
+        /// broadcasts.
+        strides: [usize; 3],
+        heads: usize,
+        q_len: usize,
+        k_len: usize,
+    }
+
+    impl KeyMask {
+        fn new(mask: FlexTensor, [_, heads, q_len, k_len]: [usize; 4]) -> Self {
+            let mask = mask.to_contiguous();
+            let md = mask.layout().shape().clone();
+            let stride = |i: usize, step: usize| if md[i] == 1 { 0 } else { step };
+            let strides = [
+                stride(0, md[1] * md[2] * k_len),
+                stride(1, md[2] * k_len),
+                stride(2, k_len),
+            ];
+            KeyMask {
+                mask,
+                strides,
+                heads,
+                q_len,
+                k_len,
+            }
+        }
+
+        fn row(&self, r: usize) -> &[u8] {
+            let (b, h, q) = (
+                r / (self.heads * self.q_len),
+                (r / self.q_len) % self.heads,
+                r % self.q_len,
+            );
+            let start = b * self.strides[0] + h * self.strides[1] + q * self.strides[2];
+            &self.mask.storage::<u8>()[start..start + self.k_len]
+        }
+    }
+
+    #[derive(Debug)]
+    struct ProbsBackward;
+
+    #[derive(Debug, Clone)]
+    struct ProbsState {
+        probs: FlexTensor,
+        kept: Option<Arc<Vec<f32>>>,
+        mask: Option<Arc<KeyMask>>,
+        scale: ScoreScale,
+    }
+
+    impl Backward<Flex, 1> for ProbsBackward {
+        type State = ProbsState;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<Flex>(&ops.node);
+            let [Some(parent)] = ops.parents else {
+                return;
+            };
+            grads.register::<Flex>(parent.id, probs_backward(&ops.state, &grad));
+        }
+    }
+
+    /// Sum of `values` in float64, in eight interleaved partial sums (a fixed order).
+    fn sum_f64(values: impl Iterator<Item = f32>) -> f64 {
+        let mut lanes = [0.0f64; 8];
+        for (i, v) in values.enumerate() {
+            lanes[i % 8] += f64::from(v);
+        }
+        lanes.iter().sum()
+    }
+
+    /// Each row: scaled, masked keys set to [`MASKED`], softmax (max subtracted, sum in
+    /// float64); then the dropout multipliers. Returns the output and, with dropout, the
+    /// probabilities before it.
+    fn probs_forward(
+        x: &FlexTensor,
+        scale: ScoreScale,
+        mask: Option<&KeyMask>,
+        kept: Option<&[f32]>,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        let x = contiguous(x);
+        let xs = x.storage::<f32>();
+        let d = x.layout().shape().last().copied().unwrap_or(1);
+        let block = ROWS_PER_TASK * d;
+        let row = |r: usize, x: &[f32], p: &mut [f32]| {
+            match scale {
+                ScoreScale::Divide(s) => {
+                    let s = s as f32;
+                    p.iter_mut().zip(x).for_each(|(p, &x)| *p = x / s);
+                }
+                ScoreScale::Multiply(f) => {
+                    let f = f as f32;
+                    p.iter_mut().zip(x).for_each(|(p, &x)| *p = x * f);
+                }
+            }
+            if let Some(mask) = mask {
+                for (p, &m) in p.iter_mut().zip(mask.row(r)) {
+                    if m != 0 {
+                        *p = MASKED;
+                    }
+                }
+            }
+            let max = p
+                .iter()
+                .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+            // Below e^−87 a weight is 0 (f32's smallest normal is e^−87.3).
+            p.iter_mut().for_each(|p| {
+                let shifted = *p - max;
+                *p = if shifted < -87.0 { 0.0 } else { exp(shifted) };
+            });
+            let sum = sum_f64(p.iter().copied()) as f32;
+            p.iter_mut().for_each(|p| *p /= sum);
+        };
+        let mut probs = vec![0.0f32; xs.len()];
+        let rows = probs
+            .par_chunks_mut(block)
+            .zip(xs.par_chunks(block))
+            .enumerate();
+        let Some(kept) = kept else {
+            rows.for_each(|(task, (p, x))| {
+                for (i, (p, x)) in p.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                    row(task * ROWS_PER_TASK + i, x, p);
+                }
+            });
+            return (tensor(probs, &x), None);
+        };
+        let mut out = vec![0.0f32; xs.len()];
+        rows.zip(out.par_chunks_mut(block))
+            .zip(kept.par_chunks(block))
+            .for_each(|(((task, (p, x)), out), kept)| {
+                for (i, (p, x)) in p.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+                    row(task * ROWS_PER_TASK + i, x, p);
+                }
+                for ((out, &p), &k) in out.iter_mut().zip(p.iter()).zip(kept) {
+                    *out = p * k;
+                }
+            });
+        (tensor(out, &x), Some(tensor(probs, &x)))
+    }
+
+    /// Per row: `g·kept` (through dropout), `y·(g − Σ g·y)` (softmax), 0 at masked keys
+    /// (`mask_fill`), then the scale's derivative.
+    fn probs_backward(state: &ProbsState, grad: &FlexTensor) -> FlexTensor {
+        let (y, grad) = (contiguous(&state.probs), contiguous(grad));
+        let (ys, gs) = (y.storage::<f32>(), grad.storage::<f32>());
+        let d = y.layout().shape().last().copied().unwrap_or(1);
+        let block = ROWS_PER_TASK * d;
+        let kept = state.kept.as_deref().map(Vec::as_slice);
+        let mut dx = vec![0.0f32; ys.len()];
+        dx.par_chunks_mut(block)
+            .zip(ys.par_chunks(block))
+            .zip(gs.par_chunks(block))
+            .enumerate()
+            .for_each(|(task, ((dx, y), g))| {
+                let rows = dx.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d));
+                for (i, ((dx, y), g)) in rows.enumerate() {
+                    let r = task * ROWS_PER_TASK + i;
+                    dx.copy_from_slice(g);
+                    if let Some(kept) = kept {
+                        let kept = &kept[r * d..(r + 1) * d];
+                        dx.iter_mut().zip(kept).for_each(|(dx, &k)| *dx *= k);
+                    }
+                    let dot = sum_f64(dx.iter().zip(y).map(|(&g, &y)| y * g)) as f32;
+                    dx.iter_mut()
+                        .zip(y)
+                        .for_each(|(dx, &y)| *dx = y * (*dx - dot));
+                    if let Some(mask) = &state.mask {
+                        for (dx, &m) in dx.iter_mut().zip(mask.row(r)) {
+                            if m != 0 {
+                                *dx = 0.0;
+                            }
+                        }
+                    }
+                    match state.scale {
+                        ScoreScale::Divide(s) => {
+                            let s = s as f32;
+                            dx.iter_mut().for_each(|dx| *dx /= s);
+                        }
+                        ScoreScale::Multiply(f) => {
+                            let f = f as f32;
+                            dx.iter_mut().for_each(|dx| *dx *= f);
+                        }
                     }
                 }
             });

@@ -6,6 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::Activation;
+use crate::fused::{ScoreScale, attention_probs};
 
 /// Exact GELU, `x · ½ · (1 + erf(x/√2))`, with the exact derivative, as PyTorch's
 /// (burn 0.21's built-in `gelu` back-propagates the derivative of the tanh approximation on
@@ -46,7 +47,8 @@ pub const MASKED: f32 = f32::MIN;
 ///
 /// The two matmuls run in the dtype of `q`/`v`; masking and softmax run in float32, as
 /// under `torch.autocast` (a half-precision `f32::MIN` would be −inf, and a row of −inf is
-/// NaN). In float32 the casts are no-ops.
+/// NaN). In float32 the casts are no-ops. Scale, mask, softmax and dropout are
+/// [`crate::fused::attention_probs`] (one kernel on burn-flex).
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -56,11 +58,10 @@ pub fn attention<B: Backend>(
 ) -> Tensor<B, 4> {
     // BERT divides by √d (transformers' `/ math.sqrt(head_dim)`), which rounds differently
     // from multiplying by its inverse.
-    let head_dim = q.dims()[3];
-    let scores = q
-        .matmul(k.swap_dims(2, 3))
-        .div_scalar((head_dim as f64).sqrt());
-    attend(scores, v, mask, dropout)
+    let scale = ScoreScale::Divide((q.dims()[3] as f64).sqrt());
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let probs = attention_probs(scores, scale, mask, dropout);
+    probs.cast(v.dtype()).matmul(v)
 }
 
 /// [`attention`] with the scores multiplied by `scale` (transformers' decoders:
@@ -75,36 +76,21 @@ pub fn attention_scaled<B: Backend>(
     scale: f64,
     softcap: Option<f64>,
 ) -> Tensor<B, 4> {
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-    let scores = match softcap {
-        Some(cap) => soft_cap(scores.cast(FloatDType::F32), cap),
-        None => scores,
+    let scores = q.matmul(k.swap_dims(2, 3));
+    let probs = match softcap {
+        // ×1 is exact, forward and backward.
+        Some(cap) => {
+            let capped = soft_cap(scores.mul_scalar(scale).cast(FloatDType::F32), cap);
+            attention_probs(capped, ScoreScale::Multiply(1.0), mask, dropout)
+        }
+        None => attention_probs(scores, ScoreScale::Multiply(scale), mask, dropout),
     };
-    attend(scores, v, mask, dropout)
+    probs.cast(v.dtype()).matmul(v)
 }
 
 /// Gemma's soft cap, `c·tanh(x/c)`: smooth, odd, bounded by `c`.
 pub fn soft_cap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
     x.div_scalar(cap).tanh().mul_scalar(cap)
-}
-
-/// Masked softmax of `scores` (in float32), dropout, then the weighted sum of `v`.
-fn attend<B: Backend>(
-    scores: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Option<Tensor<B, 4, Bool>>,
-    dropout: &crate::random::Dropout,
-) -> Tensor<B, 4> {
-    let scores = scores.cast(FloatDType::F32);
-    let scores = match mask {
-        Some(mask) => {
-            let [b, h, q_len, k_len] = scores.dims();
-            scores.mask_fill(mask.expand([b, h, q_len, k_len]), MASKED)
-        }
-        None => scores,
-    };
-    let probs = dropout.forward(crate::fused::softmax_last(scores));
-    probs.cast(v.dtype()).matmul(v)
 }
 
 /// A [`Linear`] layer computed in `dtype`: input, weight and bias are cast to it (the cast

@@ -32,6 +32,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 thread_local! {
     // A thread that never called `seed_thread` still gets a fixed, reproducible stream.
@@ -87,22 +88,37 @@ pub fn linear<B: Backend>(
     }
 }
 
+/// Draws per task of [`dropout_mask`]: large enough to amortize scheduling.
+const DRAWS_PER_TASK: usize = 1 << 16;
+
 /// The multipliers of one dropout mask: `1/keep` with probability `keep`, else 0.
+///
+/// Element `i` takes word `i` of the generator's stream from its current position, as a
+/// loop of `next_u32` would, but blocks of the stream are drawn on rayon's threads (ChaCha
+/// seeks to any word); the generator then continues after the last word drawn. The mask is
+/// therefore the same whatever the number of threads.
 fn dropout_mask(n: usize, keep: f64) -> Vec<f32> {
     // An element is kept when a uniform u32 falls below keep·2³²; `keep` < 1 here, so the
     // threshold fits.
     let threshold = (keep * 4_294_967_296.0) as u64;
     let scale = (1.0 / keep) as f32;
     with_generator(|rng| {
-        (0..n)
-            .map(|_| {
-                if u64::from(rng.next_u32()) < threshold {
-                    scale
-                } else {
-                    0.0
+        let start = rng.get_word_pos();
+        let mut mask = vec![0.0f32; n];
+        let shared: &ChaCha8Rng = rng;
+        mask.par_chunks_mut(DRAWS_PER_TASK)
+            .enumerate()
+            .for_each(|(block, values)| {
+                let mut stream = shared.clone();
+                stream.set_word_pos(start + (block * DRAWS_PER_TASK) as u128);
+                for value in values {
+                    if u64::from(stream.next_u32()) < threshold {
+                        *value = scale;
+                    }
                 }
-            })
-            .collect()
+            });
+        rng.set_word_pos(start + n as u128);
+        mask
     })
 }
 
@@ -128,16 +144,22 @@ impl Dropout {
 
     /// Applies the dropout (training) or returns `x` unchanged (evaluation, or `prob` 0).
     pub fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if self.prob <= 0.0 || !B::ad_enabled(&x.device()) {
-            return x;
-        }
         let shape = x.shape();
-        let mask = dropout_mask(shape.num_elements(), 1.0 - self.prob);
+        let Some(mask) = self.draw::<B>(shape.num_elements(), &x.device()) else {
+            return x;
+        };
         // The multipliers are made in the input's dtype (a half-precision activation gets a
         // half-precision mask) and are constants: no gradient flows into them.
         let mask =
             Tensor::<B, D>::from_data(TensorData::new(mask, shape), (&x.device(), x.dtype()));
         x * mask
+    }
+
+    /// The multipliers of a mask over `n` elements on `device`, drawn now from this thread's
+    /// generator (as [`forward`](Self::forward) draws them); `None` where dropout is the
+    /// identity (evaluation, or `prob` 0), and then nothing is drawn.
+    pub(crate) fn draw<B: Backend>(&self, n: usize, device: &B::Device) -> Option<Vec<f32>> {
+        (self.prob > 0.0 && B::ad_enabled(device)).then(|| dropout_mask(n, 1.0 - self.prob))
     }
 }
 
@@ -147,6 +169,7 @@ mod tests {
     use burn::backend::Autodiff;
     use burn_ndarray::NdArray;
     use proptest::prelude::*;
+    use rand::RngCore;
 
     type B = Autodiff<NdArray>;
 
@@ -182,6 +205,27 @@ mod tests {
         noise.join().unwrap();
         assert!(together.iter().all(|masks| *masks == alone));
         assert_ne!(dropped(0.3, 6, 4096), alone, "another seed, another mask");
+    }
+
+    #[test]
+    fn masks_drawn_in_blocks_are_the_serial_stream() {
+        // Three blocks and part of a fourth, then a draw after the mask.
+        let n = 3 * DRAWS_PER_TASK + 1234;
+        let keep = 0.7;
+        seed_thread(11);
+        let mask = dropout_mask(n, keep);
+        let next = with_generator(|rng| rng.next_u32());
+        let mut serial = ChaCha8Rng::seed_from_u64(11);
+        let threshold = (keep * 4_294_967_296.0) as u64;
+        for (i, &m) in mask.iter().enumerate() {
+            let kept = u64::from(serial.next_u32()) < threshold;
+            assert_eq!(m != 0.0, kept, "element {i}");
+        }
+        assert_eq!(
+            next,
+            serial.next_u32(),
+            "the stream continues after the mask"
+        );
     }
 
     #[test]
