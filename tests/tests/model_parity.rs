@@ -1268,6 +1268,51 @@ fn fused_attention_probabilities_match_burns_operations() {
     );
 }
 
+/// The attention heads' split and merge with burnish's row-wise copies on burn-flex
+/// (`fused::contiguous`, forward and backward) give exactly burn's reshape and transpose:
+/// values and gradients, for heads of one and of several rows (74 rows per block: a partial
+/// block too), and a slice with an offset into its buffer.
+#[test]
+fn head_split_and_merge_copy_exactly_like_burns_reshape() {
+    use burn::backend::Autodiff;
+    use burn_flex::Flex;
+    use burnish_models::ops::{merge_heads, split_heads};
+    type F = Autodiff<Flex>;
+    let device = Default::default();
+    let run = |fused: bool, dims: [usize; 3], heads: usize| {
+        let n = dims.iter().product();
+        let x = Tensor::<F, 3>::from_data(TensorData::new(pattern(n, 31), dims), &device)
+            .require_grad();
+        let [b, s, hidden] = dims;
+        let d = hidden / heads;
+        let split = if fused {
+            split_heads(x.clone(), heads, d)
+        } else {
+            x.clone().reshape([b, s, heads, d]).swap_dims(1, 2)
+        };
+        let w =
+            Tensor::<F, 4>::from_data(TensorData::new(pattern(n, 37), [b, heads, s, d]), &device);
+        let weighted = split * w;
+        let merged = if fused {
+            merge_heads(weighted)
+        } else {
+            weighted.swap_dims(1, 2).reshape([b, s, hidden])
+        };
+        let v = Tensor::<F, 3>::from_data(TensorData::new(pattern(n, 41), dims), &device);
+        let grads = merged.clone().mul(v).sum().backward();
+        vec![host(merged), host(x.grad(&grads).unwrap())]
+    };
+    for (dims, heads) in [([2, 37, 12], 3), ([3, 5, 8], 8), ([1, 1, 6], 2)] {
+        assert_eq!(run(true, dims, heads), run(false, dims, heads), "{dims:?}");
+    }
+    let x = Tensor::<Flex, 3>::from_data(TensorData::new(pattern(120, 43), [2, 5, 12]), &device);
+    let part = x.slice([0..2, 1..4, 4..10]);
+    assert_eq!(
+        host(burnish_models::fused::contiguous(part.clone())),
+        host(part)
+    );
+}
+
 /// burnish's fused layer norm and softmax (burn-flex, `burnish_models::fused`) against
 /// burn's composed operations on the same backend, forward and every gradient: float32
 /// within 2e-6 of the largest value, bfloat16 inputs (cast to float32 inside, as the models

@@ -9,7 +9,9 @@ use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, BertConfig, BertFlavor};
 use crate::layers::{embedding, layer_norm, linear};
-use crate::ops::{activate, attention, frozen_where, layer_norm_f32, linear_in};
+use crate::ops::{
+    activate, attention, frozen_where, layer_norm_f32, linear_in, merge_heads, split_heads,
+};
 use crate::{Autocast, ModelError};
 
 /// Word, position and token-type embeddings, summed, normalized and dropped out.
@@ -253,15 +255,12 @@ impl<B: Backend> BertSelfAttention<B> {
         mask: Option<Tensor<B, 4, Bool>>,
         cx: FloatDType,
     ) -> Tensor<B, 3> {
-        let [batch, seq, hidden] = x.dims();
-        let d = hidden / self.heads;
-        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, self.heads, d]).swap_dims(1, 2);
+        let d = x.dims()[2] / self.heads;
+        let split = |t: Tensor<B, 3>| split_heads(t, self.heads, d);
         let q = split(linear_in(&self.query, x.clone(), cx));
         let k = split(linear_in(&self.key, x.clone(), cx));
         let v = split(linear_in(&self.value, x, cx));
-        attention(q, k, v, mask, &self.dropout)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden])
+        merge_heads(attention(q, k, v, mask, &self.dropout))
     }
 }
 

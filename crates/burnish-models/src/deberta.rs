@@ -16,7 +16,9 @@ use crate::config::{
     encoder_min_parameters, nonzero, positive, probability, token_ids,
 };
 use crate::layers::{embedding, layer_norm, linear};
-use crate::ops::{MASKED, activate, embed_padded, layer_norm_f32, linear_in};
+use crate::ops::{
+    MASKED, activate, embed_padded, layer_norm_f32, linear_in, merge_heads, split_heads,
+};
 use crate::{Autocast, ModelError};
 
 fn positions_512() -> usize {
@@ -545,16 +547,13 @@ impl<B: Backend> DisentangledSelfAttention<B> {
         relative: Option<&Relative<B>>,
         cx: FloatDType,
     ) -> Tensor<B, 3> {
-        let [batch, seq, hidden] = x.dims();
+        let [batch, _, hidden] = x.dims();
         let heads = self.heads;
         let d = hidden / heads;
-        let split = |t: Tensor<B, 3>, len: usize| {
-            let rows = t.dims()[0];
-            t.reshape([rows, len, heads, d]).swap_dims(1, 2)
-        };
-        let q = split(linear_in(&self.query_proj, x.clone(), cx), seq);
-        let k = split(linear_in(&self.key_proj, x.clone(), cx), seq);
-        let v = split(linear_in(&self.value_proj, x, cx), seq);
+        let split = |t: Tensor<B, 3>| split_heads(t, heads, d);
+        let q = split(linear_in(&self.query_proj, x.clone(), cx));
+        let k = split(linear_in(&self.key_proj, x.clone(), cx));
+        let v = split(linear_in(&self.value_proj, x, cx));
         let factor = 1 + usize::from(self.c2p) + usize::from(self.p2c);
         // torch.sqrt of a float32 tensor: the scale is a float32 value.
         let scale = f64::from((d as f32 * factor as f32).sqrt());
@@ -568,12 +567,7 @@ impl<B: Backend> DisentangledSelfAttention<B> {
                 .forward(relative.embeddings.clone())
                 .unsqueeze_dim::<3>(0);
             let project = |layer: &Linear<B>| {
-                split(linear_in(layer, rel.clone(), cx), 2 * span).expand([
-                    batch,
-                    heads,
-                    2 * span,
-                    d,
-                ])
+                split(linear_in(layer, rel.clone(), cx)).expand([batch, heads, 2 * span, d])
             };
             if self.c2p {
                 let pos_key = project(self.pos_key_proj.as_ref().unwrap_or(&self.key_proj));
@@ -593,11 +587,7 @@ impl<B: Backend> DisentangledSelfAttention<B> {
         }
         let scores = scores.cast(FloatDType::F32).mask_fill(mask, MASKED);
         let probs = self.dropout.forward(crate::fused::softmax_last(scores));
-        probs
-            .cast(v.dtype())
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden])
+        merge_heads(probs.cast(v.dtype()).matmul(v))
     }
 }
 

@@ -159,6 +159,20 @@ fn composed_probs<B: Backend>(
     dropout.forward(softmax(scores))
 }
 
+/// `x` unchanged, with its values (forward) and its gradient (backward) laid out
+/// contiguously: what a reshape of a transposed tensor needs, such as the attention heads'
+/// split and merge. On burn-flex in float32 a parallel copy of the contiguous runs of the
+/// last dimension (burn-flex's own copy walks a strided tensor element by element on one
+/// thread); elsewhere `x` itself (the reshape that follows copies as it needs).
+pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = match flex::contiguous(x) {
+        Ok(y) => return y,
+        Err(x) => x,
+    };
+    x
+}
+
 /// Exact GELU, `x · Φ(x)`, and its derivative `Φ(x) + x·φ(x)`: burnish's fused kernel on
 /// burn-flex in float32 (Φ from an erfc approximation with a relative error below 1.2e-7,
 /// computed in vector registers), the composition of `erf` ([`gelu_unfused`]) otherwise.
@@ -364,10 +378,6 @@ mod flex {
         }
     }
 
-    fn contiguous(t: &FlexTensor) -> FlexTensor {
-        t.to_contiguous()
-    }
-
     fn tensor(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
         FlexTensor::from_data(TensorData::new(values, like.layout().shape().clone()))
     }
@@ -381,7 +391,7 @@ mod flex {
         beta: Option<&FlexTensor>,
         epsilon: f64,
     ) -> (FlexTensor, Vec<f32>) {
-        let (x, gamma, beta) = (contiguous(x), contiguous(gamma), beta.map(contiguous));
+        let (x, gamma, beta) = (dense_copy(x), dense_copy(gamma), beta.map(dense_copy));
         let (xs, gs) = (x.storage::<f32>(), gamma.storage::<f32>());
         let bs = beta.as_ref().map(|b| b.storage::<f32>());
         let d = gs.len();
@@ -422,7 +432,7 @@ mod flex {
         grad: &FlexTensor,
         weights: bool,
     ) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
-        let (x, gamma, grad) = (contiguous(x), contiguous(gamma), contiguous(grad));
+        let (x, gamma, grad) = (dense_copy(x), dense_copy(gamma), dense_copy(grad));
         let (xs, gs, dys) = (
             x.storage::<f32>(),
             gamma.storage::<f32>(),
@@ -525,7 +535,7 @@ mod flex {
 
     /// `dx = y·(g − Σ g·y)` per row.
     fn softmax_backward(y: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
-        let (y, grad) = (contiguous(y), contiguous(grad));
+        let (y, grad) = (dense_copy(y), dense_copy(grad));
         let (ys, gs) = (y.storage::<f32>(), grad.storage::<f32>());
         let d = y.layout().shape().last().copied().unwrap_or(1);
         let mut dx = vec![0.0f32; ys.len()];
@@ -693,7 +703,7 @@ mod flex {
         mask: Option<&KeyMask>,
         kept: Option<&[f32]>,
     ) -> (FlexTensor, Option<FlexTensor>) {
-        let x = contiguous(x);
+        let x = dense_copy(x);
         let xs = x.storage::<f32>();
         let d = x.layout().shape().last().copied().unwrap_or(1);
         let block = ROWS_PER_TASK * d;
@@ -756,7 +766,7 @@ mod flex {
     /// Per row: `g·kept` (through dropout), `y·(g − Σ g·y)` (softmax), 0 at masked keys
     /// (`mask_fill`), then the scale's derivative.
     fn probs_backward(state: &ProbsState, grad: &FlexTensor) -> FlexTensor {
-        let (y, grad) = (contiguous(&state.probs), contiguous(grad));
+        let (y, grad) = (dense_copy(&state.probs), dense_copy(grad));
         let (ys, gs) = (y.storage::<f32>(), grad.storage::<f32>());
         let d = y.layout().shape().last().copied().unwrap_or(1);
         let block = ROWS_PER_TASK * d;
@@ -799,6 +809,85 @@ mod flex {
                 }
             });
         tensor(dx, &y)
+    }
+
+    pub(super) fn contiguous<B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        if !is_flex::<B>() || !fusable(&x) {
+            return Err(x);
+        }
+        let x = match cast::<_, Tensor<Flex, D>>(x) {
+            Ok(x) => return Ok(back::<Flex, B, D>(dense_copy(&primitive(x)))),
+            Err(x) => x,
+        };
+        contiguous_on::<B, NoCheckpointing, D>(x)
+            .or_else(contiguous_on::<B, BalancedCheckpointing, D>)
+    }
+
+    fn contiguous_on<B: Backend, C: CheckpointStrategy, const D: usize>(
+        x: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        let x = primitive(cast::<_, Tensor<Autodiff<Flex, C>, D>>(x)?);
+        let y = dense_copy(&x.primitive);
+        let y = CopyBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateless(y);
+        Ok(back::<Autodiff<Flex, C>, B, D>(y))
+    }
+
+    #[derive(Debug)]
+    struct CopyBackward;
+
+    impl Backward<Flex, 1> for CopyBackward {
+        type State = ();
+
+        fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = grads.consume::<Flex>(&ops.node);
+            let [Some(parent)] = ops.parents else {
+                return;
+            };
+            grads.register::<Flex>(parent.id, dense_copy(&grad));
+        }
+    }
+
+    /// `t` itself when its buffer is exactly its elements in order; otherwise a copy made
+    /// of runs of the last dimension in parallel (burn-flex's own copy when that dimension
+    /// is not contiguous).
+    fn dense_copy(t: &FlexTensor) -> FlexTensor {
+        let layout = t.layout();
+        let n = layout.num_elements();
+        if t.dtype() != DType::F32 || n == 0 {
+            return t.to_contiguous();
+        }
+        if t.is_contiguous() && layout.start_offset() == 0 && t.storage::<f32>().len() == n {
+            return t.clone();
+        }
+        let (shape, strides) = (layout.shape().clone(), layout.strides().to_vec());
+        let rank = strides.len();
+        let d = shape[rank - 1];
+        if strides[rank - 1] != 1 {
+            return t.to_contiguous();
+        }
+        let src = t.storage::<f32>();
+        let start = layout.start_offset() as isize;
+        let mut out = vec![0.0f32; n];
+        out.par_chunks_mut(ROWS_PER_TASK * d)
+            .enumerate()
+            .for_each(|(task, rows)| {
+                for (i, row) in rows.chunks_mut(d).enumerate() {
+                    // The row's first element: its index over the leading dimensions.
+                    let (mut rest, mut offset) = (task * ROWS_PER_TASK + i, start);
+                    for k in (0..rank - 1).rev() {
+                        offset += (rest % shape[k]) as isize * strides[k];
+                        rest /= shape[k];
+                    }
+                    let offset = offset as usize;
+                    row.copy_from_slice(&src[offset..offset + d]);
+                }
+            });
+        FlexTensor::from_data(TensorData::new(out, shape))
     }
 
     pub(super) fn gelu<B: Backend, const D: usize>(
@@ -858,7 +947,7 @@ mod flex {
     const ELEMENTS_PER_TASK: usize = 1 << 14;
 
     fn gelu_forward(x: &FlexTensor) -> FlexTensor {
-        let x = contiguous(x);
+        let x = dense_copy(x);
         let xs = x.storage::<f32>();
         let mut y = vec![0.0f32; xs.len()];
         y.par_chunks_mut(ELEMENTS_PER_TASK)
@@ -873,7 +962,7 @@ mod flex {
 
     /// `g · (Φ(x) + x·φ(x))`.
     fn gelu_backward(x: &FlexTensor, grad: &FlexTensor) -> FlexTensor {
-        let (x, grad) = (contiguous(x), contiguous(grad));
+        let (x, grad) = (dense_copy(x), dense_copy(grad));
         let (xs, gs) = (x.storage::<f32>(), grad.storage::<f32>());
         let mut dx = vec![0.0f32; xs.len()];
         dx.par_chunks_mut(ELEMENTS_PER_TASK)

@@ -11,7 +11,9 @@ use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, DecoderFamily, LlamaConfig};
 use crate::layers::{RmsNorm, embedding, linear};
-use crate::ops::{activate, attention_scaled, linear_in, repeat_kv, soft_cap};
+use crate::ops::{
+    activate, attention_scaled, linear_in, merge_heads, repeat_kv, soft_cap, split_heads,
+};
 use crate::rope::{Rope, apply_rotary, rotary_tables};
 use crate::{Autocast, ModelError};
 
@@ -261,9 +263,7 @@ impl<B: Backend> LlamaAttention<B> {
         cache: Option<&mut (Tensor<B, 4>, Tensor<B, 4>)>,
         cx: FloatDType,
     ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
-        let [batch, seq, _] = x.dims();
-        let split =
-            |t: Tensor<B, 3>, n: usize| t.reshape([batch, seq, n, self.head_dim]).swap_dims(1, 2);
+        let split = |t: Tensor<B, 3>, n: usize| split_heads(t, n, self.head_dim);
         let [q, k, v] = self.project(x, cx);
         let (q, k, v) = (
             split(q, self.heads),
@@ -297,10 +297,7 @@ impl<B: Backend> LlamaAttention<B> {
             self.scale,
             self.softcap,
         );
-        let out = out
-            .swap_dims(1, 2)
-            .reshape([batch, seq, self.heads * self.head_dim]);
-        (linear_in(&self.o_proj, out, cx), (k, v))
+        (linear_in(&self.o_proj, merge_heads(out), cx), (k, v))
     }
 }
 

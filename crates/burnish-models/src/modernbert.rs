@@ -15,7 +15,9 @@ use crate::config::{
     positive, probability, sliding_layers, token_ids,
 };
 use crate::layers::{embedding, linear};
-use crate::ops::{activate, attention_scaled, embed_padded, layer_norm_f32, linear_in};
+use crate::ops::{
+    activate, attention_scaled, embed_padded, layer_norm_f32, linear_in, merge_heads, split_heads,
+};
 use crate::rope::{Rope, apply_rotary, rotary_tables};
 use crate::{Autocast, ModelError};
 
@@ -443,10 +445,10 @@ impl<B: Backend> ModernBertModel<B> {
             };
             let qkv = linear_in(&layer.attn.wqkv, h, cx);
             let part = |i: usize| {
-                qkv.clone()
-                    .slice([0..batch, 0..seq, i * hidden..(i + 1) * hidden])
-                    .reshape([batch, seq, heads, d])
-                    .swap_dims(1, 2)
+                let part = qkv
+                    .clone()
+                    .slice([0..batch, 0..seq, i * hidden..(i + 1) * hidden]);
+                split_heads(crate::fused::contiguous(part), heads, d)
             };
             let (q, k, v) = (
                 rotate(part(0), &tables[kind]),
@@ -462,9 +464,8 @@ impl<B: Backend> ModernBertModel<B> {
                 &layer.attn.dropout,
                 scale,
                 None,
-            )
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden]);
+            );
+            let attn = merge_heads(attn);
             let attn = layer
                 .attn
                 .out_drop

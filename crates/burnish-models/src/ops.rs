@@ -88,6 +88,20 @@ pub fn attention_scaled<B: Backend>(
     probs.cast(v.dtype()).matmul(v)
 }
 
+/// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`, a view; in training
+/// its gradient is laid out back as `[batch, seq, …]` by [`crate::fused::contiguous`].
+pub fn split_heads<B: Backend>(t: Tensor<B, 3>, heads: usize, head_dim: usize) -> Tensor<B, 4> {
+    let [batch, seq, _] = t.dims();
+    crate::fused::contiguous(t.reshape([batch, seq, heads, head_dim])).swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, head_dim]` → `[batch, seq, heads·head_dim]`, copied by
+/// [`crate::fused::contiguous`] (its gradient is a view).
+pub fn merge_heads<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [batch, heads, seq, head_dim] = t.dims();
+    crate::fused::contiguous(t.swap_dims(1, 2)).reshape([batch, seq, heads * head_dim])
+}
+
 /// Gemma's soft cap, `c·tanh(x/c)`: smooth, odd, bounded by `c`.
 pub fn soft_cap<B: Backend, const D: usize>(x: Tensor<B, D>, cap: f64) -> Tensor<B, D> {
     x.div_scalar(cap).tanh().mul_scalar(cap)
