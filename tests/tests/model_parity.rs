@@ -1313,6 +1313,47 @@ fn head_split_and_merge_copy_exactly_like_burns_reshape() {
     );
 }
 
+/// burnish's embedding on `Autodiff<Flex>` (rows gathered in parallel, the backward one
+/// pass in token order) gives burn's `embedding` exactly: rows and the table's gradient,
+/// with repeated ids, int32 and int64 ids, and under activation checkpointing.
+#[test]
+fn fused_embedding_gives_burns_rows_and_gradient() {
+    use burn::backend::Autodiff;
+    use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+    use burn::tensor::{DType, Int};
+    use burn_flex::Flex;
+    use burnish_models::fused;
+    fn run<A: burn::tensor::backend::AutodiffBackend>(fused: bool, dtype: DType) -> Outputs {
+        let device = Default::default();
+        let (vocab, d) = (11, 70);
+        let table =
+            Tensor::<A, 2>::from_data(TensorData::new(pattern(vocab * d, 47), [vocab, d]), &device)
+                .require_grad();
+        // 3 × 25 ids: every row, most of them several times (80 tokens per block: a partial one).
+        let ids: Vec<i64> = (0..75).map(|i| (i * 7 + i / 11) % vocab as i64).collect();
+        let ids = Tensor::<A, 2, Int>::from_data(TensorData::new(ids, [3, 25]), (&device, dtype));
+        let rows = if fused {
+            fused::embedding(table.clone(), ids)
+        } else {
+            burn::tensor::module::embedding(table.clone(), ids)
+        };
+        let w =
+            Tensor::<A, 3>::from_data(TensorData::new(pattern(75 * d, 53), [3, 25, d]), &device);
+        let grads = rows.clone().mul(w).sum().backward();
+        vec![host(rows), host(table.grad(&grads).unwrap())]
+    }
+    type F = Autodiff<Flex>;
+    for dtype in [DType::I32, DType::I64] {
+        let composed = run::<F>(false, dtype);
+        assert_eq!(run::<F>(true, dtype), composed, "{dtype:?}");
+        assert_eq!(
+            run::<Autodiff<Flex, BalancedCheckpointing>>(true, dtype),
+            composed,
+            "{dtype:?} checkpointed"
+        );
+    }
+}
+
 /// burnish's fused layer norm and softmax (burn-flex, `burnish_models::fused`) against
 /// burn's composed operations on the same backend, forward and every gradient: float32
 /// within 2e-6 of the largest value, bfloat16 inputs (cast to float32 inside, as the models

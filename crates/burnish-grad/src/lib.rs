@@ -2,6 +2,8 @@
 
 mod accumulate;
 mod clip;
+#[cfg(feature = "flex")]
+mod fused;
 mod sync;
 mod visit;
 

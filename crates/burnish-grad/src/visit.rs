@@ -23,6 +23,10 @@ pub(crate) enum Reduction {
 
 impl Reduction {
     fn apply<B: Backend, const D: usize>(self, g: Tensor<B, D>) -> Tensor<B, 1> {
+        #[cfg(feature = "flex")]
+        if let Some(value) = crate::fused::reduce(self, &g) {
+            return value;
+        }
         match self {
             Reduction::SumSquares => g.square().sum(),
             Reduction::MaxAbs => g.abs().max(),
@@ -44,6 +48,11 @@ pub(crate) enum Elementwise {
 
 impl Elementwise {
     fn apply<B: Backend, const D: usize>(self, g: Tensor<B, D>) -> Tensor<B, D> {
+        #[cfg(feature = "flex")]
+        let g = match crate::fused::map(self, g) {
+            Ok(g) => return g,
+            Err(g) => g,
+        };
         match self {
             Elementwise::Mul(c) => g.mul_scalar(c),
             Elementwise::Div(c) => g.div_scalar(c),

@@ -10,7 +10,7 @@ use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use crate::config::{Activation, BertConfig, BertFlavor};
 use crate::layers::{embedding, layer_norm, linear};
 use crate::ops::{
-    activate, attention, frozen_where, layer_norm_f32, linear_in, merge_heads, split_heads,
+    activate, attention, embed, frozen_where, layer_norm_f32, linear_in, merge_heads, split_heads,
 };
 use crate::{Autocast, ModelError};
 
@@ -223,16 +223,16 @@ impl<B: Backend> BertEmbeddings<B> {
         // Padding rows take part in the forward pass but learn nothing from it (a QA loss
         // reads the outputs at padded positions too).
         let frozen_at_pads = |x: Tensor<B, 3>| frozen_where(x, is_pad.clone());
-        let positions = self.position_embeddings.forward(positions);
+        let positions = embed(&self.position_embeddings, positions);
         let positions = match self.padding_idx {
             Some(_) => frozen_at_pads(positions),
             None => positions,
         };
-        let x = frozen_at_pads(self.word_embeddings.forward(input_ids));
+        let x = frozen_at_pads(embed(&self.word_embeddings, input_ids));
         let x = match &self.token_type_embeddings {
             Some(table) => {
                 let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
-                x.add(table.forward(types))
+                x.add(embed(table, types))
             }
             None => x,
         };

@@ -17,7 +17,7 @@ use crate::config::{
 };
 use crate::layers::{embedding, layer_norm, linear};
 use crate::ops::{
-    MASKED, activate, embed_padded, layer_norm_f32, linear_in, merge_heads, split_heads,
+    MASKED, activate, embed, embed_padded, layer_norm_f32, linear_in, merge_heads, split_heads,
 };
 use crate::{Autocast, ModelError};
 
@@ -617,11 +617,11 @@ impl<B: Backend> DebertaV2Model<B> {
             let positions = Tensor::<B, 1, Int>::arange(0..seq as i64, &device)
                 .unsqueeze::<2>()
                 .expand([batch, seq]);
-            x = x.add(table.forward(positions));
+            x = x.add(embed(table, positions));
         }
         if let Some(table) = &e.token_type_embeddings {
             let types = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
-            x = x.add(table.forward(types));
+            x = x.add(embed(table, types));
         }
         if let Some(proj) = &e.embed_proj {
             x = linear_in(proj, x, self.compute).cast(FloatDType::F32);

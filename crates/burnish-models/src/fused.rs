@@ -31,7 +31,7 @@
 //! ```
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, FloatDType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, FloatDType, Int, Tensor, TensorPrimitive};
 
 use crate::ops::MASKED;
 use crate::random::Dropout;
@@ -173,6 +173,20 @@ pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x
 }
 
+/// The rows of `weight` `[vocab, d]` at `ids` `[batch, seq]`, as `[batch, seq, d]` (burn's
+/// `embedding`, torch's dense `nn.Embedding`). On `Autodiff<Flex>` in float32 the backward
+/// adds the output gradient's rows into one zeroed `[vocab, d]` buffer in token order
+/// (burn-flex's own zero-fills it, copies it for alignment and copies it again before
+/// adding); ids outside the table, other backends and dtypes take burn's operation.
+pub fn embedding<B: Backend>(weight: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    let (weight, ids) = match flex::embedding(weight, ids) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    burn::tensor::module::embedding(weight, ids)
+}
+
 /// Exact GELU, `x · Φ(x)`, and its derivative `Φ(x) + x·φ(x)`: burnish's fused kernel on
 /// burn-flex in float32 (Φ from an erfc approximation with a relative error below 1.2e-7,
 /// computed in vector registers), the composition of `erf` ([`gelu_unfused`]) otherwise.
@@ -222,7 +236,7 @@ mod flex {
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::tensor::backend::Backend;
     use burn::tensor::ops::{ActivationOps, FloatTensor};
-    use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive};
     use burn_flex::{Flex, FlexTensor};
     use rayon::prelude::*;
 
@@ -231,6 +245,23 @@ mod flex {
     /// Rows handed to one task: enough to amortize scheduling, few enough to balance two or
     /// more threads on a small batch. Also the block of the fixed-order sums over rows.
     const ROWS_PER_TASK: usize = 32;
+
+    /// `Σ f(i)` for `i < n` in float64, in eight interleaved partial sums added in a fixed
+    /// order: eight independent chains (one float64 chain waits on each addition's latency,
+    /// which made the row sums the slowest part of these kernels), the same result on every
+    /// run and thread count.
+    #[inline(always)]
+    fn lane_sum(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+        let mut lanes = [0.0f64; 8];
+        let full = n - n % 8;
+        for base in (0..full).step_by(8) {
+            for (j, lane) in lanes.iter_mut().enumerate() {
+                *lane += f(base + j);
+            }
+        }
+        let tail: f64 = (full..n).map(&f).sum();
+        lanes.iter().sum::<f64>() + tail
+    }
 
     /// Whether the fused kernels can take this tensor: float32, rows of at least one value.
     fn fusable<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
@@ -403,12 +434,8 @@ mod flex {
             .for_each(|((y, stats), x)| {
                 for ((y, stats), x) in y.chunks_mut(d).zip(stats.chunks_mut(2)).zip(x.chunks(d)) {
                     let n = d as f64;
-                    let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-                    let var = x
-                        .iter()
-                        .map(|&v| (f64::from(v) - mean).powi(2))
-                        .sum::<f64>()
-                        / n;
+                    let mean = lane_sum(d, |j| f64::from(x[j])) / n;
+                    let var = lane_sum(d, |j| (f64::from(x[j]) - mean).powi(2)) / n;
                     let (mean, rstd) = (mean as f32, (1.0 / (var + epsilon).sqrt()) as f32);
                     for ((y, &x), &g) in y.iter_mut().zip(x).zip(gs) {
                         *y = (x - mean) * rstd * g;
@@ -455,13 +482,11 @@ mod flex {
                 let rows = dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d));
                 for (((dx, x), dy), stat) in rows.zip(stats.chunks(2)) {
                     let (mean, rstd) = (stat[0], stat[1]);
-                    let (mut a, mut b) = (0.0f64, 0.0f64);
-                    for (((xh, &x), &dy), &g) in xhat.iter_mut().zip(x).zip(dy).zip(gs) {
+                    for (xh, &x) in xhat.iter_mut().zip(x) {
                         *xh = (x - mean) * rstd;
-                        let dyg = f64::from(dy * g);
-                        a += dyg;
-                        b += dyg * f64::from(*xh);
                     }
+                    let a = lane_sum(d, |j| f64::from(dy[j] * gs[j]));
+                    let b = lane_sum(d, |j| f64::from(dy[j] * gs[j]) * f64::from(xhat[j]));
                     let (a, b) = ((a / d as f64) as f32, (b / d as f64) as f32);
                     for (((dx, &xh), &dy), &g) in dx.iter_mut().zip(&xhat).zip(dy).zip(gs) {
                         *dx = rstd * (dy * g - a - xh * b);
@@ -544,12 +569,7 @@ mod flex {
             .zip(gs.par_chunks(ROWS_PER_TASK * d))
             .for_each(|((dx, y), g)| {
                 for ((dx, y), g) in dx.chunks_mut(d).zip(y.chunks(d)).zip(g.chunks(d)) {
-                    let dot = y
-                        .iter()
-                        .zip(g)
-                        .map(|(&y, &g)| f64::from(y * g))
-                        .sum::<f64>();
-                    let dot = dot as f32;
+                    let dot = lane_sum(d, |j| f64::from(y[j] * g[j])) as f32;
                     for ((dx, &y), &g) in dx.iter_mut().zip(y).zip(g) {
                         *dx = y * (g - dot);
                     }
@@ -685,15 +705,6 @@ mod flex {
         }
     }
 
-    /// Sum of `values` in float64, in eight interleaved partial sums (a fixed order).
-    fn sum_f64(values: impl Iterator<Item = f32>) -> f64 {
-        let mut lanes = [0.0f64; 8];
-        for (i, v) in values.enumerate() {
-            lanes[i % 8] += f64::from(v);
-        }
-        lanes.iter().sum()
-    }
-
     /// Each row: scaled, masked keys set to [`MASKED`], softmax (max subtracted, sum in
     /// float64); then the dropout multipliers. Returns the output and, with dropout, the
     /// probabilities before it.
@@ -733,7 +744,7 @@ mod flex {
                 let shifted = *p - max;
                 *p = if shifted < -87.0 { 0.0 } else { exp(shifted) };
             });
-            let sum = sum_f64(p.iter().copied()) as f32;
+            let sum = lane_sum(p.len(), |j| f64::from(p[j])) as f32;
             p.iter_mut().for_each(|p| *p /= sum);
         };
         let mut probs = vec![0.0f32; xs.len()];
@@ -785,7 +796,7 @@ mod flex {
                         let kept = &kept[r * d..(r + 1) * d];
                         dx.iter_mut().zip(kept).for_each(|(dx, &k)| *dx *= k);
                     }
-                    let dot = sum_f64(dx.iter().zip(y).map(|(&g, &y)| y * g)) as f32;
+                    let dot = lane_sum(d, |j| f64::from(y[j] * dx[j])) as f32;
                     dx.iter_mut()
                         .zip(y)
                         .for_each(|(dx, &y)| *dx = y * (*dx - dot));
@@ -888,6 +899,99 @@ mod flex {
                 }
             });
         FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    type EmbeddingArgs<B> = (Tensor<B, 2>, Tensor<B, 2, Int>);
+
+    pub(super) fn embedding<B: Backend>(
+        weight: Tensor<B, 2>,
+        ids: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 3>, EmbeddingArgs<B>> {
+        // Without autodiff burn-flex's select is one pass already.
+        if !is_flex::<B>()
+            || weight.dtype() != DType::F32
+            || TypeId::of::<B>() == TypeId::of::<Flex>()
+        {
+            return Err((weight, ids));
+        }
+        embedding_on::<B, NoCheckpointing>((weight, ids))
+            .or_else(embedding_on::<B, BalancedCheckpointing>)
+    }
+
+    fn embedding_on<B: Backend, C: CheckpointStrategy>(
+        args: EmbeddingArgs<B>,
+    ) -> Result<Tensor<B, 3>, EmbeddingArgs<B>> {
+        let (weight, ids) = cast::<_, EmbeddingArgs<Autodiff<Flex, C>>>(args)?;
+        let [vocab, d] = weight.dims();
+        let Some(rows) = host_ids(ids.clone().into_primitive(), vocab) else {
+            // Out-of-range ids: burn's operation, and its behaviour, as without the kernel.
+            return Err(
+                cast((weight, ids)).unwrap_or_else(|_| unreachable!("B is Autodiff<Flex, C>"))
+            );
+        };
+        let [batch, seq] = ids.dims();
+        let w = primitive(weight);
+        let table = dense_copy(&w.primitive);
+        let ts = table.storage::<f32>();
+        let mut out = vec![0.0f32; rows.len() * d];
+        out.par_chunks_mut(ROWS_PER_TASK * d)
+            .zip(rows.par_chunks(ROWS_PER_TASK))
+            .for_each(|(out, rows)| {
+                for (out, &row) in out.chunks_mut(d).zip(rows) {
+                    out.copy_from_slice(&ts[row * d..(row + 1) * d]);
+                }
+            });
+        let out = FlexTensor::from_data(TensorData::new(out, [batch, seq, d]));
+        let out = match EmbeddingBackward
+            .prepare::<C>([w.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((Arc::new(rows), vocab), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        };
+        Ok(back::<Autodiff<Flex, C>, B, 3>(out))
+    }
+
+    /// The ids as row numbers, `None` when one is outside `0..vocab` or of another dtype.
+    fn host_ids(ids: FlexTensor, vocab: usize) -> Option<Vec<usize>> {
+        let ids = ids.to_contiguous();
+        let row = |v: i64| usize::try_from(v).ok().filter(|&v| v < vocab);
+        match ids.dtype() {
+            DType::I64 => ids.storage::<i64>().iter().map(|&v| row(v)).collect(),
+            DType::I32 => ids
+                .storage::<i32>()
+                .iter()
+                .map(|&v| row(i64::from(v)))
+                .collect(),
+            _ => None,
+        }
+    }
+
+    #[derive(Debug)]
+    struct EmbeddingBackward;
+
+    impl Backward<Flex, 1> for EmbeddingBackward {
+        /// The row of every token and the table's height.
+        type State = (Arc<Vec<usize>>, usize);
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let grad = dense_copy(&grads.consume::<Flex>(&ops.node));
+            let [Some(parent)] = ops.parents else {
+                return;
+            };
+            let (rows, vocab) = &ops.state;
+            let gs = grad.storage::<f32>();
+            let d = grad.layout().shape().last().copied().unwrap_or(1);
+            let mut dw = vec![0.0f32; vocab * d];
+            // Token order: the sums of a repeated id are always added the same way.
+            for (g, &row) in gs.chunks(d).zip(rows.iter()) {
+                let target = &mut dw[row * d..(row + 1) * d];
+                target.iter_mut().zip(g).for_each(|(t, &g)| *t += g);
+            }
+            let dw = FlexTensor::from_data(TensorData::new(dw, [*vocab, d]));
+            grads.register::<Flex>(parent.id, dw);
+        }
     }
 
     pub(super) fn gelu<B: Backend, const D: usize>(

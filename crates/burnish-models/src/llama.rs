@@ -12,7 +12,7 @@ use burn::tensor::{Bool, FloatDType, Int, Tensor};
 use crate::config::{Activation, DecoderFamily, LlamaConfig};
 use crate::layers::{RmsNorm, embedding, linear};
 use crate::ops::{
-    activate, attention_scaled, linear_in, merge_heads, repeat_kv, soft_cap, split_heads,
+    activate, attention_scaled, embed, linear_in, merge_heads, repeat_kv, soft_cap, split_heads,
 };
 use crate::rope::{Rope, apply_rotary, rotary_tables};
 use crate::{Autocast, ModelError};
@@ -439,7 +439,7 @@ impl<B: Backend> LlamaModel<B> {
         }
 
         let cx = self.compute;
-        let mut x = self.embed_tokens.forward(input_ids);
+        let mut x = embed(&self.embed_tokens, input_ids);
         if let Some(scale) = self.embed_scale {
             x = x.mul_scalar(scale);
         }

@@ -179,6 +179,12 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         .reshape([b, kv * groups, s, d])
 }
 
+/// The rows of `table` at `ids` `[batch, seq]` (`Embedding::forward`), through
+/// [`crate::fused::embedding`] (its backward one pass on burn-flex).
+pub fn embed<B: Backend>(table: &Embedding<B>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    crate::fused::embedding(table.weight.val(), ids)
+}
+
 /// Embeddings of `ids` `[batch, seq]` whose `pad` row learns nothing, as torch's
 /// `nn.Embedding(padding_idx = pad)`: the row takes part in the forward pass (a QA loss
 /// reads padded positions too) but gets no gradient.
@@ -188,10 +194,10 @@ pub fn embed_padded<B: Backend>(
     pad: Option<usize>,
 ) -> Tensor<B, 3> {
     let Some(pad) = pad else {
-        return table.forward(ids);
+        return embed(table, ids);
     };
     let is_pad = ids.clone().equal_elem(pad as i64);
-    frozen_where(table.forward(ids), is_pad)
+    frozen_where(embed(table, ids), is_pad)
 }
 
 /// `x` `[batch, seq, hidden]` unchanged forward, but without a gradient at the positions
