@@ -24,6 +24,7 @@ import os
 import pathlib
 import resource
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -107,6 +108,9 @@ def main():
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--backend", default="ndarray", help="burnish's CPU backend: ndarray or flex")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds of every run, interleaved; the table shows each run's median "
+                        "and the spread (min-max) of its samples/s")
     args = p.parse_args()
     texts = [json.loads(l) for l in open(pathlib.Path(args.data) / "train.jsonl")]
     texts = texts[:args.steps * args.batch_size]
@@ -123,20 +127,34 @@ def main():
         runs.append((args.backend, args.burnish, args.backend))
     if not runs:
         sys.exit("give --burnish BINARY or --run NAME=BINARY:BACKEND")
-    rows = []
-    with tempfile.TemporaryDirectory() as work:
-        for name, binary, backend in runs:
-            seconds, rss = run_burnish(args, work, binary, backend)
-            rows.append((f"burnish {name}", seconds, rss))
-    t_seconds, t_rss, tokens = run_torch(args, texts)
+    names = [f"burnish {name}" for name, _, _ in runs] + ["pytorch"]
+    seconds = {name: [] for name in names}
+    rss = {name: 0.0 for name in names}
+    tokens = 0
+    # Rounds interleave the runs, so a slow spell of the machine hits every run alike.
+    for round in range(args.repeat):
+        with tempfile.TemporaryDirectory() as work:
+            for (name, binary, backend), label in zip(runs, names):
+                s, r = run_burnish(args, work, binary, backend)
+                seconds[label].append(s)
+                # A child forked after PyTorch was loaded here starts with this process's
+                # pages in its peak RSS: only the first round measures burnish alone.
+                if round == 0:
+                    rss[label] = r
+        s, r, tokens = run_torch(args, texts)
+        seconds["pytorch"].append(s)
+        rss["pytorch"] = max(rss["pytorch"], r)
     samples = args.steps * args.batch_size
+    median = {name: statistics.median(v) for name, v in seconds.items()}
     print(f"{args.steps} steps x {args.batch_size} examples, max_length {args.max_length}, "
-          f"{args.threads} threads, {tokens} real tokens")
-    print(f"{'':22} {'samples/s':>10} {'tokens/s':>10} {'peak RSS MB':>12} {'vs pytorch':>11}")
-    for name, seconds, rss in rows + [("pytorch", t_seconds, t_rss)]:
-        print(f"{name:22} {samples / seconds:10.2f} {tokens / seconds:10.0f} {rss:12.0f} "
-              f"{t_seconds / seconds:10.2f}x")
-
+          f"{args.threads} threads, {tokens} real tokens, median of {args.repeat} round(s)")
+    print(f"{'':22} {'samples/s':>10} {'min-max':>13} {'tokens/s':>10} {'peak RSS MB':>12} "
+          f"{'vs pytorch':>11}")
+    for name in names:
+        spread = f"{samples / max(seconds[name]):.2f}-{samples / min(seconds[name]):.2f}"
+        print(f"{name:22} {samples / median[name]:10.2f} {spread:>13} "
+              f"{tokens / median[name]:10.0f} {rss[name]:12.0f} "
+              f"{median['pytorch'] / median[name]:10.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -1354,6 +1354,37 @@ fn fused_embedding_gives_burns_rows_and_gradient() {
     }
 }
 
+/// A linear layer on one to four rows on burn-flex (a decoding step), its columns split
+/// over threads, against burn's `linear`: within 1e-6 of the largest value, with and
+/// without bias, column counts that split evenly and not.
+#[test]
+fn few_row_linear_matches_burns_linear() {
+    use burn_flex::Flex;
+    use burnish_models::fused::linear_rows;
+    let device = Default::default();
+    for (rows, d_in, d_out, bias) in [
+        (1, 576, 1536, true),
+        (3, 300, 1001, false),
+        (4, 64, 4096, true),
+    ] {
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(pattern(rows * d_in, 59), [rows, d_in]),
+            &device,
+        );
+        let w = Tensor::<Flex, 2>::from_data(
+            TensorData::new(pattern(d_in * d_out, 61), [d_in, d_out]),
+            &device,
+        );
+        let b = bias.then(|| {
+            Tensor::<Flex, 1>::from_data(TensorData::new(pattern(d_out, 67), [d_out]), &device)
+        });
+        let ours = host(linear_rows(x.clone(), w.clone(), b.clone()));
+        let burns = host(burn::tensor::module::linear(x, w, b));
+        let err = max_rel(&ours, &burns);
+        assert!(err <= 1e-6, "{rows}x{d_in}x{d_out}: off by {err:.2e}");
+    }
+}
+
 /// burnish's fused layer norm and softmax (burn-flex, `burnish_models::fused`) against
 /// burn's composed operations on the same backend, forward and every gradient: float32
 /// within 2e-6 of the largest value, bfloat16 inputs (cast to float32 inside, as the models

@@ -187,6 +187,24 @@ pub fn embedding<B: Backend>(weight: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Te
     burn::tensor::module::embedding(weight, ids)
 }
 
+/// `x·W (+ b)` for `x` `[rows, in]` and `W` `[in, out]` (burn's `linear`). On burn-flex
+/// without autodiff and for a few rows (decoding one token), the weight's columns are split
+/// over rayon's threads: burn-flex runs a matmul of fewer than 192³ multiply-adds on one
+/// thread, which at one row is every projection of a small decoder, so generation streamed
+/// all its weights through one core. Elsewhere burn's `linear`.
+pub fn linear_rows<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    #[cfg(feature = "flex")]
+    let (x, weight, bias) = match flex::linear_rows(x, weight, bias) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    burn::tensor::module::linear(x, weight, bias)
+}
+
 /// Exact GELU, `x · Φ(x)`, and its derivative `Φ(x) + x·φ(x)`: burnish's fused kernel on
 /// burn-flex in float32 (Φ from an erfc approximation with a relative error below 1.2e-7,
 /// computed in vector registers), the composition of `erf` ([`gelu_unfused`]) otherwise.
@@ -992,6 +1010,40 @@ mod flex {
             let dw = FlexTensor::from_data(TensorData::new(dw, [*vocab, d]));
             grads.register::<Flex>(parent.id, dw);
         }
+    }
+
+    type LinearArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+    /// Rows up to which [`linear_rows`](super::linear_rows) splits the columns.
+    const FEW_ROWS: usize = 4;
+
+    pub(super) fn linear_rows<B: Backend>(
+        x: Tensor<B, 2>,
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Result<Tensor<B, 2>, LinearArgs<B>> {
+        let [d_in, d_out] = weight.dims();
+        let parts = rayon::current_num_threads().min(d_out / 64);
+        let few = (1..=FEW_ROWS).contains(&x.dims()[0]) && parts >= 2 && d_in * d_out >= 1 << 16;
+        if !few || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return Err((x, weight, bias));
+        }
+        let (x, weight, bias) = cast::<_, LinearArgs<Flex>>((x, weight, bias))?;
+        let width = d_out.div_ceil(parts);
+        let columns: Vec<Tensor<Flex, 2>> = (0..parts)
+            .into_par_iter()
+            .map(|part| {
+                let end = ((part + 1) * width).min(d_out);
+                let w = weight.clone().slice([0..d_in, part * width..end]);
+                x.clone().matmul(w)
+            })
+            .collect();
+        let y = Tensor::cat(columns, 1);
+        let y = match bias {
+            Some(b) => y + b.unsqueeze(),
+            None => y,
+        };
+        Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
     }
 
     pub(super) fn gelu<B: Backend, const D: usize>(

@@ -125,7 +125,7 @@ pub fn linear_in<B: Backend, const D: usize>(
     let dims = x.dims();
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
-    let y = burn::tensor::module::linear(
+    let y = crate::fused::linear_rows(
         x.cast(dtype).reshape([rows, d_in]),
         layer.weight.val().cast(dtype),
         layer.bias.as_ref().map(|b| b.val().cast(dtype)),
@@ -174,9 +174,13 @@ pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
         return x;
     }
     let [b, kv, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, groups, s, d])
-        .reshape([b, kv * groups, s, d])
+    // The expanded view copied row by row (burn-flex's reshape copies it element by element).
+    crate::fused::contiguous(x.unsqueeze_dim::<5>(2).expand([b, kv, groups, s, d])).reshape([
+        b,
+        kv * groups,
+        s,
+        d,
+    ])
 }
 
 /// The rows of `table` at `ids` `[batch, seq]` (`Embedding::forward`), through
