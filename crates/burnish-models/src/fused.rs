@@ -102,7 +102,7 @@ pub enum ScoreScale {
 /// Attention probabilities from raw scores `[batch, heads, q_len, k_len]`:
 /// `dropout(softmax(scale(scores) with masked keys set to MASKED))` over the keys, in
 /// float32. `mask` is `true` where a key must be ignored, broadcast from
-/// `[batch or 1, heads or 1, q_len or 1, k_len]`; [`MASKED`](crate::ops::MASKED) is finite,
+/// `[batch or 1, heads or 1, q_len or 1, k_len]`; [`MASKED`] is finite,
 /// so a row whose keys are all masked is uniform. `dropout` draws its mask from this
 /// thread's generator as [`Dropout::forward`] does.
 ///

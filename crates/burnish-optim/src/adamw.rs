@@ -102,7 +102,7 @@ impl StepScalars {
         let bias_correction1 = 1.0 - config.beta1.powf(step as f64);
         let bias_correction2 = 1.0 - config.beta2.powf(step as f64);
         StepScalars {
-            decay: (weight_decay != 0.0).then(|| 1.0 - lr * weight_decay),
+            decay: (weight_decay != 0.0).then_some(1.0 - lr * weight_decay),
             w1: 1.0 - config.beta1,
             beta2: config.beta2,
             w2: 1.0 - config.beta2,
