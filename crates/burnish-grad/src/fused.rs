@@ -65,7 +65,9 @@ pub(crate) fn map<B: Backend, const D: usize>(
         Elementwise::Clamp(_) => return Err(g),
     };
     let flex: Tensor<Flex, D> = cast(g).unwrap_or_else(|| unreachable!("B is Flex"));
-    let mut t = owned(flex.into_primitive().tensor());
+    // A contiguous tensor shares its buffer in `to_contiguous`; the temporary is dropped at
+    // the end of the statement, so `storage_mut` works in place unless another owner remains.
+    let mut t = flex.into_primitive().tensor().to_contiguous();
     let values = t.storage_mut::<f32>();
     match op {
         Elementwise::Div(_) => values
@@ -97,22 +99,12 @@ fn sum_squares(block: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// `t` with a buffer of exactly its elements in order (copied only when it is a view).
-fn owned(t: FlexTensor) -> FlexTensor {
-    let n = t.layout().num_elements();
-    if t.is_contiguous() && t.layout().start_offset() == 0 && t.storage::<f32>().len() == n {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-/// `value` as a `U` when `T` is `U`.
+/// `value` as a `U` when `T` is `U` (std's `Any`, by value through a box).
 fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
-    let mut slot = Some(value);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<U>>()
-        .and_then(Option::take)
+    (Box::new(value) as Box<dyn Any>)
+        .downcast()
+        .ok()
+        .map(|b| *b)
 }
 
 #[cfg(test)]

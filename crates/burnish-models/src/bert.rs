@@ -188,8 +188,11 @@ impl BertConfig {
                 }),
             },
             encoder: BertEncoder { layer: layers },
+            // Not burn's lazy initializer (its generator is process-wide): a checkpoint
+            // without a pooler (DistilBERT's `pre_classifier`) keeps these values, which
+            // must follow the run's seed whatever else the process runs.
             pooler: with_pooler.then(|| BertPooler {
-                dense: linear(h, h, true, std, device),
+                dense: crate::random::optional_linear(h, h, true, std, device),
                 activation: match self.flavor {
                     BertFlavor::DistilBert => Activation::Relu,
                     _ => Activation::Tanh,

@@ -37,12 +37,22 @@ use rayon::prelude::*;
 thread_local! {
     // A thread that never called `seed_thread` still gets a fixed, reproducible stream.
     static GENERATOR: RefCell<ChaCha8Rng> = RefCell::new(ChaCha8Rng::seed_from_u64(0));
+    // Layers a checkpoint may or may not supply ([`optional_linear`]): a second stream of
+    // the same seed, so that drawing one does not shift the draws after it.
+    static SIDE: RefCell<ChaCha8Rng> = RefCell::new(side_stream(0));
 }
 
-/// Restarts this thread's generator at `seed`: the dropout masks and new-layer weights that
+fn side_stream(seed: u64) -> ChaCha8Rng {
+    let mut generator = ChaCha8Rng::seed_from_u64(seed);
+    generator.set_stream(1);
+    generator
+}
+
+/// Restarts this thread's generators at `seed`: the dropout masks and new-layer weights that
 /// this thread draws next are a function of `seed` alone.
 pub fn seed_thread(seed: u64) {
     GENERATOR.with(|g| *g.borrow_mut() = ChaCha8Rng::seed_from_u64(seed));
+    SIDE.with(|g| *g.borrow_mut() = side_stream(seed));
 }
 
 fn with_generator<T>(f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
@@ -56,8 +66,18 @@ pub fn normal<B: Backend, const D: usize>(
     std: f64,
     device: &B::Device,
 ) -> Tensor<B, D> {
+    normal_from(&GENERATOR, shape, std, device)
+}
+
+fn normal_from<B: Backend, const D: usize>(
+    generator: &'static std::thread::LocalKey<RefCell<ChaCha8Rng>>,
+    shape: [usize; D],
+    std: f64,
+    device: &B::Device,
+) -> Tensor<B, D> {
     let n = shape.iter().product::<usize>();
-    let values = with_generator(|rng| {
+    let values = generator.with(|rng| {
+        let rng = &mut *rng.borrow_mut();
         let mut values = Vec::with_capacity(n + 1);
         while values.len() < n {
             // 1 - u lies in (0, 1], so the logarithm is finite.
@@ -90,6 +110,23 @@ pub fn linear<B: Backend>(
 
 /// Draws per task of [`dropout_mask`]: large enough to amortize scheduling.
 const DRAWS_PER_TASK: usize = 1 << 16;
+
+/// [`linear`] for a layer that a checkpoint may or may not supply (an encoder's pooler,
+/// DistilBERT's `pre_classifier`): drawn from a second stream of this thread's seed, so the
+/// values a missing layer keeps follow the run's seed, and whether it is drawn does not
+/// shift the draws of the layers after it (the task head).
+pub fn optional_linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: f64,
+    device: &B::Device,
+) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(normal_from(&SIDE, [d_in, d_out], std, device)),
+        bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
+    }
+}
 
 /// The multipliers of one dropout mask: `1/keep` with probability `keep`, else 0.
 ///
@@ -226,6 +263,25 @@ mod tests {
             serial.next_u32(),
             "the stream continues after the mask"
         );
+    }
+
+    #[test]
+    fn optional_layers_follow_the_seed_without_shifting_the_main_stream() {
+        let device = Default::default();
+        let draw = |optional: bool| {
+            seed_thread(9);
+            let side = optional.then(|| {
+                let layer = optional_linear::<NdArray>(6, 5, true, 0.02, &device);
+                layer.weight.val().into_data().to_vec::<f32>().unwrap()
+            });
+            let head = normal::<NdArray, 2>([4, 3], 0.02, &device);
+            (side, head.into_data().to_vec::<f32>().unwrap())
+        };
+        let (side, head) = draw(true);
+        let (again, _) = draw(true);
+        assert_eq!(side, again, "a function of the seed");
+        assert_eq!(draw(false).1, head, "the head's draws do not move");
+        assert_ne!(side.unwrap()[..12], head[..], "another stream");
     }
 
     #[test]

@@ -47,14 +47,14 @@ pub(crate) fn step<B: Backend>(
         return Err(args);
     }
     let (param, grad, moments) = args;
-    let mut param = dense(to_flex::<B>(param));
-    let grad = dense(to_flex::<B>(grad));
+    let mut param = to_flex::<B>(param);
+    let grad = to_flex::<B>(grad);
     let zeros = || FlexTensor::zeros(grad.layout().shape().clone(), DType::F32);
     let (mut exp_avg, mut exp_avg_sq, mut max) = match moments {
         Some(m) => (
-            dense(to_flex::<B>(m.exp_avg)),
-            dense(to_flex::<B>(m.exp_avg_sq)),
-            m.max_exp_avg_sq.map(|x| dense(to_flex::<B>(x))),
+            to_flex::<B>(m.exp_avg),
+            to_flex::<B>(m.exp_avg_sq),
+            m.max_exp_avg_sq.map(to_flex::<B>),
         ),
         None => (zeros(), zeros(), scalars.amsgrad.then(zeros)),
     };
@@ -144,27 +144,20 @@ impl Constants {
     }
 }
 
-/// `t` with its own contiguous buffer of exactly its elements, so that `storage_mut` is the
-/// tensor (copied only when `t` is a view or shares its buffer).
-fn dense(t: FlexTensor) -> FlexTensor {
-    let n = t.layout().num_elements();
-    if t.is_contiguous() && t.layout().start_offset() == 0 && t.storage::<f32>().len() == n {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
-/// `value` as a `U` when `T` is `U`.
+/// `value` as a `U` when `T` is `U` (std's `Any`, by value through a box).
 fn cast<T: 'static, U: 'static>(value: T) -> Option<U> {
-    let mut slot = Some(value);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<U>>()
-        .and_then(Option::take)
+    (Box::new(value) as Box<dyn Any>)
+        .downcast()
+        .ok()
+        .map(|b| *b)
 }
 
+/// `t` as burn-flex's tensor, contiguous over a buffer of exactly its elements. A tensor
+/// that already is shares its buffer with `t` in `to_contiguous`, and `t` is dropped on
+/// return: `storage_mut` then copies only when another owner (a clone of the model) remains.
 fn to_flex<B: Backend>(t: Primitive<B>) -> FlexTensor {
-    cast(t).unwrap_or_else(|| unreachable!("called with B = Flex only"))
+    let t: FlexTensor = cast(t).unwrap_or_else(|| unreachable!("called with B = Flex only"));
+    t.to_contiguous()
 }
 
 fn from_flex<B: Backend>(t: FlexTensor) -> Primitive<B> {
