@@ -9,7 +9,7 @@ use std::any::{Any, TypeId};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::Flex;
 use rayon::prelude::*;
 
 use crate::visit::{Elementwise, Reduction};
