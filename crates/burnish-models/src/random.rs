@@ -25,6 +25,7 @@
 //! ```
 
 use std::cell::RefCell;
+use std::thread::LocalKey;
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
@@ -70,7 +71,7 @@ pub fn normal<B: Backend, const D: usize>(
 }
 
 fn normal_from<B: Backend, const D: usize>(
-    generator: &'static std::thread::LocalKey<RefCell<ChaCha8Rng>>,
+    generator: &'static LocalKey<RefCell<ChaCha8Rng>>,
     shape: [usize; D],
     std: f64,
     device: &B::Device,
@@ -102,8 +103,18 @@ pub fn linear<B: Backend>(
     std: f64,
     device: &B::Device,
 ) -> Linear<B> {
+    linear_from(&GENERATOR, [d_in, d_out], bias, std, device)
+}
+
+fn linear_from<B: Backend>(
+    generator: &'static LocalKey<RefCell<ChaCha8Rng>>,
+    [d_in, d_out]: [usize; 2],
+    bias: bool,
+    std: f64,
+    device: &B::Device,
+) -> Linear<B> {
     Linear {
-        weight: Param::from_tensor(normal([d_in, d_out], std, device)),
+        weight: Param::from_tensor(normal_from(generator, [d_in, d_out], std, device)),
         bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
     }
 }
@@ -122,10 +133,7 @@ pub fn optional_linear<B: Backend>(
     std: f64,
     device: &B::Device,
 ) -> Linear<B> {
-    Linear {
-        weight: Param::from_tensor(normal_from(&SIDE, [d_in, d_out], std, device)),
-        bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
-    }
+    linear_from(&SIDE, [d_in, d_out], bias, std, device)
 }
 
 /// The multipliers of one dropout mask: `1/keep` with probability `keep`, else 0.

@@ -67,6 +67,11 @@ fn loss_of(model: &Model, (ids, labels): &(Vec<i64>, Vec<i64>)) -> LossParts<B> 
 }
 
 fn trainer(precision: Precision, scaler: LossScalerConfig) -> Trainer<B, Model> {
+    trainer_on(model(precision), precision, scaler)
+}
+
+/// A trainer for `model` (already in `precision`'s compute dtype).
+fn trainer_on(model: Model, precision: Precision, scaler: LossScalerConfig) -> Trainer<B, Model> {
     let config = TrainerConfig {
         lr: 5e-3,
         total_steps: 40,
@@ -75,7 +80,7 @@ fn trainer(precision: Precision, scaler: LossScalerConfig) -> Trainer<B, Model> 
         seed: 1,
         ..Default::default()
     };
-    Trainer::new(model(precision), config).expect("valid settings")
+    Trainer::new(model, config).expect("valid settings")
 }
 
 /// Every float parameter of a module, flattened, in visiting order.
@@ -233,9 +238,15 @@ fn fp16_overflow_skips_the_step_and_backs_off_the_scale() {
 #[test]
 fn bf16_and_fp16_training_track_fp32() {
     let data = batch();
+    // One starting point for every precision: the backbone's lazy parameters draw from
+    // burn's process-wide generator, so models built one after the other (or beside other
+    // tests) differ; materialized once, their clones are equal.
+    let base = model(Precision::Fp32);
+    parameters(&base.valid());
     let mut finals = Vec::new();
     for precision in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
-        let mut trainer = trainer(precision, LossScalerConfig::default());
+        let start = base.clone().with_compute_dtype(precision.compute_dtype());
+        let mut trainer = trainer_on(start, precision, LossScalerConfig::default());
         let first = trainer
             .step(std::slice::from_ref(&data), loss_of)
             .expect("step")
@@ -259,8 +270,8 @@ fn bf16_and_fp16_training_track_fp32() {
     }
     let fp32 = finals[0].1;
     for &(precision, loss) in &finals[1..] {
-        // Stated tolerance: within 0.01 of fp32's loss after 40 steps (measured: 3e-5 for
-        // bf16, 8e-4 for fp16 after two skipped steps, from 0.693 down to 0.056).
+        // Stated tolerance: within 0.01 of fp32's loss after 40 steps from the same start
+        // (measured over three starts: bf16 within 4.5e-4, fp16 within 1e-3, losses near 0.06).
         assert!(
             (loss - fp32).abs() < 0.01,
             "{precision}: final loss {loss} vs fp32 {fp32}"
