@@ -188,10 +188,11 @@ pub fn embedding<B: Backend>(weight: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Te
 }
 
 /// `x·W (+ b)` for `x` `[rows, in]` and `W` `[in, out]` (burn's `linear`). On burn-flex
-/// without autodiff and for a few rows (decoding one token), the weight's columns are split
-/// over rayon's threads: burn-flex runs a matmul of fewer than 192³ multiply-adds on one
-/// thread, which at one row is every projection of a small decoder, so generation streamed
-/// all its weights through one core. Elsewhere burn's `linear`.
+/// without autodiff, in float32 and for up to four rows (decoding), burnish's matrix–vector
+/// kernel on a team of spinning threads (`W` stored `[in, out]`, or `[out, in]` as the
+/// transposed view of an embedding table): burn-flex runs a matmul of fewer than 192³
+/// multiply-adds on one thread, which at one row is every projection of a small decoder,
+/// and a parallel one paid a thread wake-up per product. Elsewhere burn's `linear`.
 pub fn linear_rows<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
@@ -259,6 +260,7 @@ mod flex {
     use rayon::prelude::*;
 
     use super::{Dropout, MASKED, ScoreScale};
+    use crate::gemv::Order;
 
     /// Rows handed to one task: enough to amortize scheduling, few enough to balance two or
     /// more threads on a small batch. Also the block of the fixed-order sums over rows.
@@ -1014,7 +1016,7 @@ mod flex {
 
     type LinearArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
 
-    /// Rows up to which [`linear_rows`](super::linear_rows) splits the columns.
+    /// Rows up to which [`linear_rows`](super::linear_rows) runs [`crate::gemv`].
     const FEW_ROWS: usize = 4;
 
     pub(super) fn linear_rows<B: Backend>(
@@ -1022,28 +1024,37 @@ mod flex {
         weight: Tensor<B, 2>,
         bias: Option<Tensor<B, 1>>,
     ) -> Result<Tensor<B, 2>, LinearArgs<B>> {
-        let [d_in, d_out] = weight.dims();
-        let parts = rayon::current_num_threads().min(d_out / 64);
-        let few = (1..=FEW_ROWS).contains(&x.dims()[0]) && parts >= 2 && d_in * d_out >= 1 << 16;
-        if !few || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        let ([rows, d_in], [_, d_out]) = (x.dims(), weight.dims());
+        let f32s = [&x, &weight].iter().all(|t| t.dtype() == DType::F32)
+            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if !(1..=FEW_ROWS).contains(&rows) || !f32s || d_in * d_out == 0 {
             return Err((x, weight, bias));
         }
         let (x, weight, bias) = cast::<_, LinearArgs<Flex>>((x, weight, bias))?;
-        let width = d_out.div_ceil(parts);
-        let columns: Vec<Tensor<Flex, 2>> = (0..parts)
-            .into_par_iter()
-            .map(|part| {
-                let end = ((part + 1) * width).min(d_out);
-                let w = weight.clone().slice([0..d_in, part * width..end]);
-                x.clone().matmul(w)
-            })
-            .collect();
-        let y = Tensor::cat(columns, 1);
-        let y = match bias {
-            Some(b) => y + b.unsqueeze(),
-            None => y,
+        let weight = primitive(weight);
+        let layout = weight.layout();
+        let order = match layout.strides() {
+            [s, 1] if *s == d_out as isize => Order::InOut,
+            [1, s] if *s == d_in as isize => Order::OutIn,
+            _ => {
+                let weight = Tensor::from_primitive(TensorPrimitive::Float(weight));
+                let y = burn::tensor::module::linear(x, weight, bias);
+                return Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")));
+            }
         };
-        Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
+        let offset = layout.start_offset();
+        let x = dense_copy(&primitive(x)).storage::<f32>().to_vec();
+        let mut y = crate::gemv::matmul_rows(x, rows, weight, offset, [d_in, d_out], order);
+        if let Some(bias) = bias {
+            let bias = dense_copy(&primitive(bias));
+            for row in y.chunks_exact_mut(d_out) {
+                row.iter_mut()
+                    .zip(bias.storage::<f32>())
+                    .for_each(|(y, b)| *y += b);
+            }
+        }
+        let y = FlexTensor::from_data(TensorData::new(y, [rows, d_out]));
+        Ok(back::<Flex, B, 2>(y))
     }
 
     pub(super) fn gelu<B: Backend, const D: usize>(

@@ -6,6 +6,8 @@ mod bert;
 mod config;
 mod deberta;
 pub mod fused;
+#[cfg(feature = "flex")]
+mod gemv;
 mod input;
 mod layers;
 mod llama;

@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, DecoderFamily, LlamaConfig};
+use crate::fused::linear_rows;
 use crate::layers::{RmsNorm, embedding, linear};
 use crate::ops::{
     activate, attention_scaled, embed, linear_in, merge_heads, repeat_kv, soft_cap, split_heads,
@@ -510,11 +511,12 @@ impl<B: Backend> LlamaForCausalLm<B> {
                 let [b, s, h] = hidden.dims();
                 let weight = self.model.embed_tokens.weight.val().cast(cx);
                 let vocab = weight.dims()[0];
-                hidden
-                    .cast(cx)
-                    .reshape([b * s, h])
-                    .matmul(weight.transpose())
-                    .reshape([b, s, vocab])
+                linear_rows(
+                    hidden.cast(cx).reshape([b * s, h]),
+                    weight.transpose(),
+                    None,
+                )
+                .reshape([b, s, vocab])
             }
         };
         let logits = logits.cast(FloatDType::F32);

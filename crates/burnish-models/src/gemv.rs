@@ -1,0 +1,367 @@
+//! Products of a few rows with a weight matrix, the work of a decoding step, on a team of
+//! threads that spin between jobs (burn-flex, float32, no autodiff).
+//!
+//! Decoding one token multiplies one row by every weight of the model: about 200 small
+//! products per token for a 30-layer decoder, each 30-200 µs of streaming. Dispatched through
+//! rayon, each one paid a thread wake-up of about the same length (rayon's workers sleep
+//! within microseconds of running dry, and the step's element-wise work between two products
+//! is longer than that), so two threads ran a product no faster than one. Here the helper
+//! threads keep spinning for [`SPIN`] after their last job, as OpenMP's threads do under
+//! PyTorch, and the caller computes a share itself: a product's latency is its streaming
+//! time over the threads.
+//!
+//! The team has `rayon::current_num_threads() − 1` helpers (so `RAYON_NUM_THREADS` bounds
+//! both), started on first use; idle helpers block on their channel and cost nothing.
+//! A product is split over contiguous ranges of the weight's storage: the rows of `[in, out]`
+//! (each part adds its rows' contributions into its own partial sums, added in part order)
+//! or the rows of `[out, in]` (each part computes whole outputs). Results are the same from
+//! run to run; the partial sums make the last bits depend on the number of threads.
+
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use burn_flex::FlexTensor;
+
+/// How long an idle helper (or a caller waiting for its helpers) spins before it blocks.
+pub(crate) const SPIN: Duration = Duration::from_millis(1);
+
+/// Multiply-adds below which a product runs on the caller alone.
+const MIN_PARALLEL: usize = 1 << 15;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Senders to the helper threads, one channel each.
+struct Team {
+    helpers: Vec<Sender<Job>>,
+}
+
+fn team() -> &'static Team {
+    static TEAM: OnceLock<Team> = OnceLock::new();
+    TEAM.get_or_init(|| {
+        let helpers = (1..rayon::current_num_threads())
+            .filter_map(|i| {
+                let (jobs, inbox) = mpsc::channel();
+                // A helper that cannot start is simply absent: the caller does its share.
+                std::thread::Builder::new()
+                    .name(format!("burnish-gemv-{i}"))
+                    .spawn(move || serve(inbox))
+                    .ok()
+                    .map(|_| jobs)
+            })
+            .collect();
+        Team { helpers }
+    })
+}
+
+/// A helper's loop: run jobs; spin for [`SPIN`] after each, then block until the next.
+fn serve(inbox: Receiver<Job>) {
+    let mut idle_since = Instant::now();
+    loop {
+        let job = match inbox.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Empty) if idle_since.elapsed() < SPIN => {
+                std::hint::spin_loop();
+                continue;
+            }
+            Err(TryRecvError::Empty) => match inbox.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+            Err(TryRecvError::Disconnected) => return,
+        };
+        // A panicking job drops its result sender, so the caller redoes that part; the
+        // helper stays.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        idle_since = Instant::now();
+    }
+}
+
+/// `work(k)` for every `k < parts`: parts 1.. on the helpers, part 0 on the caller, and any
+/// part that did not come back (its job panicked, or its helper never started) on the
+/// caller afterwards.
+fn run_parts(parts: usize, work: Arc<dyn Fn(usize) -> Vec<f32> + Send + Sync>) -> Vec<Vec<f32>> {
+    let helpers = &team().helpers;
+    let parts = parts.clamp(1, helpers.len() + 1);
+    let (done, results) = mpsc::channel();
+    for (k, helper) in (1..parts).zip(helpers) {
+        let (work, done) = (Arc::clone(&work), done.clone());
+        // A failed send drops the job: its part is computed below.
+        let _ = helper.send(Box::new(move || {
+            let _ = done.send((k, work(k)));
+        }));
+    }
+    drop(done);
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; parts];
+    out[0] = Some(work(0));
+    let (mut waiting, since) = (parts - 1, Instant::now());
+    while waiting > 0 {
+        let received = match results.try_recv() {
+            Ok(result) => Some(result),
+            Err(TryRecvError::Empty) if since.elapsed() < SPIN => {
+                std::hint::spin_loop();
+                continue;
+            }
+            Err(TryRecvError::Empty) => results.recv().ok(),
+            Err(TryRecvError::Disconnected) => None,
+        };
+        let Some((k, y)) = received else { break };
+        out[k] = Some(y);
+        waiting -= 1;
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(k, y)| y.unwrap_or_else(|| work(k)))
+        .collect()
+}
+
+/// How a `[in, out]` weight lies in its storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Row-major `[in, out]`: element `(i, j)` at `i·out + j` (a loaded `Linear` weight).
+    InOut,
+    /// Row-major `[out, in]`: element `(i, j)` at `j·in + i` (the transposed view of an
+    /// embedding table, a tied output projection).
+    OutIn,
+}
+
+/// `x·W` for `x` `[rows, d_in]` (row-major) and `W` `[d_in, d_out]` stored from `offset` of
+/// `weight`'s float32 storage in `order`; returns `[rows, d_out]` row-major.
+pub(crate) fn matmul_rows(
+    x: Vec<f32>,
+    rows: usize,
+    weight: FlexTensor,
+    offset: usize,
+    [d_in, d_out]: [usize; 2],
+    order: Order,
+) -> Vec<f32> {
+    let threads = team().helpers.len() + 1;
+    let parts = match d_in * d_out * rows >= MIN_PARALLEL {
+        true => threads,
+        false => 1,
+    };
+    let x = Arc::new(x);
+    // Each part takes a contiguous range of the storage's rows: `in` rows for `InOut`,
+    // `out` rows for `OutIn`.
+    let span = match order {
+        Order::InOut => d_in,
+        Order::OutIn => d_out,
+    };
+    let per_part = span.div_ceil(parts);
+    let work = move |k: usize| {
+        let (lo, hi) = ((k * per_part).min(span), ((k + 1) * per_part).min(span));
+        let w = &weight.storage::<f32>()[offset..];
+        match order {
+            Order::InOut => in_out_rows(&x, rows, w, d_in, d_out, lo..hi),
+            Order::OutIn => out_in_columns(&x, rows, w, d_in, lo..hi),
+        }
+    };
+    let results = run_parts(parts, Arc::new(work));
+    match order {
+        Order::InOut => {
+            let mut parts = results.into_iter();
+            let mut y = parts.next().unwrap_or_else(|| vec![0.0; rows * d_out]);
+            for partial in parts {
+                y.iter_mut().zip(&partial).for_each(|(y, p)| *y += p);
+            }
+            y
+        }
+        Order::OutIn => {
+            let mut y = vec![0.0f32; rows * d_out];
+            for (k, block) in results.iter().enumerate() {
+                let (lo, width) = ((k * per_part).min(d_out), block.len() / rows.max(1));
+                for r in 0..rows {
+                    y[r * d_out + lo..][..width].copy_from_slice(&block[r * width..][..width]);
+                }
+            }
+            y
+        }
+    }
+}
+
+/// Partial `x·W` over the weight rows `range` of a row-major `[d_in, d_out]` `w`: each
+/// group of four weight rows is read once for every row of `x` while it is in cache.
+fn in_out_rows(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    d_in: usize,
+    d_out: usize,
+    range: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let mut acc = vec![0.0f32; rows * d_out];
+    let mut i = range.start;
+    while i + 4 <= range.end {
+        let block = &w[i * d_out..(i + 4) * d_out];
+        let (w0, rest) = block.split_at(d_out);
+        let (w1, rest) = rest.split_at(d_out);
+        let (w2, w3) = rest.split_at(d_out);
+        for (r, acc) in acc.chunks_exact_mut(d_out).enumerate() {
+            let x = &x[r * d_in + i..][..4];
+            let (x0, x1, x2, x3) = (x[0], x[1], x[2], x[3]);
+            for ((((a, &a0), &a1), &a2), &a3) in acc.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                *a += x0 * a0 + x1 * a1 + x2 * a2 + x3 * a3;
+            }
+        }
+        i += 4;
+    }
+    for i in i..range.end {
+        let wi = &w[i * d_out..][..d_out];
+        for (r, acc) in acc.chunks_exact_mut(d_out).enumerate() {
+            let xi = x[r * d_in + i];
+            acc.iter_mut().zip(wi).for_each(|(a, &v)| *a += xi * v);
+        }
+    }
+    acc
+}
+
+/// Outputs `range` of `x·W` for a row-major `[d_out, d_in]` `w` (`W` transposed): dot
+/// products in sixteen lanes, `[rows, range.len()]` row-major.
+fn out_in_columns(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    d_in: usize,
+    range: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let width = range.len();
+    let mut y = vec![0.0f32; rows * width];
+    for (c, j) in range.enumerate() {
+        let wj = &w[j * d_in..][..d_in];
+        for r in 0..rows {
+            y[r * width + c] = dot(wj, &x[r * d_in..][..d_in]);
+        }
+    }
+    y
+}
+
+/// `Σ a·b` in sixteen interleaved float32 lanes (vector registers), lanes added in order.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let (mut a16, mut b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    for (a, b) in (&mut a16).zip(&mut b16) {
+        for ((lane, &a), &b) in lanes.iter_mut().zip(a).zip(b) {
+            *lane += a * b;
+        }
+    }
+    let tail: f32 = a16
+        .remainder()
+        .iter()
+        .zip(b16.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    /// `x·W` in float64, `W` given row-major `[d_in, d_out]`.
+    fn reference(x: &[f32], rows: usize, w: &[f32], d_in: usize, d_out: usize) -> Vec<f64> {
+        (0..rows * d_out)
+            .map(|k| {
+                let (r, j) = (k / d_out, k % d_out);
+                (0..d_in)
+                    .map(|i| f64::from(x[r * d_in + i]) * f64::from(w[i * d_out + j]))
+                    .sum()
+            })
+            .collect()
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|k| ((k as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32)
+            .map(|v| v / (1 << 24) as f32 - 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn both_orders_match_a_float64_product_for_every_shape_and_split() {
+        // Shapes around the four-row groups, the sixteen lanes and the parallel threshold;
+        // an offset into the storage as a slice of a larger tensor has.
+        for &(rows, d_in, d_out) in &[
+            (1, 5, 3),
+            (1, 64, 512),
+            (3, 67, 509),
+            (4, 130, 300),
+            (2, 576, 192),
+        ] {
+            let x = values(rows * d_in, 1);
+            let w = values(d_in * d_out, 2);
+            let wt: Vec<f32> = (0..d_in * d_out)
+                .map(|k| w[(k % d_in) * d_out + k / d_in])
+                .collect();
+            let expected = reference(&x, rows, &w, d_in, d_out);
+            for (stored, order) in [(&w, Order::InOut), (&wt, Order::OutIn)] {
+                let mut padded = vec![9.0f32; 7];
+                padded.extend_from_slice(stored);
+                let tensor = FlexTensor::from_data(TensorData::new(padded, [7 + d_in * d_out]));
+                let y = matmul_rows(x.clone(), rows, tensor, 7, [d_in, d_out], order);
+                assert_eq!(y.len(), rows * d_out);
+                for (k, (&y, &e)) in y.iter().zip(&expected).enumerate() {
+                    let bound = 1e-5 * (1.0 + e.abs()) * (d_in as f64).sqrt();
+                    assert!(
+                        (f64::from(y) - e).abs() < bound,
+                        "{order:?} {rows}x{d_in}x{d_out} at {k}: {y} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_product_is_the_same_run_to_run_and_from_many_callers() {
+        let (rows, d_in, d_out) = (2, 300, 700);
+        let (x, w) = (values(rows * d_in, 3), values(d_in * d_out, 4));
+        let tensor = FlexTensor::from_data(TensorData::new(w, [d_in * d_out]));
+        let first = matmul_rows(
+            x.clone(),
+            rows,
+            tensor.clone(),
+            0,
+            [d_in, d_out],
+            Order::InOut,
+        );
+        // Several callers share the helpers at once; each gets its own results.
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4)
+                .map(|_| {
+                    let (x, tensor) = (x.clone(), tensor.clone());
+                    s.spawn(move || matmul_rows(x, rows, tensor, 0, [d_in, d_out], Order::InOut))
+                })
+                .collect();
+            for run in runs {
+                assert_eq!(run.join().ok().as_ref(), Some(&first));
+            }
+        });
+    }
+
+    #[test]
+    fn a_part_whose_work_panics_on_a_helper_is_redone_by_the_caller() {
+        // The caller's own part (0) succeeds; the others panic on their first attempt (on a
+        // helper) and are recomputed on the caller; the helpers keep serving.
+        let attempts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&attempts);
+        let work = move |k: usize| {
+            let first = {
+                let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                let first = !seen.contains(&k);
+                seen.push(k);
+                first
+            };
+            assert!(k == 0 || !first, "part {k} fails on its helper");
+            vec![k as f32]
+        };
+        let parts = team().helpers.len() + 1;
+        let out = run_parts(parts, Arc::new(work));
+        let expected: Vec<Vec<f32>> = (0..parts).map(|k| vec![k as f32]).collect();
+        assert_eq!(out, expected);
+        let again = run_parts(parts, Arc::new(|k: usize| vec![2.0 * k as f32]));
+        assert_eq!(
+            again,
+            (0..parts).map(|k| vec![2.0 * k as f32]).collect::<Vec<_>>()
+        );
+    }
+}
