@@ -201,29 +201,71 @@ fn tiny_checkpoints_match_transformers() {
     }
 }
 
+/// Decoding one token at a time equals a full forward, on burn-ndarray and on burn-flex
+/// (whose decoding runs burnish's few-row products and grouped-query attention).
 #[test]
 fn kv_cache_equals_a_full_forward() {
-    // Decoding one token at a time crosses Mistral's 4-token window and Gemma 3's local
-    // rotary embedding, where a decoding step's mask is not empty.
-    for name in ["llama-tiny-gqa", "mistral-tiny-window", "gemma3-tiny"] {
-        let hf = HfModelDir::open(&models_dir().join(name)).unwrap();
-        let (model, _) = hf
-            .load_llama::<B>(&Default::default(), &LoadOptions::default())
-            .unwrap();
-        let ids: Vec<i64> = vec![5, 17, 3, 88, 42, 9, 61];
-        let full = values(model.forward(ints(&ids, [1, 7]), None, None));
-        let mut cache = KvCache::new();
-        let mut stepped = values(model.forward(ints(&ids[..4], [1, 4]), None, Some(&mut cache)));
-        for &t in &ids[4..] {
-            stepped.extend(values(model.forward(
-                ints(&[t], [1, 1]),
-                None,
-                Some(&mut cache),
-            )));
+    fn check<A: burn::tensor::backend::Backend>() {
+        let ints = |values: &[i64], shape: [usize; 2]| {
+            Tensor::<A, 2, Int>::from_data(
+                TensorData::new(values.to_vec(), shape),
+                &Default::default(),
+            )
+        };
+        let values = |t: Tensor<A, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        // Decoding one token at a time crosses Mistral's 4-token window and Gemma 3's local
+        // rotary embedding, where a decoding step's mask is not empty.
+        for name in ["llama-tiny-gqa", "mistral-tiny-window", "gemma3-tiny"] {
+            let hf = HfModelDir::open(&models_dir().join(name)).unwrap();
+            let (model, _) = hf
+                .load_llama::<A>(&Default::default(), &LoadOptions::default())
+                .unwrap();
+            let ids: Vec<i64> = vec![5, 17, 3, 88, 42, 9, 61];
+            let full = values(model.forward(ints(&ids, [1, 7]), None, None));
+            let mut cache = KvCache::new();
+            let mut stepped =
+                values(model.forward(ints(&ids[..4], [1, 4]), None, Some(&mut cache)));
+            for &t in &ids[4..] {
+                stepped.extend(values(model.forward(
+                    ints(&[t], [1, 1]),
+                    None,
+                    Some(&mut cache),
+                )));
+            }
+            assert_eq!(cache.len(), 7);
+            let diff = max_abs_diff(&full, &stepped, |_| true);
+            assert!(diff <= 1e-5, "{name}: cached decoding differs by {diff:e}");
         }
-        assert_eq!(cache.len(), 7);
-        let diff = max_abs_diff(&full, &stepped, |_| true);
-        assert!(diff <= 1e-5, "{name}: cached decoding differs by {diff:e}");
+    }
+    check::<B>();
+    check::<burn_flex::Flex>();
+}
+
+/// Greedy decoding on burn-flex (few-row products on burnish's spinning threads, the tied
+/// output projection read transposed, grouped-query attention without copies of the keys)
+/// gives transformers' tokens for every decoder family.
+#[test]
+fn flex_decoding_gives_transformers_greedy_tokens() {
+    let cases = all_cases();
+    let decoders: Vec<&Case> = cases.iter().filter(|c| c.greedy_tokens.is_some()).collect();
+    assert!(decoders.len() >= 6);
+    for case in decoders {
+        let hf = HfModelDir::open(&models_dir().join(&case.checkpoint)).unwrap();
+        let (model, _) = hf
+            .load_llama::<burn_flex::Flex>(&Default::default(), &LoadOptions::default())
+            .unwrap();
+        let expected = case.greedy_tokens.as_ref().unwrap();
+        let config = GenerationConfig {
+            max_new_tokens: expected.len(),
+            ..Default::default()
+        };
+        let prompt = case.greedy_prompt.as_ref().unwrap();
+        assert_eq!(
+            &generate(&model, prompt, &config),
+            expected,
+            "{}",
+            case.name
+        );
     }
 }
 
@@ -1354,13 +1396,15 @@ fn fused_embedding_gives_burns_rows_and_gradient() {
     }
 }
 
-/// A linear layer on one to four rows on burn-flex (a decoding step), its columns split
-/// over threads, against burn's `linear`: within 1e-6 of the largest value, with and
-/// without bias, column counts that split evenly and not.
+/// A linear layer on one to four rows on burn-flex (a decoding step, burnish's products on
+/// its spinning threads) against the float64 product: within 1e-6 of the largest value (as
+/// close as burn's own `linear`, which sums in another order), with and without bias, sizes
+/// that split evenly and not, the weight stored `[in, out]` or as the transposed view of an
+/// `[out, in]` table, one layer or several in one dispatch.
 #[test]
 fn few_row_linear_matches_burns_linear() {
     use burn_flex::Flex;
-    use burnish_models::fused::linear_rows;
+    use burnish_models::fused::{linear_rows, linear_rows_each};
     let device = Default::default();
     for (rows, d_in, d_out, bias) in [
         (1, 576, 1536, true),
@@ -1378,10 +1422,52 @@ fn few_row_linear_matches_burns_linear() {
         let b = bias.then(|| {
             Tensor::<Flex, 1>::from_data(TensorData::new(pattern(d_out, 67), [d_out]), &device)
         });
+        let exact = |x: &Tensor<Flex, 2>, w: &Tensor<Flex, 2>, b: &Option<Tensor<Flex, 1>>| {
+            let (x, w) = (host(x.clone()), host(w.clone()));
+            let b = b.clone().map(host);
+            let d_out = w.len() / d_in;
+            (0..rows * d_out)
+                .map(|k| {
+                    let (r, j) = (k / d_out, k % d_out);
+                    let dot: f64 = (0..d_in)
+                        .map(|i| f64::from(x[r * d_in + i]) * f64::from(w[i * d_out + j]))
+                        .sum();
+                    (dot + b.as_ref().map_or(0.0, |b| f64::from(b[j]))) as f32
+                })
+                .collect::<Vec<f32>>()
+        };
+        let expected = exact(&x, &w, &b);
+        let burns = host(burn::tensor::module::linear(
+            x.clone(),
+            w.clone(),
+            b.clone(),
+        ));
         let ours = host(linear_rows(x.clone(), w.clone(), b.clone()));
-        let burns = host(burn::tensor::module::linear(x, w, b));
-        let err = max_rel(&ours, &burns);
-        assert!(err <= 1e-6, "{rows}x{d_in}x{d_out}: off by {err:.2e}");
+        let (err, burn_err) = (max_rel(&ours, &expected), max_rel(&burns, &expected));
+        assert!(
+            err <= 1e-6,
+            "{rows}x{d_in}x{d_out}: off by {err:.2e} (burn's linear {burn_err:.2e})"
+        );
+        // The same weight stored [out, in] and read through its transposed view.
+        let table = Tensor::<Flex, 2>::from_data(w.clone().transpose().into_data(), &device);
+        let viewed = host(linear_rows(x.clone(), table.transpose(), b.clone()));
+        let err = max_rel(&viewed, &expected);
+        assert!(
+            err <= 1e-6,
+            "{rows}x{d_in}x{d_out} transposed: off by {err:.2e}"
+        );
+        let half = Tensor::<Flex, 2>::from_data(
+            TensorData::new(pattern(d_in * 200, 71), [d_in, 200]),
+            &device,
+        );
+        let both = linear_rows_each(x.clone(), vec![(w, b), (half.clone(), None)]);
+        assert_eq!(
+            host(both[0].clone()),
+            ours,
+            "several layers in one dispatch"
+        );
+        let err = max_rel(&host(both[1].clone()), &exact(&x, &half, &None));
+        assert!(err <= 1e-6, "second layer of a dispatch: off by {err:.2e}");
     }
 }
 

@@ -198,12 +198,27 @@ pub fn linear_rows<B: Backend>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
+    let mut y = linear_rows_each(x, vec![(weight, bias)]);
+    y.pop()
+        .unwrap_or_else(|| unreachable!("one result per layer"))
+}
+
+/// [`linear_rows`] of the same `x` through each of `layers` (weight, bias): on burn-flex's
+/// decoding path the products share one dispatch to the threads (a decoder's q/k/v or
+/// gate/up projections), elsewhere one `linear` each.
+pub fn linear_rows_each<B: Backend>(
+    x: Tensor<B, 2>,
+    layers: Vec<(Tensor<B, 2>, Option<Tensor<B, 1>>)>,
+) -> Vec<Tensor<B, 2>> {
     #[cfg(feature = "flex")]
-    let (x, weight, bias) = match flex::linear_rows(x, weight, bias) {
+    let (x, layers) = match flex::linear_rows_each(x, layers) {
         Ok(y) => return y,
         Err(args) => args,
     };
-    burn::tensor::module::linear(x, weight, bias)
+    layers
+        .into_iter()
+        .map(|(weight, bias)| burn::tensor::module::linear(x.clone(), weight, bias))
+        .collect()
 }
 
 /// Exact GELU, `x · Φ(x)`, and its derivative `Φ(x) + x·φ(x)`: burnish's fused kernel on
@@ -260,7 +275,7 @@ mod flex {
     use rayon::prelude::*;
 
     use super::{Dropout, MASKED, ScoreScale};
-    use crate::gemv::Order;
+    use crate::gemv::{Order, Weight};
 
     /// Rows handed to one task: enough to amortize scheduling, few enough to balance two or
     /// more threads on a small batch. Also the block of the fixed-order sums over rows.
@@ -1014,47 +1029,69 @@ mod flex {
         }
     }
 
-    type LinearArgs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
+    type LinearArgs<B> = (Tensor<B, 2>, Vec<(Tensor<B, 2>, Option<Tensor<B, 1>>)>);
 
     /// Rows up to which [`linear_rows`](super::linear_rows) runs [`crate::gemv`].
     const FEW_ROWS: usize = 4;
 
-    pub(super) fn linear_rows<B: Backend>(
-        x: Tensor<B, 2>,
-        weight: Tensor<B, 2>,
-        bias: Option<Tensor<B, 1>>,
-    ) -> Result<Tensor<B, 2>, LinearArgs<B>> {
-        let ([rows, d_in], [_, d_out]) = (x.dims(), weight.dims());
-        let f32s = [&x, &weight].iter().all(|t| t.dtype() == DType::F32)
-            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        if !(1..=FEW_ROWS).contains(&rows) || !f32s || d_in * d_out == 0 {
-            return Err((x, weight, bias));
-        }
-        let (x, weight, bias) = cast::<_, LinearArgs<Flex>>((x, weight, bias))?;
-        let weight = primitive(weight);
-        let layout = weight.layout();
+    /// The [`Weight`] of a `[d_in, d_out]` float32 tensor stored `[in, out]` or `[out, in]`.
+    fn gemv_weight(weight: &Tensor<Flex, 2>) -> Option<Weight> {
+        let [d_in, d_out] = weight.dims();
+        let storage = weight.clone().into_primitive().tensor();
+        let layout = storage.layout();
         let order = match layout.strides() {
+            _ if storage.dtype() != DType::F32 || d_in * d_out == 0 => return None,
             [s, 1] if *s == d_out as isize => Order::InOut,
             [1, s] if *s == d_in as isize => Order::OutIn,
-            _ => {
-                let weight = Tensor::from_primitive(TensorPrimitive::Float(weight));
-                let y = burn::tensor::module::linear(x, weight, bias);
-                return Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")));
-            }
+            _ => return None,
         };
         let offset = layout.start_offset();
-        let x = dense_copy(&primitive(x)).storage::<f32>().to_vec();
-        let mut y = crate::gemv::matmul_rows(x, rows, weight, offset, [d_in, d_out], order);
-        if let Some(bias) = bias {
-            let bias = dense_copy(&primitive(bias));
-            for row in y.chunks_exact_mut(d_out) {
-                row.iter_mut()
-                    .zip(bias.storage::<f32>())
-                    .for_each(|(y, b)| *y += b);
-            }
+        Some(Weight {
+            storage,
+            offset,
+            dims: [d_in, d_out],
+            order,
+        })
+    }
+
+    pub(super) fn linear_rows_each<B: Backend>(
+        x: Tensor<B, 2>,
+        layers: Vec<(Tensor<B, 2>, Option<Tensor<B, 1>>)>,
+    ) -> Result<Vec<Tensor<B, 2>>, LinearArgs<B>> {
+        let rows = x.dims()[0];
+        let biases_f32 = layers
+            .iter()
+            .all(|(_, b)| b.as_ref().is_none_or(|b| b.dtype() == DType::F32));
+        if !(1..=FEW_ROWS).contains(&rows) || x.dtype() != DType::F32 || !biases_f32 {
+            return Err((x, layers));
         }
-        let y = FlexTensor::from_data(TensorData::new(y, [rows, d_out]));
-        Ok(back::<Flex, B, 2>(y))
+        let (x, layers) = cast::<_, LinearArgs<Flex>>((x, layers))?;
+        let weights: Option<Vec<Weight>> = layers.iter().map(|(w, _)| gemv_weight(w)).collect();
+        let Some(weights) = weights else {
+            // A weight in another layout (a strided slice): burn's `linear` for all.
+            let args = cast::<_, LinearArgs<B>>((x, layers));
+            return Err(args.unwrap_or_else(|_| unreachable!("B is Flex")));
+        };
+        let xs = dense_copy(&primitive(x)).storage::<f32>().to_vec();
+        let ys = crate::gemv::matmul_rows(xs, rows, weights);
+        let out: Vec<Tensor<Flex, 2>> = ys
+            .into_iter()
+            .zip(layers)
+            .map(|(mut y, (weight, bias))| {
+                let d_out = weight.dims()[1];
+                if let Some(bias) = bias {
+                    let bias = dense_copy(&primitive(bias));
+                    for row in y.chunks_exact_mut(d_out) {
+                        row.iter_mut()
+                            .zip(bias.storage::<f32>())
+                            .for_each(|(y, b)| *y += b);
+                    }
+                }
+                let y = FlexTensor::from_data(TensorData::new(y, [rows, d_out]));
+                Tensor::from_primitive(TensorPrimitive::Float(y))
+            })
+            .collect();
+        Ok(cast(out).unwrap_or_else(|_| unreachable!("B is Flex")))
     }
 
     pub(super) fn gelu<B: Backend, const D: usize>(

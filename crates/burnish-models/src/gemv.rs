@@ -80,7 +80,10 @@ fn serve(inbox: Receiver<Job>) {
 /// `work(k)` for every `k < parts`: parts 1.. on the helpers, part 0 on the caller, and any
 /// part that did not come back (its job panicked, or its helper never started) on the
 /// caller afterwards.
-fn run_parts(parts: usize, work: Arc<dyn Fn(usize) -> Vec<f32> + Send + Sync>) -> Vec<Vec<f32>> {
+fn run_parts<T: Send + 'static>(
+    parts: usize,
+    work: Arc<dyn Fn(usize) -> T + Send + Sync>,
+) -> Vec<T> {
     let helpers = &team().helpers;
     let parts = parts.clamp(1, helpers.len() + 1);
     let (done, results) = mpsc::channel();
@@ -92,7 +95,7 @@ fn run_parts(parts: usize, work: Arc<dyn Fn(usize) -> Vec<f32> + Send + Sync>) -
         }));
     }
     drop(done);
-    let mut out: Vec<Option<Vec<f32>>> = vec![None; parts];
+    let mut out: Vec<Option<T>> = (0..parts).map(|_| None).collect();
     out[0] = Some(work(0));
     let (mut waiting, since) = (parts - 1, Instant::now());
     while waiting > 0 {
@@ -125,58 +128,84 @@ pub(crate) enum Order {
     OutIn,
 }
 
-/// `x·W` for `x` `[rows, d_in]` (row-major) and `W` `[d_in, d_out]` stored from `offset` of
-/// `weight`'s float32 storage in `order`; returns `[rows, d_out]` row-major.
-pub(crate) fn matmul_rows(
-    x: Vec<f32>,
-    rows: usize,
-    weight: FlexTensor,
-    offset: usize,
-    [d_in, d_out]: [usize; 2],
-    order: Order,
-) -> Vec<f32> {
-    let threads = team().helpers.len() + 1;
-    let parts = match d_in * d_out * rows >= MIN_PARALLEL {
-        true => threads,
+/// A weight `W` `[d_in, d_out]` of a product: float32 `storage` from `offset`, in `order`.
+#[derive(Debug, Clone)]
+pub(crate) struct Weight {
+    pub(crate) storage: FlexTensor,
+    pub(crate) offset: usize,
+    pub(crate) dims: [usize; 2],
+    pub(crate) order: Order,
+}
+
+impl Weight {
+    /// The range of storage rows (`in` rows for `InOut`, `out` rows for `OutIn`) that part
+    /// `k` of `parts` takes.
+    fn share(&self, k: usize, parts: usize) -> std::ops::Range<usize> {
+        let span = match self.order {
+            Order::InOut => self.dims[0],
+            Order::OutIn => self.dims[1],
+        };
+        let per_part = span.div_ceil(parts);
+        (k * per_part).min(span)..((k + 1) * per_part).min(span)
+    }
+}
+
+/// `x·W` for `x` `[rows, d_in]` (row-major) and each of `weights` (all `[d_in, ·]`), in one
+/// dispatch to the team: each thread takes its share of every weight. Returns one
+/// `[rows, d_out]` row-major result per weight.
+pub(crate) fn matmul_rows(x: Vec<f32>, rows: usize, weights: Vec<Weight>) -> Vec<Vec<f32>> {
+    let work: usize = weights.iter().map(|w| w.dims[0] * w.dims[1] * rows).sum();
+    let parts = match work >= MIN_PARALLEL {
+        true => team().helpers.len() + 1,
         false => 1,
     };
-    let x = Arc::new(x);
-    // Each part takes a contiguous range of the storage's rows: `in` rows for `InOut`,
-    // `out` rows for `OutIn`.
-    let span = match order {
-        Order::InOut => d_in,
-        Order::OutIn => d_out,
+    let (x, weights) = (Arc::new(x), Arc::new(weights));
+    let shared = Arc::clone(&weights);
+    let per_part = move |k: usize| -> Vec<Vec<f32>> {
+        shared
+            .iter()
+            .map(|w| {
+                let range = w.share(k, parts);
+                let values = &w.storage.storage::<f32>()[w.offset..];
+                match w.order {
+                    Order::InOut => in_out_rows(&x, rows, values, w.dims, range),
+                    Order::OutIn => out_in_columns(&x, rows, values, w.dims[0], range),
+                }
+            })
+            .collect()
     };
-    let per_part = span.div_ceil(parts);
-    let work = move |k: usize| {
-        let (lo, hi) = ((k * per_part).min(span), ((k + 1) * per_part).min(span));
-        let w = &weight.storage::<f32>()[offset..];
-        match order {
-            Order::InOut => in_out_rows(&x, rows, w, d_in, d_out, lo..hi),
-            Order::OutIn => out_in_columns(&x, rows, w, d_in, lo..hi),
-        }
-    };
-    let results = run_parts(parts, Arc::new(work));
-    match order {
-        Order::InOut => {
-            let mut parts = results.into_iter();
-            let mut y = parts.next().unwrap_or_else(|| vec![0.0; rows * d_out]);
-            for partial in parts {
-                y.iter_mut().zip(&partial).for_each(|(y, p)| *y += p);
-            }
-            y
-        }
-        Order::OutIn => {
-            let mut y = vec![0.0f32; rows * d_out];
-            for (k, block) in results.iter().enumerate() {
-                let (lo, width) = ((k * per_part).min(d_out), block.len() / rows.max(1));
-                for r in 0..rows {
-                    y[r * d_out + lo..][..width].copy_from_slice(&block[r * width..][..width]);
+    let mut results = run_parts(parts, Arc::new(per_part));
+    let parts = results.len();
+    weights
+        .iter()
+        .enumerate()
+        .map(|(n, w)| {
+            let d_out = w.dims[1];
+            match w.order {
+                // Partial sums over row ranges, added in part order.
+                Order::InOut => {
+                    let mut y = std::mem::take(&mut results[0][n]);
+                    for part in &results[1..] {
+                        y.iter_mut().zip(&part[n]).for_each(|(y, p)| *y += p);
+                    }
+                    y
+                }
+                // Whole outputs of a column range per part.
+                Order::OutIn => {
+                    let mut y = vec![0.0f32; rows * d_out];
+                    for (k, part) in results.iter().enumerate() {
+                        let range = w.share(k, parts);
+                        let width = range.len();
+                        for r in 0..rows {
+                            y[r * d_out + range.start..][..width]
+                                .copy_from_slice(&part[n][r * width..][..width]);
+                        }
+                    }
+                    y
                 }
             }
-            y
-        }
-    }
+        })
+        .collect()
 }
 
 /// Partial `x·W` over the weight rows `range` of a row-major `[d_in, d_out]` `w`: each
@@ -185,8 +214,7 @@ fn in_out_rows(
     x: &[f32],
     rows: usize,
     w: &[f32],
-    d_in: usize,
-    d_out: usize,
+    [d_in, d_out]: [usize; 2],
     range: std::ops::Range<usize>,
 ) -> Vec<f32> {
     let mut acc = vec![0.0f32; rows * d_out];
@@ -297,9 +325,16 @@ mod tests {
             for (stored, order) in [(&w, Order::InOut), (&wt, Order::OutIn)] {
                 let mut padded = vec![9.0f32; 7];
                 padded.extend_from_slice(stored);
-                let tensor = FlexTensor::from_data(TensorData::new(padded, [7 + d_in * d_out]));
-                let y = matmul_rows(x.clone(), rows, tensor, 7, [d_in, d_out], order);
-                assert_eq!(y.len(), rows * d_out);
+                let storage = FlexTensor::from_data(TensorData::new(padded, [7 + d_in * d_out]));
+                let weight = |dims| Weight {
+                    storage: storage.clone(),
+                    offset: 7,
+                    dims,
+                    order,
+                };
+                let mut y = matmul_rows(x.clone(), rows, vec![weight([d_in, d_out])]);
+                assert_eq!((y.len(), y[0].len()), (1, rows * d_out));
+                let y = y.remove(0);
                 for (k, (&y, &e)) in y.iter().zip(&expected).enumerate() {
                     let bound = 1e-5 * (1.0 + e.abs()) * (d_in as f64).sqrt();
                     assert!(
@@ -312,24 +347,51 @@ mod tests {
     }
 
     #[test]
+    fn weights_in_one_dispatch_give_what_each_gives_alone() {
+        let (rows, d_in) = (2, 96);
+        let x = values(rows * d_in, 5);
+        let weights: Vec<Weight> = [
+            (Order::InOut, 400),
+            (Order::OutIn, 350),
+            (Order::InOut, 1000),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(n, (order, d_out))| Weight {
+            storage: FlexTensor::from_data(TensorData::new(
+                values(d_in * d_out, 10 + n as u32),
+                [d_in * d_out],
+            )),
+            offset: 0,
+            dims: [d_in, d_out],
+            order,
+        })
+        .collect();
+        let together = matmul_rows(x.clone(), rows, weights.clone());
+        let alone: Vec<Vec<f32>> = weights
+            .into_iter()
+            .flat_map(|w| matmul_rows(x.clone(), rows, vec![w]))
+            .collect();
+        assert_eq!(together, alone);
+    }
+
+    #[test]
     fn a_product_is_the_same_run_to_run_and_from_many_callers() {
         let (rows, d_in, d_out) = (2, 300, 700);
         let (x, w) = (values(rows * d_in, 3), values(d_in * d_out, 4));
-        let tensor = FlexTensor::from_data(TensorData::new(w, [d_in * d_out]));
-        let first = matmul_rows(
-            x.clone(),
-            rows,
-            tensor.clone(),
-            0,
-            [d_in, d_out],
-            Order::InOut,
-        );
+        let weight = Weight {
+            storage: FlexTensor::from_data(TensorData::new(w, [d_in * d_out])),
+            offset: 0,
+            dims: [d_in, d_out],
+            order: Order::InOut,
+        };
+        let first = matmul_rows(x.clone(), rows, vec![weight.clone()]);
         // Several callers share the helpers at once; each gets its own results.
         std::thread::scope(|s| {
             let runs: Vec<_> = (0..4)
                 .map(|_| {
-                    let (x, tensor) = (x.clone(), tensor.clone());
-                    s.spawn(move || matmul_rows(x, rows, tensor, 0, [d_in, d_out], Order::InOut))
+                    let (x, weight) = (x.clone(), weight.clone());
+                    s.spawn(move || matmul_rows(x, rows, vec![weight]))
                 })
                 .collect();
             for run in runs {

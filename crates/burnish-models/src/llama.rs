@@ -10,10 +10,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, DecoderFamily, LlamaConfig};
-use crate::fused::linear_rows;
+use crate::fused::{contiguous, linear_rows};
 use crate::layers::{RmsNorm, embedding, linear};
 use crate::ops::{
-    activate, attention_scaled, embed, linear_in, merge_heads, repeat_kv, soft_cap, split_heads,
+    activate, attention_scaled, embed, linear_in, linear_in_each, merge_heads, soft_cap,
+    split_heads,
 };
 use crate::rope::{Rope, apply_rotary, rotary_tables};
 use crate::{Autocast, ModelError};
@@ -243,17 +244,12 @@ impl<B: Backend> LlamaAttention<B> {
                 part(q_width + kv_width, kv_width),
             ];
         }
-        // Fields are both present or both absent by construction; a module mapped into
-        // another shape would fail on the first missing projection.
-        let proj = |layer: &Option<Linear<B>>, x: Tensor<B, 3>| match layer {
-            Some(layer) => linear_in(layer, x, cx),
-            None => unreachable!("an attention without q/k/v or qkv projections"),
-        };
-        [
-            proj(&self.q_proj, x.clone()),
-            proj(&self.k_proj, x.clone()),
-            proj(&self.v_proj, x),
-        ]
+        // Fields are all present or all absent by construction; a module mapped into
+        // another shape would fail here.
+        match (&self.q_proj, &self.k_proj, &self.v_proj) {
+            (Some(q), Some(k), Some(v)) => linear_in_each([q, k, v], x, cx),
+            _ => unreachable!("an attention without q/k/v or qkv projections"),
+        }
     }
 
     fn forward(
@@ -288,16 +284,27 @@ impl<B: Backend> LlamaAttention<B> {
             ),
             None => (k, v),
         };
+        // Grouped-query attention without repeating the keys and values: the `groups` query
+        // heads sharing kv head `i` (heads i·groups..) become `groups·seq` query rows of that
+        // head, `[b, kv, groups·seq, d]`, the same numbers in the same order as
+        // transformers' `repeat_kv` (so the same dropout draws), each row's mask tiled.
         let groups = self.heads / self.kv_heads;
+        let [b, _, s, d] = q.dims();
+        let q = contiguous(q).reshape([b, self.kv_heads, groups * s, d]);
+        let mask = mask.map(|m| match groups {
+            1 => m,
+            _ => m.repeat_dim(2, groups),
+        });
         let out = attention_scaled(
             q,
-            repeat_kv(k.clone(), groups),
-            repeat_kv(v.clone(), groups),
+            k.clone(),
+            v.clone(),
             mask,
             &self.dropout,
             self.scale,
             self.softcap,
-        );
+        )
+        .reshape([b, self.heads, s, d]);
         (linear_in(&self.o_proj, merge_heads(out), cx), (k, v))
     }
 }
@@ -314,7 +321,10 @@ impl<B: Backend> LlamaMlp<B> {
                     both.slice([0..b, 0..s, inner..2 * inner]),
                 )
             }
-            (None, Some(gate), Some(up)) => (linear_in(gate, x.clone(), cx), linear_in(up, x, cx)),
+            (None, Some(gate), Some(up)) => {
+                let [gate, up] = linear_in_each([gate, up], x, cx);
+                (gate, up)
+            }
             _ => unreachable!("an MLP without gate/up or gate_up projections"),
         };
         linear_in(&self.down_proj, activate(self.activation, gate).mul(up), cx)

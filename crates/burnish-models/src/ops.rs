@@ -122,17 +122,41 @@ pub fn linear_in<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     dtype: FloatDType,
 ) -> Tensor<B, D> {
+    let [y] = linear_in_each([layer], x, dtype);
+    y
+}
+
+/// [`linear_in`] of the same `x` through each of `layers` (a decoder's q/k/v or gate/up
+/// projections): one dispatch to the threads when decoding on burn-flex
+/// ([`crate::fused::linear_rows_each`]).
+pub fn linear_in_each<B: Backend, const D: usize, const N: usize>(
+    layers: [&Linear<B>; N],
+    x: Tensor<B, D>,
+    dtype: FloatDType,
+) -> [Tensor<B, D>; N] {
     let dims = x.dims();
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
-    let y = crate::fused::linear_rows(
-        x.cast(dtype).reshape([rows, d_in]),
-        layer.weight.val().cast(dtype),
-        layer.bias.as_ref().map(|b| b.val().cast(dtype)),
-    );
-    let mut out = dims;
-    out[D - 1] = y.dims()[1];
-    y.reshape(out)
+    let weights = layers
+        .iter()
+        .map(|l| {
+            (
+                l.weight.val().cast(dtype),
+                l.bias.as_ref().map(|b| b.val().cast(dtype)),
+            )
+        })
+        .collect();
+    let mut ys = crate::fused::linear_rows_each(x.cast(dtype).reshape([rows, d_in]), weights)
+        .into_iter()
+        .map(|y| {
+            let mut out = dims;
+            out[D - 1] = y.dims()[1];
+            y.reshape(out)
+        });
+    std::array::from_fn(|_| {
+        ys.next()
+            .unwrap_or_else(|| unreachable!("one result per layer"))
+    })
 }
 
 /// A [`LayerNorm`] computed in float32 whatever the input dtype, returning float32 (the
@@ -165,22 +189,6 @@ fn layer_norm_epsilon<B: Backend>(norm: &LayerNorm<B>) -> Option<f64> {
     let shown = norm.to_string();
     let (_, rest) = shown.split_once("epsilon: ")?;
     rest.split([',', '}']).next()?.trim().parse().ok()
-}
-
-/// Repeats each key/value head `groups` times: `[b, kv, s, d]` → `[b, kv·groups, s, d]`,
-/// head `i` of the result being kv head `i / groups` (transformers' `repeat_kv`).
-pub fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, kv, s, d] = x.dims();
-    // The expanded view copied row by row (burn-flex's reshape copies it element by element).
-    crate::fused::contiguous(x.unsqueeze_dim::<5>(2).expand([b, kv, groups, s, d])).reshape([
-        b,
-        kv * groups,
-        s,
-        d,
-    ])
 }
 
 /// The rows of `table` at `ids` `[batch, seq]` (`Embedding::forward`), through
