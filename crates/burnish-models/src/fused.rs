@@ -578,6 +578,19 @@ mod flex {
         Ok(back::<Autodiff<Flex, C>, B, D>(y))
     }
 
+    /// The backward step of a one-input operation: consumes the output's gradient and, when
+    /// the input is tracked, registers `input_grad(state, output_grad)` for it.
+    fn pass_back<S>(
+        ops: Ops<S, 1>,
+        grads: &mut Gradients,
+        input_grad: impl FnOnce(&S, &FlexTensor) -> FlexTensor,
+    ) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        if let [Some(parent)] = &ops.parents {
+            grads.register::<Flex>(parent.id, input_grad(&ops.state, &grad));
+        }
+    }
+
     #[derive(Debug)]
     struct SoftmaxBackward;
 
@@ -585,11 +598,7 @@ mod flex {
         type State = FlexTensor;
 
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let grad = grads.consume::<Flex>(&ops.node);
-            let [Some(parent)] = ops.parents else {
-                return;
-            };
-            grads.register::<Flex>(parent.id, softmax_backward(&ops.state, &grad));
+            pass_back(ops, grads, softmax_backward);
         }
     }
 
@@ -732,11 +741,7 @@ mod flex {
         type State = ProbsState;
 
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let grad = grads.consume::<Flex>(&ops.node);
-            let [Some(parent)] = ops.parents else {
-                return;
-            };
-            grads.register::<Flex>(parent.id, probs_backward(&ops.state, &grad));
+            pass_back(ops, grads, probs_backward);
         }
     }
 
@@ -890,11 +895,7 @@ mod flex {
         type State = ();
 
         fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let grad = grads.consume::<Flex>(&ops.node);
-            let [Some(parent)] = ops.parents else {
-                return;
-            };
-            grads.register::<Flex>(parent.id, dense_copy(&grad));
+            pass_back(ops, grads, |(), grad| dense_copy(grad));
         }
     }
 
@@ -1011,21 +1012,18 @@ mod flex {
         type State = (Arc<Vec<usize>>, usize);
 
         fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-            let grad = dense_copy(&grads.consume::<Flex>(&ops.node));
-            let [Some(parent)] = ops.parents else {
-                return;
-            };
-            let (rows, vocab) = &ops.state;
-            let gs = grad.storage::<f32>();
-            let d = grad.layout().shape().last().copied().unwrap_or(1);
-            let mut dw = vec![0.0f32; vocab * d];
-            // Token order: the sums of a repeated id are always added the same way.
-            for (g, &row) in gs.chunks(d).zip(rows.iter()) {
-                let target = &mut dw[row * d..(row + 1) * d];
-                target.iter_mut().zip(g).for_each(|(t, &g)| *t += g);
-            }
-            let dw = FlexTensor::from_data(TensorData::new(dw, [*vocab, d]));
-            grads.register::<Flex>(parent.id, dw);
+            pass_back(ops, grads, |(rows, vocab), grad| {
+                let grad = dense_copy(grad);
+                let gs = grad.storage::<f32>();
+                let d = grad.layout().shape().last().copied().unwrap_or(1);
+                let mut dw = vec![0.0f32; vocab * d];
+                // Token order: the sums of a repeated id are always added the same way.
+                for (g, &row) in gs.chunks(d).zip(rows.iter()) {
+                    let target = &mut dw[row * d..(row + 1) * d];
+                    target.iter_mut().zip(g).for_each(|(t, &g)| *t += g);
+                }
+                FlexTensor::from_data(TensorData::new(dw, [*vocab, d]))
+            });
         }
     }
 
@@ -1139,11 +1137,7 @@ mod flex {
             checkpointer: &mut Checkpointer,
         ) {
             let x: FlexTensor = checkpointer.retrieve_node_output(ops.state);
-            let grad = grads.consume::<Flex>(&ops.node);
-            let [Some(parent)] = ops.parents else {
-                return;
-            };
-            grads.register::<Flex>(parent.id, gelu_backward(&x, &grad));
+            pass_back(ops, grads, |_, grad| gelu_backward(&x, grad));
         }
     }
 
