@@ -202,17 +202,27 @@ fn tiny_checkpoints_match_transformers() {
 }
 
 /// Decoding one token at a time equals a full forward, on burn-ndarray and on burn-flex
-/// (whose decoding runs burnish's few-row products and grouped-query attention).
+/// (whose decoding runs burnish's few-row products and grouped-query attention), over 40
+/// positions (the cache's buffers grow twice); a cache cloned halfway continues on other
+/// tokens without disturbing the original (its buffers are shared until written).
 #[test]
 fn kv_cache_equals_a_full_forward() {
     fn check<A: burn::tensor::backend::Backend>() {
-        let ints = |values: &[i64], shape: [usize; 2]| {
+        let ints = |values: &[i64]| {
+            let shape = [1, values.len()];
             Tensor::<A, 2, Int>::from_data(
                 TensorData::new(values.to_vec(), shape),
                 &Default::default(),
             )
         };
         let values = |t: Tensor<A, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let ids: Vec<i64> = (0..40).map(|i| (i * 37 + 5) % 97).collect();
+        // The same first 20 tokens, then others.
+        let other: Vec<i64> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| if i < 20 { t } else { (t + 11) % 97 })
+            .collect();
         // Decoding one token at a time crosses Mistral's 4-token window and Gemma 3's local
         // rotary embedding, where a decoding step's mask is not empty.
         for name in ["llama-tiny-gqa", "mistral-tiny-window", "gemma3-tiny"] {
@@ -220,21 +230,45 @@ fn kv_cache_equals_a_full_forward() {
             let (model, _) = hf
                 .load_llama::<A>(&Default::default(), &LoadOptions::default())
                 .unwrap();
-            let ids: Vec<i64> = vec![5, 17, 3, 88, 42, 9, 61];
-            let full = values(model.forward(ints(&ids, [1, 7]), None, None));
+            let decode = |cache: &mut KvCache<A>, tokens: &[i64]| -> Vec<f32> {
+                tokens
+                    .iter()
+                    .flat_map(|&t| values(model.forward(ints(&[t]), None, Some(&mut *cache))))
+                    .collect()
+            };
             let mut cache = KvCache::new();
-            let mut stepped =
-                values(model.forward(ints(&ids[..4], [1, 4]), None, Some(&mut cache)));
-            for &t in &ids[4..] {
-                stepped.extend(values(model.forward(
-                    ints(&[t], [1, 1]),
-                    None,
-                    Some(&mut cache),
-                )));
-            }
-            assert_eq!(cache.len(), 7);
+            let mut stepped = values(model.forward(ints(&ids[..4]), None, Some(&mut cache)));
+            stepped.extend(decode(&mut cache, &ids[4..20]));
+            let mut fork = cache.clone();
+            stepped.extend(decode(&mut cache, &ids[20..]));
+            assert_eq!(cache.len(), 40);
+            let full = values(model.forward(ints(&ids), None, None));
             let diff = max_abs_diff(&full, &stepped, |_| true);
             assert!(diff <= 1e-5, "{name}: cached decoding differs by {diff:e}");
+
+            let forked = decode(&mut fork, &other[20..]);
+            assert_eq!((fork.len(), cache.len()), (40, 40));
+            let full_other = values(model.forward(ints(&other), None, None));
+            let tail = &full_other[full_other.len() - forked.len()..];
+            let diff = max_abs_diff(tail, &forked, |_| true);
+            assert!(diff <= 1e-5, "{name}: a cloned cache differs by {diff:e}");
+            // The original cache still holds its own tokens: one more step of each agrees
+            // with the full forwards extended by the same token.
+            let next = |c: &mut KvCache<A>| decode(c, &[7]);
+            let (a, b) = (next(&mut cache), next(&mut fork));
+            let with = |mut t: Vec<i64>| {
+                t.push(7);
+                let all = values(model.forward(ints(&t), None, None));
+                all[all.len() - a.len()..].to_vec()
+            };
+            assert!(
+                max_abs_diff(&with(ids.clone()), &a, |_| true) <= 1e-5,
+                "{name}: original"
+            );
+            assert!(
+                max_abs_diff(&with(other.clone()), &b, |_| true) <= 1e-5,
+                "{name}: clone"
+            );
         }
     }
     check::<B>();

@@ -173,6 +173,25 @@ pub fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x
 }
 
+/// `buffer` `[batch, heads, capacity, dim]` with `values` `[batch, heads, n, dim]` written at
+/// positions `start..start + n` of its third dimension (`slice_assign`), as a KV cache grows.
+/// On burn-flex without autodiff, in float32, the values are written into the buffer itself
+/// when nothing else holds it (burn-flex's `slice_assign` copies the whole buffer first);
+/// elsewhere, or when the buffer is shared, `slice_assign`.
+pub fn write_positions<B: Backend>(
+    buffer: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    start: usize,
+) -> Tensor<B, 4> {
+    let [b, h, n, d] = values.dims();
+    #[cfg(feature = "flex")]
+    let (buffer, values) = match flex::write_positions(buffer, values, start) {
+        Ok(y) => return y,
+        Err(args) => args,
+    };
+    buffer.slice_assign([0..b, 0..h, start..start + n, 0..d], values)
+}
+
 /// The rows of `weight` `[vocab, d]` at `ids` `[batch, seq]`, as `[batch, seq, d]` (burn's
 /// `embedding`, torch's dense `nn.Embedding`). On `Autodiff<Flex>` in float32 the backward
 /// adds the output gradient's rows into one zeroed `[vocab, d]` buffer in token order
@@ -935,6 +954,45 @@ mod flex {
                 }
             });
         FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    type WriteArgs<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+    pub(super) fn write_positions<B: Backend>(
+        buffer: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+        start: usize,
+    ) -> Result<Tensor<B, 4>, WriteArgs<B>> {
+        let ([b, h, capacity, d], [vb, vh, n, vd]) = (buffer.dims(), values.dims());
+        let fits = [vb, vh, vd] == [b, h, d] && start + n <= capacity;
+        if !fits || buffer.dtype() != DType::F32 || values.dtype() != DType::F32 {
+            return Err((buffer, values));
+        }
+        let (buffer, values) = cast::<_, WriteArgs<Flex>>((buffer, values))?;
+        let mut target = primitive(buffer);
+        let whole = target.is_contiguous()
+            && target.layout().start_offset() == 0
+            && target.storage::<f32>().len() == b * h * capacity * d;
+        let source = dense_copy(&primitive(values));
+        let written = match target.try_storage_mut::<f32>() {
+            Some(dst) if whole => {
+                let block = n * d;
+                for (i, src) in source.storage::<f32>().chunks_exact(block).enumerate() {
+                    dst[(i * capacity + start) * d..][..block].copy_from_slice(src);
+                }
+                true
+            }
+            _ => false,
+        };
+        let buffer: Tensor<Flex, 4> = Tensor::from_primitive(TensorPrimitive::Float(target));
+        let out = match written {
+            true => buffer,
+            false => {
+                let values = Tensor::from_primitive(TensorPrimitive::Float(source));
+                buffer.slice_assign([0..b, 0..h, start..start + n, 0..d], values)
+            }
+        };
+        Ok(cast(out).unwrap_or_else(|_| unreachable!("B is Flex")))
     }
 
     type EmbeddingArgs<B> = (Tensor<B, 2>, Tensor<B, 2, Int>);

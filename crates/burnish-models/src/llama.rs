@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Int, Tensor};
 
 use crate::config::{Activation, DecoderFamily, LlamaConfig};
-use crate::fused::{contiguous, linear_rows};
+use crate::fused::{contiguous, linear_rows, write_positions};
 use crate::layers::{RmsNorm, embedding, linear};
 use crate::ops::{
     activate, attention_scaled, embed, linear_in, linear_in_each, merge_heads, soft_cap,
@@ -124,12 +124,66 @@ pub struct LlamaForCausalLm<B: Backend> {
 type HiddenKeys<B> = Tensor<B, 4, Bool>;
 
 /// Keys and values of past positions, per layer, for incremental decoding.
+///
+/// Each layer keeps its keys and values in a buffer with room for more positions (doubled
+/// when full) and writes a step's new positions into it ([`crate::fused::write_positions`]:
+/// in place on burn-flex and burn-ndarray while the buffer is not shared), so a decoding
+/// step copies its own keys and values, not the whole past; attention reads the filled
+/// positions as a view. A cloned cache shares the buffers until one of the two writes.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache<B: Backend> {
-    layers: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
+    layers: Vec<LayerCache<B>>,
     /// Attention mask of the past positions, `[batch, past]`, 1 = token; `None` while no
     /// mask was given (all tokens).
     mask: Option<Tensor<B, 2, Int>>,
+}
+
+/// One layer's key and value buffers `[batch, kv_heads, capacity, head_dim]`, of which the
+/// first `len` positions are filled.
+#[derive(Debug, Clone, Default)]
+struct LayerCache<B: Backend> {
+    buffers: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    len: usize,
+}
+
+/// Positions a layer's buffers hold at least.
+const MIN_CAPACITY: usize = 16;
+
+impl<B: Backend> LayerCache<B> {
+    /// Writes `k` and `v` `[batch, kv_heads, seq, head_dim]` after the filled positions and
+    /// returns views of all of them.
+    fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [b, h, s, d] = k.dims();
+        let (start, end) = (self.len, self.len + s);
+        let (keys, values) = match self.buffers.take() {
+            Some((keys, values)) if keys.dims()[2] >= end => (keys, values),
+            old => {
+                let capacity = end.next_power_of_two().max(MIN_CAPACITY);
+                let device = k.device();
+                let grow = |old: Option<Tensor<B, 4>>, like: &Tensor<B, 4>| {
+                    let fresh =
+                        Tensor::<B, 4>::zeros([b, h, capacity, d], &device).cast(like.dtype());
+                    match old {
+                        Some(old) => write_positions(fresh, old, 0),
+                        None => fresh,
+                    }
+                };
+                let filled = |t: Tensor<B, 4>| t.slice([0..b, 0..h, 0..start, 0..d]);
+                let (old_keys, old_values) = match old {
+                    Some((keys, values)) => (Some(filled(keys)), Some(filled(values))),
+                    None => (None, None),
+                };
+                (grow(old_keys, &k), grow(old_values, &v))
+            }
+        };
+        let keys = write_positions(keys, k, start);
+        let values = write_positions(values, v, start);
+        let view = |t: &Tensor<B, 4>| t.clone().slice([0..b, 0..h, 0..end, 0..d]);
+        let out = (view(&keys), view(&values));
+        self.buffers = Some((keys, values));
+        self.len = end;
+        out
+    }
 }
 
 impl<B: Backend> KvCache<B> {
@@ -143,7 +197,7 @@ impl<B: Backend> KvCache<B> {
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+        self.layers.first().map_or(0, |l| l.len)
     }
 
     /// Whether nothing is cached yet.
@@ -257,9 +311,9 @@ impl<B: Backend> LlamaAttention<B> {
         x: Tensor<B, 3>,
         rotary: &(Tensor<B, 4>, Tensor<B, 4>),
         mask: Option<Tensor<B, 4, Bool>>,
-        cache: Option<&mut (Tensor<B, 4>, Tensor<B, 4>)>,
+        cache: Option<&mut LayerCache<B>>,
         cx: FloatDType,
-    ) -> (Tensor<B, 3>, (Tensor<B, 4>, Tensor<B, 4>)) {
+    ) -> Tensor<B, 3> {
         let split = |t: Tensor<B, 3>, n: usize| split_heads(t, n, self.head_dim);
         let [q, k, v] = self.project(x, cx);
         let (q, k, v) = (
@@ -278,10 +332,7 @@ impl<B: Backend> LlamaAttention<B> {
         let q = apply_rotary(q, rotary.0.clone(), rotary.1.clone());
         let k = apply_rotary(k, rotary.0.clone(), rotary.1.clone());
         let (k, v) = match cache {
-            Some((past_k, past_v)) => (
-                Tensor::cat(vec![past_k.clone(), k], 2),
-                Tensor::cat(vec![past_v.clone(), v], 2),
-            ),
+            Some(cache) => cache.append(k, v),
             None => (k, v),
         };
         // Grouped-query attention without repeating the keys and values: the `groups` query
@@ -295,17 +346,9 @@ impl<B: Backend> LlamaAttention<B> {
             1 => m,
             _ => m.repeat_dim(2, groups),
         });
-        let out = attention_scaled(
-            q,
-            k.clone(),
-            v.clone(),
-            mask,
-            &self.dropout,
-            self.scale,
-            self.softcap,
-        )
-        .reshape([b, self.heads, s, d]);
-        (linear_in(&self.o_proj, merge_heads(out), cx), (k, v))
+        let out = attention_scaled(q, k, v, mask, &self.dropout, self.scale, self.softcap)
+            .reshape([b, self.heads, s, d]);
+        linear_in(&self.o_proj, merge_heads(out), cx)
     }
 }
 
@@ -454,7 +497,9 @@ impl<B: Backend> LlamaModel<B> {
         if let Some(scale) = self.embed_scale {
             x = x.mul_scalar(scale);
         }
-        let mut new_cache = Vec::with_capacity(self.layers.len());
+        if let Some(c) = cache.as_mut() {
+            c.layers.resize_with(self.layers.len(), LayerCache::default);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().and_then(|c| c.layers.get_mut(i));
             let mask = masks
@@ -465,7 +510,7 @@ impl<B: Backend> LlamaModel<B> {
                 (Some(local), Some(_)) => local,
                 _ => &global,
             };
-            let (attn, kv) = layer.self_attn.forward(
+            let attn = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
                 rope,
                 mask,
@@ -487,10 +532,8 @@ impl<B: Backend> LlamaModel<B> {
                 Some(post) => x.add(post.forward(mlp)),
                 None => x.add(mlp),
             };
-            new_cache.push(kv);
         }
         if let Some(c) = cache {
-            c.layers = new_cache;
             c.mask = full_mask;
         }
         self.norm.forward(x)
@@ -551,5 +594,60 @@ impl<B: Backend> Autocast for LlamaForCausalLm<B> {
 
     fn compute_dtype(&self) -> FloatDType {
         self.model.compute
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::tensor::{TensorData, TensorPrimitive};
+    use burn_flex::Flex;
+
+    /// Where a buffer's float32 storage starts.
+    fn address(t: &Tensor<Flex, 4>) -> *const f32 {
+        match t.clone().into_primitive() {
+            TensorPrimitive::Float(t) => t.storage::<f32>().as_ptr(),
+            TensorPrimitive::QFloat(_) => unreachable!("float tensors"),
+        }
+    }
+
+    fn step(value: f32) -> Tensor<Flex, 4> {
+        Tensor::from_data(
+            TensorData::new(vec![value; 2 * 3], [1, 2, 1, 3]),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn a_cache_writes_its_buffer_in_place_and_doubles_it_when_full() {
+        let mut cache = LayerCache::<Flex>::default();
+        let (k, _) = cache.append(step(1.0), step(-1.0));
+        assert_eq!(k.dims(), [1, 2, 1, 3]);
+        drop(k);
+        let first = cache.buffers.as_ref().map(|(k, _)| address(k));
+        for n in 2..=MIN_CAPACITY {
+            let (k, v) = cache.append(step(n as f32), step(-(n as f32)));
+            assert_eq!(k.dims(), [1, 2, n, 3]);
+            let keys = k.into_data().to_vec::<f32>().unwrap_or_default();
+            let expected: Vec<f32> = (0..2)
+                .flat_map(|_| (1..=n).flat_map(|p| [p as f32; 3]))
+                .collect();
+            assert_eq!(keys, expected);
+            assert_eq!(v.dims(), [1, 2, n, 3]);
+            // The step's views are gone: the next write finds the buffer unshared.
+            assert_eq!(cache.buffers.as_ref().map(|(k, _)| address(k)), first);
+        }
+        let (k, _) = cache.append(step(99.0), step(0.0));
+        assert_eq!(
+            (cache.len, k.dims()[2]),
+            (MIN_CAPACITY + 1, MIN_CAPACITY + 1)
+        );
+        let capacity = cache.buffers.as_ref().map(|(k, _)| k.dims()[2]);
+        assert_eq!(capacity, Some(2 * MIN_CAPACITY));
+        let last = k.slice([0..1, 0..1, MIN_CAPACITY..MIN_CAPACITY + 1, 0..3]);
+        assert_eq!(
+            last.into_data().to_vec::<f32>().unwrap_or_default(),
+            [99.0; 3]
+        );
     }
 }
