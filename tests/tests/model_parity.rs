@@ -57,12 +57,12 @@ fn models_dir() -> PathBuf {
     burnish_tests::tests_dir().join("reference/models")
 }
 
-fn ints(values: &[i64], shape: [usize; 2]) -> Tensor<B, 2, Int> {
+fn ints<A: burn::tensor::backend::Backend>(values: &[i64], shape: [usize; 2]) -> Tensor<A, 2, Int> {
     Tensor::from_data(TensorData::new(values.to_vec(), shape), &Default::default())
 }
 
-fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
+fn values<A: burn::tensor::backend::Backend, const D: usize>(t: Tensor<A, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
 /// Largest |a − b|, over positions where `keep` is true.
@@ -208,14 +208,7 @@ fn tiny_checkpoints_match_transformers() {
 #[test]
 fn kv_cache_equals_a_full_forward() {
     fn check<A: burn::tensor::backend::Backend>() {
-        let ints = |values: &[i64]| {
-            let shape = [1, values.len()];
-            Tensor::<A, 2, Int>::from_data(
-                TensorData::new(values.to_vec(), shape),
-                &Default::default(),
-            )
-        };
-        let values = |t: Tensor<A, 3>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        let row = |tokens: &[i64]| ints::<A>(tokens, [1, tokens.len()]);
         let ids: Vec<i64> = (0..40).map(|i| (i * 37 + 5) % 97).collect();
         // The same first 20 tokens, then others.
         let other: Vec<i64> = ids
@@ -233,22 +226,22 @@ fn kv_cache_equals_a_full_forward() {
             let decode = |cache: &mut KvCache<A>, tokens: &[i64]| -> Vec<f32> {
                 tokens
                     .iter()
-                    .flat_map(|&t| values(model.forward(ints(&[t]), None, Some(&mut *cache))))
+                    .flat_map(|&t| values(model.forward(row(&[t]), None, Some(&mut *cache))))
                     .collect()
             };
             let mut cache = KvCache::new();
-            let mut stepped = values(model.forward(ints(&ids[..4]), None, Some(&mut cache)));
+            let mut stepped = values(model.forward(row(&ids[..4]), None, Some(&mut cache)));
             stepped.extend(decode(&mut cache, &ids[4..20]));
             let mut fork = cache.clone();
             stepped.extend(decode(&mut cache, &ids[20..]));
             assert_eq!(cache.len(), 40);
-            let full = values(model.forward(ints(&ids), None, None));
+            let full = values(model.forward(row(&ids), None, None));
             let diff = max_abs_diff(&full, &stepped, |_| true);
             assert!(diff <= 1e-5, "{name}: cached decoding differs by {diff:e}");
 
             let forked = decode(&mut fork, &other[20..]);
             assert_eq!((fork.len(), cache.len()), (40, 40));
-            let full_other = values(model.forward(ints(&other), None, None));
+            let full_other = values(model.forward(row(&other), None, None));
             let tail = &full_other[full_other.len() - forked.len()..];
             let diff = max_abs_diff(tail, &forked, |_| true);
             assert!(diff <= 1e-5, "{name}: a cloned cache differs by {diff:e}");
@@ -258,7 +251,7 @@ fn kv_cache_equals_a_full_forward() {
             let (a, b) = (next(&mut cache), next(&mut fork));
             let with = |mut t: Vec<i64>| {
                 t.push(7);
-                let all = values(model.forward(ints(&t), None, None));
+                let all = values(model.forward(row(&t), None, None));
                 all[all.len() - a.len()..].to_vec()
             };
             assert!(
@@ -305,50 +298,56 @@ fn flex_decoding_gives_transformers_greedy_tokens() {
 
 #[test]
 fn left_padded_batches_decode_like_single_rows() {
-    let hf = HfModelDir::open(&models_dir().join("mistral-tiny-window")).unwrap();
-    let (model, _) = hf
-        .load_llama::<B>(&Default::default(), &LoadOptions::default())
-        .unwrap();
-    let rows: [&[i64]; 2] = [&[5, 17, 3, 88, 42, 9, 61], &[23, 11, 30, 2, 14]];
-    // Prompts of 4 and 2 tokens, the second left-padded, then 3 tokens each, one at a time,
-    // with positions from the mask and the cache keeping the padding hidden.
-    let prompt_len = [4, 2];
-    let ids = [&rows[0][..4], &[0, 0], &rows[1][..2]].concat();
-    let mask = ints(&[1, 1, 1, 1, 0, 0, 1, 1], [2, 4]);
-    let positions = positions_from_mask(mask.clone());
-    let mut cache = KvCache::new();
-    let hidden = model.model.forward_with_positions(
-        ints(&ids, [2, 4]),
-        Some(mask),
-        positions,
-        Some(&mut cache),
-    );
-    let [_, _, h] = hidden.dims();
-    let mut batched = vec![model.project(hidden.slice([0..2, 3..4, 0..h]))];
-    for step in 0..3 {
-        let next: Vec<i64> = (0..2).map(|r| rows[r][prompt_len[r] + step]).collect();
-        let at: Vec<i64> = (0..2).map(|r| (prompt_len[r] + step) as i64).collect();
+    fn check<A: burn::tensor::backend::Backend>() {
+        let hf = HfModelDir::open(&models_dir().join("mistral-tiny-window")).unwrap();
+        let (model, _) = hf
+            .load_llama::<A>(&Default::default(), &LoadOptions::default())
+            .unwrap();
+        let rows: [&[i64]; 2] = [&[5, 17, 3, 88, 42, 9, 61], &[23, 11, 30, 2, 14]];
+        // Prompts of 4 and 2 tokens, the second left-padded, then 3 tokens each, one at a time,
+        // with positions from the mask and the cache keeping the padding hidden.
+        let prompt_len = [4, 2];
+        let ids = [&rows[0][..4], &[0, 0], &rows[1][..2]].concat();
+        let mask = ints(&[1, 1, 1, 1, 0, 0, 1, 1], [2, 4]);
+        let positions = positions_from_mask(mask.clone());
+        let mut cache = KvCache::new();
         let hidden = model.model.forward_with_positions(
-            ints(&next, [2, 1]),
-            None,
-            ints(&at, [2, 1]),
+            ints(&ids, [2, 4]),
+            Some(mask),
+            positions,
             Some(&mut cache),
         );
-        batched.push(model.project(hidden));
+        let [_, _, h] = hidden.dims();
+        let mut batched = vec![model.project(hidden.slice([0..2, 3..4, 0..h]))];
+        for step in 0..3 {
+            let next: Vec<i64> = (0..2).map(|r| rows[r][prompt_len[r] + step]).collect();
+            let at: Vec<i64> = (0..2).map(|r| (prompt_len[r] + step) as i64).collect();
+            let hidden = model.model.forward_with_positions(
+                ints(&next, [2, 1]),
+                None,
+                ints(&at, [2, 1]),
+                Some(&mut cache),
+            );
+            batched.push(model.project(hidden));
+        }
+        let batched = Tensor::cat(batched, 1);
+        let vocab = batched.dims()[2];
+        for (r, row) in rows.iter().enumerate() {
+            let alone = model.forward(ints(row, [1, row.len()]), None, None);
+            let from = prompt_len[r] - 1;
+            let expected = values(alone.slice([0..1, from..from + 4, 0..vocab]));
+            let got = values(batched.clone().slice([r..r + 1, 0..4, 0..vocab]));
+            let diff = max_abs_diff(&expected, &got, |_| true);
+            assert!(
+                diff <= 1e-5,
+                "row {r}: padded batched decoding differs by {diff:e}"
+            );
+        }
     }
-    let batched = Tensor::cat(batched, 1);
-    let vocab = batched.dims()[2];
-    for (r, row) in rows.iter().enumerate() {
-        let alone = model.forward(ints(row, [1, row.len()]), None, None);
-        let from = prompt_len[r] - 1;
-        let expected = values(alone.slice([0..1, from..from + 4, 0..vocab]));
-        let got = values(batched.clone().slice([r..r + 1, 0..4, 0..vocab]));
-        let diff = max_abs_diff(&expected, &got, |_| true);
-        assert!(
-            diff <= 1e-5,
-            "row {r}: padded batched decoding differs by {diff:e}"
-        );
-    }
+    check::<B>();
+    // burn-flex: the batch's rows go through the few-row products, the tiled masks of
+    // grouped-query attention and the in-place cache with two rows.
+    check::<burn_flex::Flex>();
 }
 
 /// Three examples packed into two rows of 10 tokens (row 0: examples 0 and 1; row 1:
