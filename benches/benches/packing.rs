@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
 use burnish_heads::causal_lm_loss;
-use burnish_models::{LlamaForCausalLm, ModelConfig};
+use burnish_models::LlamaForCausalLm;
 use burnish_trainer::{Trainer, TrainerConfig};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -100,16 +100,7 @@ fn packed() -> Inputs {
 
 fn bench_layout<B: AutodiffBackend>(c: &mut Criterion, name: &str, inputs: Inputs) {
     let device = B::Device::default();
-    let config = ModelConfig::from_json(
-        r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
-            "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 9,
-            "num_key_value_heads": 3, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
-            "rope_theta": 100000.0, "tie_word_embeddings": true}"#,
-    )
-    .expect("valid config");
-    let ModelConfig::Llama(config) = config else {
-        unreachable!("a llama config")
-    };
+    let config = burnish_benches::smollm2_config(4);
     let model = config.init::<B>(&device).expect("valid model");
     let trainer_config = TrainerConfig {
         total_steps: 1_000_000,

@@ -17,6 +17,22 @@ pub fn minilm_config() -> burnish_models::BertConfig {
     .expect("valid config")
 }
 
+/// A decoder with SmolLM2-135M's shapes (hidden 576, 9 query and 3 key/value heads, MLP
+/// 1536, tied 49,152-token vocabulary) and `layers` of its 30 layers, for benchmarks that
+/// build it with random weights.
+pub fn smollm2_config(layers: usize) -> burnish_models::LlamaConfig {
+    let json = format!(
+        r#"{{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+            "intermediate_size": 1536, "num_hidden_layers": {layers}, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+            "rope_theta": 100000.0, "tie_word_embeddings": true}}"#
+    );
+    match burnish_models::ModelConfig::from_json(&json) {
+        Ok(burnish_models::ModelConfig::Llama(config)) => config,
+        other => panic!("a llama config, got {other:?}"),
+    }
+}
+
 /// A bag of parameters with the shapes of a BERT encoder (no forward pass: the benchmarks
 /// measure the optimizer and clipping, which only see shapes).
 #[derive(Module, Debug)]
