@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use burn_flex::FlexTensor;
 
 /// How long an idle helper (or a caller waiting for its helpers) spins before it blocks.
-pub(crate) const SPIN: Duration = Duration::from_millis(1);
+const SPIN: Duration = Duration::from_millis(1);
 
 /// Multiply-adds below which a product runs on the caller alone.
 const MIN_PARALLEL: usize = 1 << 15;
