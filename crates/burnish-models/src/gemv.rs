@@ -77,27 +77,28 @@ fn serve(inbox: Receiver<Job>) {
     }
 }
 
-/// `work(k)` for every `k < parts`: parts 1.. on the helpers, part 0 on the caller, and any
-/// part that did not come back (its job panicked, or its helper never started) on the
-/// caller afterwards.
+/// `work(k)` for every `k < parts`: parts 1.. on the helpers (one each), part 0 and any
+/// part that found no helper or did not come back (its job panicked) on the caller.
 fn run_parts<T: Send + 'static>(
     parts: usize,
     work: Arc<dyn Fn(usize) -> T + Send + Sync>,
 ) -> Vec<T> {
-    let helpers = &team().helpers;
-    let parts = parts.clamp(1, helpers.len() + 1);
     let (done, results) = mpsc::channel();
-    for (k, helper) in (1..parts).zip(helpers) {
+    let mut waiting = 0;
+    for (k, helper) in (1..parts).zip(&team().helpers) {
         let (work, done) = (Arc::clone(&work), done.clone());
         // A failed send drops the job: its part is computed below.
-        let _ = helper.send(Box::new(move || {
+        let sent = helper.send(Box::new(move || {
             let _ = done.send((k, work(k)));
         }));
+        waiting += usize::from(sent.is_ok());
     }
     drop(done);
     let mut out: Vec<Option<T>> = (0..parts).map(|_| None).collect();
-    out[0] = Some(work(0));
-    let (mut waiting, since) = (parts - 1, Instant::now());
+    if let Some(first) = out.first_mut() {
+        *first = Some(work(0));
+    }
+    let since = Instant::now();
     while waiting > 0 {
         let received = match results.try_recv() {
             Ok(result) => Some(result),
@@ -175,7 +176,6 @@ pub(crate) fn matmul_rows(x: Vec<f32>, rows: usize, weights: Vec<Weight>) -> Vec
             .collect()
     };
     let mut results = run_parts(parts, Arc::new(per_part));
-    let parts = results.len();
     weights
         .iter()
         .enumerate()
@@ -424,6 +424,12 @@ mod tests {
         assert_eq!(
             again,
             (0..parts).map(|k| vec![2.0 * k as f32]).collect::<Vec<_>>()
+        );
+        // Parts beyond the helpers run on the caller.
+        let more = run_parts(parts + 2, Arc::new(|k: usize| vec![k as f32]));
+        assert_eq!(
+            more,
+            (0..parts + 2).map(|k| vec![k as f32]).collect::<Vec<_>>()
         );
     }
 }

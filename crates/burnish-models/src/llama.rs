@@ -158,21 +158,19 @@ impl<B: Backend> LayerCache<B> {
         let (keys, values) = match self.buffers.take() {
             Some((keys, values)) if keys.dims()[2] >= end => (keys, values),
             old => {
+                // New buffers holding the filled positions of the old ones.
                 let capacity = end.next_power_of_two().max(MIN_CAPACITY);
-                let device = k.device();
                 let grow = |old: Option<Tensor<B, 4>>, like: &Tensor<B, 4>| {
-                    let fresh =
-                        Tensor::<B, 4>::zeros([b, h, capacity, d], &device).cast(like.dtype());
+                    let fresh = Tensor::<B, 4>::zeros([b, h, capacity, d], &like.device())
+                        .cast(like.dtype());
                     match old {
-                        Some(old) => write_positions(fresh, old, 0),
+                        Some(old) => {
+                            write_positions(fresh, old.slice([0..b, 0..h, 0..start, 0..d]), 0)
+                        }
                         None => fresh,
                     }
                 };
-                let filled = |t: Tensor<B, 4>| t.slice([0..b, 0..h, 0..start, 0..d]);
-                let (old_keys, old_values) = match old {
-                    Some((keys, values)) => (Some(filled(keys)), Some(filled(values))),
-                    None => (None, None),
-                };
+                let (old_keys, old_values) = old.unzip();
                 (grow(old_keys, &k), grow(old_values, &v))
             }
         };
